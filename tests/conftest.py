@@ -1,0 +1,100 @@
+"""Fixtures: real servers on loopback port 0, and clients whose every read has a timeout."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import socket
+import threading
+
+import pytest
+
+from timeservice.server import TimeServer
+
+TIMEOUT = 5.0  # no read in the tests waits longer than this
+
+
+class RecordingServer(TimeServer):
+    """A TimeServer that reports each connection it has finished with."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        self.finished: queue.Queue = queue.Queue()
+        super().__init__(*args, **kwargs)
+
+    def shutdown_request(self, request) -> None:
+        super().shutdown_request(request)
+        self.finished.put(request)
+
+    def wait_finished(self, count: int = 1) -> None:
+        for _ in range(count):
+            self.finished.get(timeout=TIMEOUT)
+
+
+@pytest.fixture
+def start_server(caplog):
+    """Start servers in threads; stop them, and check they logged no error, at teardown."""
+    caplog.set_level(logging.DEBUG, logger="timeservice")
+    threads_before = threading.active_count()
+    running = []
+
+    def start(host: str = "127.0.0.1", **options) -> RecordingServer:
+        server = RecordingServer((host, 0), **options)
+        thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.01}
+        )
+        thread.start()
+        running.append((server, thread))
+        return server
+
+    yield start
+    for server, thread in running:
+        server.shutdown()
+        thread.join(TIMEOUT)
+        server.server_close()
+        assert server.socket.fileno() == -1
+    assert threading.active_count() == threads_before
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert not errors, errors
+
+
+@pytest.fixture
+def server(start_server) -> RecordingServer:
+    return start_server()
+
+
+class Connection:
+    """A raw client socket with line reads that time out instead of hanging."""
+
+    def __init__(self, server: TimeServer) -> None:
+        host, port = server.server_address[:2]
+        self.sock = socket.create_connection((host, port), timeout=TIMEOUT)
+        self.file = self.sock.makefile("rb")
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def line(self) -> bytes:
+        return self.file.readline(1024)
+
+    def ask(self, request: bytes = b"send time\n") -> bytes:
+        self.send(request)
+        return self.line()
+
+    def close(self) -> None:
+        self.file.close()
+        self.sock.close()
+
+
+@pytest.fixture
+def connect():
+    """Open raw connections to a server; all are closed at teardown."""
+    opened = []
+
+    def open_connection(server: TimeServer) -> Connection:
+        connection = Connection(server)
+        opened.append(connection)
+        return connection
+
+    yield open_connection
+    for connection in opened:
+        connection.close()

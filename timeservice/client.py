@@ -1,0 +1,137 @@
+"""The time client: asks a time server for the time and prints the answer.
+
+Run it with ``python -m timeservice.client [HOST] [PORT]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import sys
+import time
+from typing import Sequence
+
+from . import __version__
+from .protocol import DEFAULT_PORT, MAX_REPLY_BYTES, REQUEST, ReplyError, parse_reply
+from .cli import format_address, port_number, positive, program_name
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_TIMEOUT = 5.0
+
+
+class TimeClient:
+    """One connection to a time server; it can ask for the time many times.
+
+    Use it as a context manager. `timeout` bounds the connect and each reply.
+    """
+
+    def __init__(
+        self,
+        host: str = DEFAULT_HOST,
+        port: int = DEFAULT_PORT,
+        timeout: float = DEFAULT_TIMEOUT,
+    ) -> None:
+        self.address = (host, port)
+        self.timeout = timeout
+        self._sock: socket.socket | None = None
+        self._buffer = b""
+
+    def __enter__(self) -> TimeClient:
+        self.connect()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def connect(self) -> None:
+        self._sock = socket.create_connection(self.address, self.timeout)
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    def get_time(self) -> str:
+        """Ask once; return the server's timestamp, or raise ReplyError or OSError."""
+        if self._sock is None:
+            raise ValueError("not connected")
+        self._sock.sendall(REQUEST)
+        return parse_reply(self._read_line())
+
+    def _read_line(self) -> bytes:
+        """One reply line, within the timeout however the server spreads its bytes."""
+        deadline = time.monotonic() + self.timeout
+        while b"\n" not in self._buffer:
+            if len(self._buffer) > MAX_REPLY_BYTES:
+                raise ReplyError(f"reply too long: {self._buffer[:40]!r}...")
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError("timed out")
+            self._sock.settimeout(remaining)
+            chunk = self._sock.recv(4096)
+            if not chunk:
+                raise ReplyError("server closed the connection")
+            self._buffer += chunk
+        line, _, self._buffer = self._buffer.partition(b"\n")
+        return line
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Ask a time server for the time and print the answer."""
+    prog = program_name("timeservice.client")
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Ask a time server for the date and time and print it.",
+        epilog=f"example: {prog} 192.0.2.10 {DEFAULT_PORT}",
+    )
+    parser.add_argument(
+        "host", nargs="?", default=DEFAULT_HOST, help="server (default: %(default)s)"
+    )
+    parser.add_argument(
+        "port",
+        nargs="?",
+        type=port_number,
+        default=DEFAULT_PORT,
+        help="server port (default: %(default)s)",
+    )
+    parser.add_argument(
+        "-n",
+        "--count",
+        type=positive(int),
+        default=1,
+        metavar="N",
+        help="ask N times over one connection (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=positive(float),
+        default=DEFAULT_TIMEOUT,
+        metavar="SECONDS",
+        help="limit for the connect and for each reply (default: %(default)s)",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    args = parser.parse_args(argv)
+
+    where = format_address((args.host, args.port))
+    try:
+        with TimeClient(args.host, args.port, args.timeout) as client:
+            for _ in range(args.count):
+                print(client.get_time(), flush=True)
+    except ConnectionRefusedError:
+        problem = f"connection refused by {where}: is the server running?"
+    except TimeoutError:
+        problem = f"no answer from {where} within {args.timeout:g} s"
+    except socket.gaierror as exc:
+        problem = f"cannot resolve {args.host!r}: {exc.strerror}"
+    except ReplyError as exc:
+        problem = f"{where}: {exc}"
+    except OSError as exc:
+        problem = f"cannot talk to {where}: {exc.strerror or exc}"
+    else:
+        return 0
+    print(f"{prog}: {problem}", file=sys.stderr)
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,400 @@
+"""The time server: socketserver's threading TCP server speaking the time protocol.
+
+Run it with ``python -m timeservice.server [-b ADDRESS] [PORT]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import signal
+import socket
+import socketserver
+import struct
+import sys
+import threading
+import time
+from typing import Iterator, Sequence
+
+from . import __version__
+from .cli import format_address, port_number, positive, program_name
+from .protocol import (
+    COMMAND,
+    DEFAULT_PORT,
+    MAX_LINE_BYTES,
+    Clock,
+    error_line,
+    local_now,
+    respond,
+    strip_line_ending,
+    utc_now,
+)
+
+try:
+    import resource
+except ImportError:  # not on Windows
+    resource = None
+
+logger = logging.getLogger(__name__)
+
+IDLE_TIMEOUT = 60.0
+MAX_CONNECTIONS = 512
+MIN_CONNECTIONS = 128
+RESERVED_FILES = 32  # for the listening socket, standard streams, logging
+
+LINE_TOO_LONG = error_line("line too long")
+BUSY = error_line("busy")
+
+
+def connection_cap(requested: int) -> int:
+    """Lower the cap to what the open-file limit leaves room for, but not below 128."""
+    if resource is None:
+        return requested
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return requested
+    return min(requested, max(MIN_CONNECTIONS, soft - RESERVED_FILES))
+
+
+class TimeRequestHandler(socketserver.StreamRequestHandler):
+    """Answers the request lines of one connection until EOF, an error or a deadline.
+
+    The handler never sets a socket timeout (that would add a poll to every
+    read); it records when its current line is due, and the server's
+    service_actions() cuts off the connections that are overdue.
+    """
+
+    disable_nagle_algorithm = True  # replies are small and must not wait for an ACK
+
+    def setup(self) -> None:
+        super().setup()
+        self.connection.setsockopt(
+            socket.SOL_SOCKET, socket.SO_SNDBUF, self.server.send_buffer
+        )
+        self.peer = format_address(self.client_address)
+        self.requests = 0
+        self.stop_reason: str | None = None
+        self.deadline = time.monotonic() + self.server.idle_timeout
+        self.server.track(self)
+
+    def handle(self) -> None:
+        max_line = self.server.max_line
+        limit = max_line + len(b"\r\n")
+        while True:
+            line = self.rfile.readline(limit)
+            request = strip_line_ending(line)
+            if len(request) > max_line:
+                self.close_with(LINE_TOO_LONG)
+                return
+            if not line.endswith(b"\n"):  # EOF, or the server cut the read short
+                if self.stop_reason:
+                    self.close_with(error_line(self.stop_reason))
+                elif request:  # a last request without its LF is still answered
+                    self.answer(request)
+                return
+            self.answer(request)
+            if self.stop_reason is None:
+                self.deadline = time.monotonic() + self.server.idle_timeout
+
+    def finish(self) -> None:
+        super().finish()
+        closed = f", {self.stop_reason}" if self.stop_reason else ""
+        logger.info("%s: %d request(s)%s", self.peer, self.requests, closed)
+
+    def reply(self, request: bytes) -> bytes:
+        """Return the reply line for one request; override to answer differently."""
+        return respond(request, self.server.clock)
+
+    def answer(self, request: bytes) -> None:
+        reply = self.reply(request)
+        logger.debug("%s: %r -> %r", self.peer, request, reply)
+        self.wfile.write(reply)
+        self.requests += 1
+
+    def close_with(self, line: bytes) -> None:
+        """Send a last line and make sure it arrives before the connection closes.
+
+        Closing a socket with unread input makes Linux send a reset that can
+        overtake the line, so the input is drained first, for a bounded time.
+        """
+        logger.debug("%s: closing with %r", self.peer, line)
+        self.wfile.write(line)
+        self.connection.shutdown(socket.SHUT_WR)
+        drain(self.connection, self.server.linger)
+
+    def expire(self, reason: str) -> None:
+        """Cut the connection short; called from another thread (the server's)."""
+        if self.stop_reason is None:
+            # Wakes the blocked read: complete lines already received are
+            # still answered, then the handler says why and closes.
+            self.stop_reason = reason
+            self.deadline = time.monotonic() + self.server.linger
+            try:
+                self.connection.shutdown(socket.SHUT_RD)
+            except OSError:
+                pass
+        else:  # still here after the linger: the client does not read
+            abort(self.connection)
+
+
+def abort(sock: socket.socket) -> None:
+    """Wake a thread blocked on `sock`, and make its close a reset.
+
+    A reset frees the replies queued for a client that does not read them,
+    where a normal close would keep them in the kernel for minutes.
+    """
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+
+
+def drain(sock: socket.socket, seconds: float, chunk: int = 4096) -> None:
+    """Read and discard input until EOF or for at most `seconds`."""
+    deadline = time.monotonic() + seconds
+    while (remaining := deadline - time.monotonic()) > 0:
+        sock.settimeout(remaining)
+        try:
+            if not sock.recv(chunk):
+                return
+        except OSError:
+            return
+
+
+class TimeServer(socketserver.ThreadingTCPServer):
+    """A threading TCP server for the time protocol, with limits on every client.
+
+    A connection may send a line of at most `max_line` bytes and must finish
+    each line within `idle_timeout` seconds; at most `max_connections` are
+    served at once, and one more gets ``ERR busy``.
+    """
+
+    allow_reuse_address = True  # restart at once on the same port
+    request_queue_size = socket.SOMAXCONN
+    sweep_interval = 0.1  # how often, at most, deadlines are checked
+    linger = 0.5  # how long a closing connection is drained
+    send_buffer = 64 * 1024  # replies the kernel holds for a client that reads slowly
+    shutdown_grace = 1.0  # how long handlers may finish after server_close()
+
+    def __init__(
+        self,
+        server_address: tuple[str, int],
+        handler_class: type[TimeRequestHandler] = TimeRequestHandler,
+        *,
+        max_line: int = MAX_LINE_BYTES,
+        idle_timeout: float = IDLE_TIMEOUT,
+        max_connections: int = MAX_CONNECTIONS,
+        clock: Clock = local_now,
+        bind_and_activate: bool = True,
+    ) -> None:
+        host, port = server_address
+        family, _, _, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        self.address_family = family
+        self.max_line = max_line
+        self.idle_timeout = idle_timeout
+        self.max_connections = connection_cap(max_connections)
+        if self.max_connections < max_connections:
+            logger.warning(
+                "open-file limit allows %d connections, not %d",
+                self.max_connections,
+                max_connections,
+            )
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._connections: dict[socket.socket, TimeRequestHandler | None] = {}
+        self._next_sweep = 0.0
+        super().__init__(address, handler_class, bind_and_activate)
+
+    def server_bind(self) -> None:
+        if self.address_family == socket.AF_INET6:
+            try:  # "::" serves IPv4 too, as http.server does
+                self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            except OSError:
+                pass
+        super().server_bind()
+
+    def verify_request(self, request, client_address) -> bool:
+        """Admit a connection while under the cap; refuse it with ``ERR busy``."""
+        with self._lock:
+            if len(self._connections) < self.max_connections:
+                self._connections[request] = None
+                return True
+        logger.info("%s: refused, %d connections open", format_address(client_address),
+                    self.max_connections)
+        try:  # a new socket's buffer is empty: this neither blocks nor is overtaken
+            request.sendall(BUSY)
+        except OSError:
+            pass
+        return False
+
+    def track(self, handler: TimeRequestHandler) -> None:
+        """Let service_actions() see the handler's deadline."""
+        with self._lock:
+            self._connections[handler.request] = handler
+
+    def shutdown_request(self, request) -> None:
+        with self._lock:  # after this, no other thread touches the socket
+            self._connections.pop(request, None)
+        super().shutdown_request(request)
+
+    def service_actions(self) -> None:
+        """Cut off connections whose current line is overdue (see the handler)."""
+        now = time.monotonic()
+        if now < self._next_sweep:
+            return
+        self._next_sweep = now + self.sweep_interval
+        with self._lock:
+            for handler in self._connections.values():
+                if handler is not None and handler.deadline < now:
+                    handler.expire("timeout")
+
+    def server_close(self) -> None:
+        """Stop listening, answer the lines already received, then join the handlers."""
+        self.socket.close()
+        with self._lock:
+            for handler in self._connections.values():
+                if handler is not None:
+                    handler.expire("server shutting down")
+        force = threading.Timer(self.shutdown_grace, self._abort_connections)
+        force.start()
+        try:
+            super().server_close()  # joins the handler threads
+        finally:
+            force.cancel()
+            force.join()
+
+    def _abort_connections(self) -> None:
+        with self._lock:
+            for request in self._connections:
+                abort(request)
+
+    def handle_error(self, request, client_address) -> None:
+        """Log a failed connection; a client that resets or vanishes is ordinary."""
+        exc = sys.exc_info()[1]
+        if isinstance(exc, OSError):
+            logger.debug("%s: %s", format_address(client_address), exc)
+        else:
+            logger.exception("%s: unexpected error", format_address(client_address))
+
+
+def add_address_arguments(parser: argparse.ArgumentParser, port: int) -> None:
+    """The -b ADDRESS and PORT arguments, as http.server has them."""
+    parser.add_argument(
+        "-b",
+        "--bind",
+        metavar="ADDRESS",
+        default="127.0.0.1",
+        help="address to listen on; '::' for all IPv6 and IPv4, "
+        "'0.0.0.0' for all IPv4 (default: %(default)s)",
+    )
+    parser.add_argument(
+        "port",
+        nargs="?",
+        type=port_number,
+        default=port,
+        help="port to listen on, 0 for any free port (default: %(default)s)",
+    )
+
+
+def open_server(prog: str, args: argparse.Namespace, **options) -> TimeServer | None:
+    """Bind a server as the arguments say, or say in one line why it can't."""
+    try:
+        return TimeServer((args.bind, args.port), **options)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        print(f"{prog}: cannot listen on {args.bind} port {args.port}: {reason}",
+              file=sys.stderr)
+        return None
+
+
+def configure_logging(level: int) -> None:
+    """Log to stderr with a time stamp, from `level` up."""
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(message)s")
+
+
+@contextlib.contextmanager
+def stop_on_signals(server: TimeServer) -> Iterator[None]:
+    """While in the block, SIGINT and SIGTERM stop serve_forever() gracefully."""
+
+    def stop(signum, frame):
+        logger.info("%s received, shutting down", signal.Signals(signum).name)
+        threading.Thread(target=server.shutdown).start()  # not from serve_forever's thread
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the time server from the command line."""
+    prog = program_name("timeservice.server")
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Answer 'send time' with the current date and time over TCP.",
+        epilog=f"example: {prog} -b 0.0.0.0 {DEFAULT_PORT}",
+    )
+    add_address_arguments(parser, DEFAULT_PORT)
+    parser.add_argument(
+        "--max-line",
+        type=positive(int),
+        default=MAX_LINE_BYTES,
+        metavar="BYTES",
+        help="longest request line, line ending not counted (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--idle-timeout",
+        type=positive(float),
+        default=IDLE_TIMEOUT,
+        metavar="SECONDS",
+        help="time a client has to send each request line (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-connections",
+        type=positive(int),
+        default=MAX_CONNECTIONS,
+        metavar="N",
+        help="connections served at once; more get 'ERR busy' (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--utc", action="store_true", help="answer in UTC instead of local time"
+    )
+    verbosity = parser.add_mutually_exclusive_group()
+    verbosity.add_argument(
+        "-v", "--verbose", action="store_true", help="log every request"
+    )
+    verbosity.add_argument(
+        "-q", "--quiet", action="store_true", help="log only warnings and errors"
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    args = parser.parse_args(argv)
+    if args.max_line < len(COMMAND):
+        parser.error(f"--max-line must leave room for {COMMAND!r}")
+
+    configure_logging(
+        logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    )
+    server = open_server(
+        prog,
+        args,
+        max_line=args.max_line,
+        idle_timeout=args.idle_timeout,
+        max_connections=args.max_connections,
+        clock=utc_now if args.utc else local_now,
+    )
+    if server is None:
+        return 1
+    with stop_on_signals(server), server:
+        print(f"Serving time on {format_address(server.server_address)} ...", flush=True)
+        server.serve_forever()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
