@@ -255,7 +255,7 @@ def test_each_connection_is_logged_once(server, connect, caplog):
     server.wait_finished()
     lines = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
     assert len(lines) == 1
-    assert lines[0].endswith(": 2 request(s)")
+    assert lines[0].endswith(": closed after 2 request(s)")
 
 
 def test_ipv6_loopback(start_server, connect):

@@ -99,8 +99,8 @@ class TimeRequestHandler(socketserver.StreamRequestHandler):
 
     def finish(self) -> None:
         super().finish()
-        closed = f", {self.stop_reason}" if self.stop_reason else ""
-        logger.info("%s: %d request(s)%s", self.peer, self.requests, closed)
+        why = f" ({self.stop_reason})" if self.stop_reason else ""
+        logger.info("%s: closed after %d request(s)%s", self.peer, self.requests, why)
 
     def reply(self, request: bytes) -> bytes:
         """Return the reply line for one request; override to answer differently."""
