@@ -1,17 +1,35 @@
-"""Fixtures: real servers on loopback port 0, and clients whose every read has a timeout."""
+"""Fixtures: real servers on loopback port 0, clients whose every read times out."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import socket
 import threading
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from timeservice.server import TimeServer
 
 TIMEOUT = 5.0  # no read in the tests waits longer than this
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def one_line(text: str) -> str:
+    """The text, checked to be one line and no traceback."""
+    assert "Traceback" not in text
+    assert text.count("\n") == 1, text
+    return text
+
+
+@contextlib.contextmanager
+def listening_socket() -> Iterator[int]:
+    """A port that accepts connections into its backlog and never answers."""
+    with socket.create_server(("127.0.0.1", 0)) as sock:
+        yield sock.getsockname()[1]
 
 
 class RecordingServer(TimeServer):
@@ -32,7 +50,7 @@ class RecordingServer(TimeServer):
 
 @pytest.fixture
 def start_server(caplog):
-    """Start servers in threads; stop them, and check they logged no error, at teardown."""
+    """Serve in threads; at teardown, stop and check that nothing logged an error."""
     caplog.set_level(logging.DEBUG, logger="timeservice")
     threads_before = threading.active_count()
     running = []

@@ -1,4 +1,4 @@
-"""The server's and the client's command lines: through main(argv) and as real processes."""
+"""The server's and the client's command lines, through main(argv) and as processes."""
 
 from __future__ import annotations
 
@@ -12,26 +12,17 @@ import struct
 import subprocess
 import sys
 import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import pytest
+from conftest import ROOT, TIMEOUT, listening_socket, one_line
 
 from timeservice import __version__, client, server
 from timeservice.client import TimeClient
 from timeservice.protocol import parse_timestamp
 
-from conftest import TIMEOUT
-
-ROOT = Path(__file__).resolve().parent.parent
 STARTUP = re.compile(r"Serving time on (\S+) port (\d+) \.\.\.\n")
-
-
-def one_line(text: str) -> str:
-    """The text, checked to be one line and no traceback."""
-    assert "Traceback" not in text
-    assert text.count("\n") == 1, text
-    return text
 
 
 def free_port() -> int:
@@ -39,13 +30,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-@contextlib.contextmanager
-def listening_socket() -> Iterator[int]:
-    """A port that accepts connections into its backlog and never answers."""
-    with socket.create_server(("127.0.0.1", 0)) as sock:
-        yield sock.getsockname()[1]
 
 
 def run(module: str, *args: str, **kwargs) -> subprocess.CompletedProcess:
@@ -61,7 +45,7 @@ def run(module: str, *args: str, **kwargs) -> subprocess.CompletedProcess:
 
 @contextlib.contextmanager
 def server_process(*args: str, env: dict | None = None) -> Iterator[tuple]:
-    """A ``python -m timeservice.server`` process and the port its start-up line names."""
+    """A ``python -m timeservice.server`` process and the port it says it serves."""
     process = subprocess.Popen(
         [sys.executable, "-m", "timeservice.server", *args],
         cwd=ROOT,
@@ -98,8 +82,13 @@ def test_server_help_shows_defaults_and_an_example(capsys):
         server.main(["--help"])
     out = " ".join(capsys.readouterr().out.split())  # as if argparse did not wrap
     assert "example: " in out
-    for default in ("(default: 8037)", "(default: 127.0.0.1)", "(default: 256)",
-                    "(default: 60.0)", "(default: 512)"):
+    for default in (
+        "(default: 8037)",
+        "(default: 127.0.0.1)",
+        "(default: 256)",
+        "(default: 60.0)",
+        "(default: 512)",
+    ):
         assert default in out
 
 
@@ -121,8 +110,10 @@ def test_server_rejects_bad_options(capsys, argv):
     with pytest.raises(SystemExit) as exited:
         server.main(argv)
     assert exited.value.code == 2
-    assert capsys.readouterr().err.splitlines()[-1].startswith(
-        "python -m timeservice.server: error: "
+    assert (
+        capsys.readouterr()
+        .err.splitlines()[-1]
+        .startswith("python -m timeservice.server: error: ")
     )
 
 
@@ -135,8 +126,10 @@ def test_server_reports_a_port_in_use_in_one_line(capsys):
 
 @pytest.mark.parametrize(
     "address, reason",
-    [("nosuch.invalid", "cannot listen on nosuch.invalid port 0: "),
-     ("192.0.2.1", "Cannot assign requested address")],
+    [
+        ("nosuch.invalid", "cannot listen on nosuch.invalid port 0: "),
+        ("192.0.2.1", "Cannot assign requested address"),
+    ],
 )
 def test_server_reports_a_bad_address_in_one_line(capsys, address, reason):
     assert server.main(["-b", address, "0"]) == 1
@@ -167,13 +160,23 @@ def test_server_answers_in_local_time_or_utc(args, offset):
 
 
 def test_server_process_applies_its_limits():
-    options = ("--max-line", "16", "--max-connections", "1", "--idle-timeout", "30", "-v")
+    options = (
+        "--max-line",
+        "16",
+        "--max-connections",
+        "1",
+        "--idle-timeout",
+        "30",
+        "-v",
+    )
     with server_process("0", *options) as (process, port):
         with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as first:
             lines = first.makefile("rb")
             first.sendall(b"send time\n")
             parse_timestamp(lines.readline().decode().strip())
-            with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as second:
+            with socket.create_connection(
+                ("127.0.0.1", port), timeout=TIMEOUT
+            ) as second:
                 assert second.makefile("rb").readline() == b"ERR busy\n"
             first.sendall(b"x" * 17 + b"\n")
             assert lines.readline() == b"ERR line too long\n"
@@ -252,7 +255,9 @@ def test_client_reports_an_err_reply(start_server, connect, capsys):
     connect(busy).ask()
     host, port = busy.server_address
     assert client.main([host, str(port)]) == 1
-    assert f"{host} port {port}: server answered 'busy'" in one_line(capsys.readouterr().err)
+    assert f"{host} port {port}: server answered 'busy'" in one_line(
+        capsys.readouterr().err
+    )
 
 
 @contextlib.contextmanager
@@ -352,4 +357,3 @@ def test_client_process_talks_to_a_server_process():
     assert len(lines) == 2
     for line in lines:
         parse_timestamp(line)
-

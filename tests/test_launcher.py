@@ -8,11 +8,10 @@ import subprocess
 import sys
 
 import pytest
+from conftest import ROOT, listening_socket, one_line
 
 import timeservice.__main__ as launcher
 from timeservice.protocol import parse_timestamp
-
-from test_cli import ROOT, listening_socket, one_line
 
 ANSWER = re.compile(r"client (\d+) sent 'send time', got (\S+)")
 
@@ -49,8 +48,9 @@ def test_demo_on_other_addresses(capsys, address):
     assert len(answers(out)) == 1
 
 
-@pytest.mark.parametrize("bound, host", [("0.0.0.0", "127.0.0.1"), ("::", "::1"),
-                                         ("192.0.2.7", "192.0.2.7")])
+@pytest.mark.parametrize(
+    "bound, host", [("0.0.0.0", "127.0.0.1"), ("::", "::1"), ("192.0.2.7", "192.0.2.7")]
+)
 def test_client_host_reaches_a_wildcard_through_loopback(bound, host):
     assert launcher.client_host(bound) == host
 
@@ -83,7 +83,10 @@ def test_demo_reports_a_failed_client(capsys, monkeypatch):
 def test_demo_as_a_process_with_nothing_installed():
     result = subprocess.run(
         [sys.executable, "-S", "-m", "timeservice"],  # -S: no site-packages
-        cwd=ROOT, capture_output=True, text=True, timeout=30,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert result.returncode == 0, result.stderr
     assert len(answers(result.stdout)) == 1

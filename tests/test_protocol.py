@@ -29,13 +29,22 @@ def fixed(moment):
 @pytest.mark.parametrize(
     "moment, text",
     [
-        (datetime(2026, 11, 27, 10, 15, 42, 0, CET), "2026-11-27T10:15:42.000000+01:00"),
-        (datetime(2026, 11, 27, 10, 15, 42, 7, CET), "2026-11-27T10:15:42.000007+01:00"),
+        (
+            datetime(2026, 11, 27, 10, 15, 42, 0, CET),
+            "2026-11-27T10:15:42.000000+01:00",
+        ),
+        (
+            datetime(2026, 11, 27, 10, 15, 42, 7, CET),
+            "2026-11-27T10:15:42.000007+01:00",
+        ),
         (
             datetime(2026, 1, 2, 3, 4, 5, 999999, NEWFOUNDLAND),
             "2026-01-02T03:04:05.999999-03:30",
         ),
-        (datetime(2026, 6, 1, 0, 0, 0, 123456, timezone.utc), "2026-06-01T00:00:00.123456+00:00"),
+        (
+            datetime(2026, 6, 1, 0, 0, 0, 123456, timezone.utc),
+            "2026-06-01T00:00:00.123456+00:00",
+        ),
     ],
 )
 def test_format_timestamp_has_six_digits_and_the_offset(moment, text):
@@ -155,9 +164,14 @@ def test_error_line():
     assert error_line("busy") == b"ERR busy\n"
 
 
-@pytest.mark.parametrize("line", [b"2026-11-27T10:15:42.000000+01:00\n",
-                                  b"2026-11-27T10:15:42.000000+01:00\r\n",
-                                  b"2026-11-27T10:15:42.000000+01:00"])
+@pytest.mark.parametrize(
+    "line",
+    [
+        b"2026-11-27T10:15:42.000000+01:00\n",
+        b"2026-11-27T10:15:42.000000+01:00\r\n",
+        b"2026-11-27T10:15:42.000000+01:00",
+    ],
+)
 def test_parse_reply_returns_the_timestamp(line):
     assert parse_reply(line) == "2026-11-27T10:15:42.000000+01:00"
 

@@ -8,16 +8,15 @@ import select
 import socket
 import struct
 import threading
+from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
-from typing import Iterator
 
 import pytest
+from conftest import TIMEOUT
 
 from timeservice import server as server_module
 from timeservice.protocol import parse_timestamp
 from timeservice.server import TimeServer, connection_cap
-
-from conftest import TIMEOUT
 
 UNKNOWN = b"ERR unknown request, expected 'send time'\n"
 
@@ -30,7 +29,9 @@ def timestamp(line: bytes) -> datetime:
 
 def reset(connection) -> None:
     """Close with a TCP reset instead of a FIN."""
-    connection.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    connection.sock.setsockopt(
+        socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+    )
     connection.close()
 
 
@@ -86,7 +87,10 @@ def test_case_spacing_and_crlf_are_accepted(server, connect, request_):
         (b"\n", b"ERR empty request, expected 'send time'\n"),
         (b"\r\n", b"ERR empty request, expected 'send time'\n"),
         (b"send \xff time\n", b"ERR request is not UTF-8, expected 'send time'\n"),
-        (b"send\x00time\n", b"ERR control character in request, expected 'send time'\n"),
+        (
+            b"send\x00time\n",
+            b"ERR control character in request, expected 'send time'\n",
+        ),
         (b"send\rtime\n", b"ERR control character in request, expected 'send time'\n"),
     ],
 )
@@ -119,7 +123,9 @@ def test_a_line_at_the_limit_is_not_too_long(start_server, connect):
     [b"x" * 17 + b"\n", b"x" * 17 + b"\r\n", b"x" * 18, b"x" * 100_000],
     ids=["limit+1", "limit+1 with CRLF", "no LF", "100 kB without LF"],
 )
-def test_an_overlong_line_gets_err_and_the_connection_closes(start_server, connect, data):
+def test_an_overlong_line_gets_err_and_the_connection_closes(
+    start_server, connect, data
+):
     server = start_server(max_line=16)
     connection = connect(server)
     connection.send(data)
@@ -172,7 +178,7 @@ def test_a_trickling_client_is_cut_off_at_the_deadline(start_server, connect):
 
 @contextlib.contextmanager
 def client_that_does_not_read(server: TimeServer) -> Iterator[socket.socket]:
-    """A client that sends requests and reads nothing, until the server's writes block."""
+    """A client that sends requests and reads none, until the server's write blocks."""
     with socket.socket() as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # fills soon
         sock.settimeout(TIMEOUT)
@@ -242,7 +248,11 @@ def test_resets_are_ordinary(server, connect, caplog):
     reset(flooding)
     server.wait_finished(2)
     timestamp(connect(server).ask())
-    debug = [r for r in caplog.records if r.levelno == logging.DEBUG and "reset" in r.getMessage()]
+    debug = [
+        r
+        for r in caplog.records
+        if r.levelno == logging.DEBUG and "reset" in r.getMessage()
+    ]
     assert debug  # logged quietly; the fixture checks nothing was logged as an error
 
 

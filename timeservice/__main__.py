@@ -9,7 +9,7 @@ import argparse
 import logging
 import sys
 import threading
-from typing import Sequence
+from collections.abc import Sequence
 
 from . import __version__
 from .cli import positive, program_name
@@ -42,7 +42,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="N",
         help="client threads asking at once (default: %(default)s)",
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument(
+        "--version", action="version", version=f"%(prog)s {__version__}"
+    )
     args = parser.parse_args(argv)
 
     configure_logging(logging.INFO)

@@ -9,11 +9,11 @@ import argparse
 import socket
 import sys
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 from . import __version__
-from .protocol import DEFAULT_PORT, MAX_REPLY_BYTES, REQUEST, ReplyError, parse_reply
 from .cli import format_address, port_number, positive, program_name
+from .protocol import DEFAULT_PORT, MAX_REPLY_BYTES, REQUEST, ReplyError, parse_reply
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_TIMEOUT = 5.0
@@ -109,7 +109,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="SECONDS",
         help="limit for the connect and for each reply (default: %(default)s)",
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument(
+        "--version", action="version", version=f"%(prog)s {__version__}"
+    )
     args = parser.parse_args(argv)
 
     where = format_address((args.host, args.port))

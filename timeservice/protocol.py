@@ -13,8 +13,8 @@ starting with ``ERR `` and a reason a person can read.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from datetime import datetime, timezone
-from typing import Callable
 
 COMMAND = "send time"
 REQUEST = b"send time\n"

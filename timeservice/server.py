@@ -15,7 +15,7 @@ import struct
 import sys
 import threading
 import time
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 from . import __version__
 from .cli import format_address, port_number, positive, program_name
@@ -223,8 +223,11 @@ class TimeServer(socketserver.ThreadingTCPServer):
             if len(self._connections) < self.max_connections:
                 self._connections[request] = None
                 return True
-        logger.info("%s: refused, %d connections open", format_address(client_address),
-                    self.max_connections)
+        logger.info(
+            "%s: refused, %d connections open",
+            format_address(client_address),
+            self.max_connections,
+        )
         try:  # a new socket's buffer is empty: this neither blocks nor is overtaken
             request.sendall(BUSY)
         except OSError:
@@ -306,8 +309,10 @@ def open_server(prog: str, args: argparse.Namespace, **options) -> TimeServer | 
         return TimeServer((args.bind, args.port), **options)
     except OSError as exc:
         reason = exc.strerror or str(exc)
-        print(f"{prog}: cannot listen on {args.bind} port {args.port}: {reason}",
-              file=sys.stderr)
+        print(
+            f"{prog}: cannot listen on {args.bind} port {args.port}: {reason}",
+            file=sys.stderr,
+        )
         return None
 
 
@@ -322,9 +327,13 @@ def stop_on_signals(server: TimeServer) -> Iterator[None]:
 
     def stop(signum, frame):
         logger.info("%s received, shutting down", signal.Signals(signum).name)
-        threading.Thread(target=server.shutdown).start()  # not from serve_forever's thread
+        threading.Thread(
+            target=server.shutdown
+        ).start()  # not from serve_forever's thread
 
-    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {
+        sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)
+    }
     try:
         yield
     finally:
@@ -372,13 +381,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     verbosity.add_argument(
         "-q", "--quiet", action="store_true", help="log only warnings and errors"
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument(
+        "--version", action="version", version=f"%(prog)s {__version__}"
+    )
     args = parser.parse_args(argv)
     if args.max_line < len(COMMAND):
         parser.error(f"--max-line must leave room for {COMMAND!r}")
 
     configure_logging(
-        logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+        logging.DEBUG
+        if args.verbose
+        else logging.WARNING
+        if args.quiet
+        else logging.INFO
     )
     server = open_server(
         prog,
@@ -391,7 +406,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if server is None:
         return 1
     with stop_on_signals(server), server:
-        print(f"Serving time on {format_address(server.server_address)} ...", flush=True)
+        print(
+            f"Serving time on {format_address(server.server_address)} ...", flush=True
+        )
         server.serve_forever()
     return 0
 
