@@ -15,7 +15,7 @@ from . import __version__
 from .cli import positive, program_name
 from .client import TimeClient
 from .protocol import COMMAND
-from .server import add_address_arguments, configure_logging, open_server
+from .server import add_address_arguments, announce, configure_logging, open_server
 
 POLL_INTERVAL = 0.05  # how quickly the demo's server notices it should stop
 
@@ -62,7 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             answers[index] = exc
 
     with server:
-        print(f"Serving time on {host} port {port} ...", flush=True)
+        announce(server)
         serving = threading.Thread(
             target=server.serve_forever, kwargs={"poll_interval": POLL_INTERVAL}
         )

@@ -316,6 +316,11 @@ def open_server(prog: str, args: argparse.Namespace, **options) -> TimeServer | 
         return None
 
 
+def announce(server: TimeServer) -> None:
+    """Print the start-up line, with the address really bound (port 0 resolved)."""
+    print(f"Serving time on {format_address(server.server_address)} ...", flush=True)
+
+
 def configure_logging(level: int) -> None:
     """Log to stderr with a time stamp, from `level` up."""
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(message)s")
