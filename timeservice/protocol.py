@@ -17,7 +17,7 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 
 COMMAND = "send time"
-REQUEST = b"send time\n"
+REQUEST = f"{COMMAND}\n".encode()
 DEFAULT_PORT = 8037
 MAX_LINE_BYTES = 256
 MAX_REPLY_BYTES = 256
