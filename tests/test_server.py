@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import logging
 import select
 import socket
@@ -337,3 +338,107 @@ def test_restarting_at_once_on_the_same_port_works(start_server, connect):
     server.server_close()
     with TimeServer(("127.0.0.1", port)) as again:
         assert again.server_address[1] == port
+
+
+def recording_clock(record):
+    """A clock that notes something about the thread that asks it."""
+
+    def clock():
+        record()
+        return datetime.now(timezone.utc)
+
+    return clock
+
+
+def test_one_thread_serves_connection_after_connection(start_server, connect):
+    threads = []
+    server = start_server(
+        clock=recording_clock(lambda: threads.append(threading.current_thread()))
+    )
+    for _ in range(5):
+        connection = connect(server)
+        timestamp(connection.ask())
+        connection.close()
+        server.wait_finished()
+    assert len(threads) == 5
+    assert len(set(threads)) == 1
+
+
+def test_a_thread_without_connections_ends(start_server, connect):
+    threads = []
+    server = start_server(
+        clock=recording_clock(lambda: threads.append(threading.current_thread()))
+    )
+    server.thread_idle = 0.05
+    connection = connect(server)
+    timestamp(connection.ask())
+    connection.close()
+    server.wait_finished()
+    threads[0].join(TIMEOUT)
+    assert not threads[0].is_alive()
+    timestamp(connect(server).ask())  # a new thread takes the next connection
+    assert threads[1] is not threads[0]
+
+
+def test_busy_connections_each_get_a_thread(start_server, connect):
+    threads = []
+    server = start_server(
+        clock=recording_clock(lambda: threads.append(threading.current_thread()))
+    )
+    connections = [connect(server) for _ in range(3)]
+    for connection in connections:
+        timestamp(connection.ask())
+    assert len(set(threads)) == 3
+
+
+needs_affinity = pytest.mark.skipif(
+    not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2,
+    reason="needs CPU affinity and two CPUs",
+)
+
+
+@needs_affinity
+@pytest.mark.parametrize("one_cpu", [True, False])
+def test_the_handlers_keep_to_one_cpu_unless_told_otherwise(one_cpu, connect):
+    Server = type("Server", (TimeServer,), {"one_cpu": one_cpu})
+    allowed = os.sched_getaffinity(0)
+    seen, after = [], []
+    clock = recording_clock(lambda: seen.append(os.sched_getaffinity(0)))
+    with Server(("127.0.0.1", 0), clock=clock) as server:
+
+        def serve():
+            server.serve_forever(poll_interval=0.01)
+            after.append(os.sched_getaffinity(0))
+
+        thread = threading.Thread(target=serve)
+        thread.start()
+        try:
+            timestamp(connect(server).ask())
+        finally:
+            server.shutdown()
+            thread.join(TIMEOUT)
+    if one_cpu:
+        assert len(seen[0]) == 1 and seen[0] <= allowed
+    else:
+        assert seen == [allowed]
+    assert after == [allowed]  # the serving thread has its CPUs back
+
+
+def test_a_client_that_keeps_asking_outlives_the_idle_timeout(start_server, connect):
+    # Each answer moves the deadline: ten requests 0.1 s apart span more
+    # than two idle timeouts of 0.4 s and are all answered.
+    server = start_server(idle_timeout=0.4)
+    connection = connect(server)
+    for _ in range(10):
+        timestamp(connection.ask())
+        readable, _, _ = select.select([connection.sock], [], [], 0.1)
+        assert not readable  # no ERR timeout in between
+    timestamp(connection.ask())
+
+
+def test_connections_get_the_small_send_buffer(server, connect):
+    timestamp(connect(server).ask())
+    (accepted,) = server._connections
+    size = accepted.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+    assert size == server.socket.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+    assert size <= 2 * server.send_buffer  # Linux doubles what it is given

@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import os
+import queue
 import signal
 import socket
 import socketserver
@@ -23,11 +25,13 @@ from .protocol import (
     COMMAND,
     DEFAULT_PORT,
     MAX_LINE_BYTES,
+    REQUEST,
     Clock,
     error_line,
     local_now,
     respond,
     strip_line_ending,
+    time_line,
     utc_now,
 )
 
@@ -61,28 +65,39 @@ class TimeRequestHandler(socketserver.StreamRequestHandler):
     """Answers the request lines of one connection until EOF, an error or a deadline.
 
     The handler never sets a socket timeout (that would add a poll to every
-    read); it records when its current line is due, and the server's
-    service_actions() cuts off the connections that are overdue.
+    read) and reads no clock: it counts the requests it answers, and the
+    server's service_actions() keeps each connection's deadline from that
+    count and cuts off the connections that are overdue.
     """
 
     disable_nagle_algorithm = True  # replies are small and must not wait for an ACK
+    rbufsize = 0  # socketserver's reader is replaced in setup()
+    read_buffer = 4096
 
     def setup(self) -> None:
         super().setup()
-        self.connection.setsockopt(
-            socket.SOL_SOCKET, socket.SO_SNDBUF, self.server.send_buffer
+        # socket.makefile()'s reader runs Python code on every read; a
+        # buffered reader over the file descriptor reads in C.
+        self.rfile.close()
+        self.rfile = open(
+            self.connection.fileno(), "rb", self.read_buffer, closefd=False
         )
         self.peer = format_address(self.client_address)
-        self.requests = 0
+        self.debug = logger.isEnabledFor(logging.DEBUG)
+        self.requests = self.requests_seen = 0
         self.stop_reason: str | None = None
         self.deadline = time.monotonic() + self.server.idle_timeout
         self.server.track(self)
 
     def handle(self) -> None:
-        max_line = self.server.max_line
+        max_line, clock = self.server.max_line, self.server.clock
         limit = max_line + len(b"\r\n")
+        readline = self.rfile.readline
         while True:
-            line = self.rfile.readline(limit)
+            line = readline(limit)
+            if line == REQUEST:  # the usual request needs no closer look
+                self.answer(line, time_line(clock))
+                continue
             request = strip_line_ending(line)
             if len(request) > max_line:
                 self.close_with(LINE_TOO_LONG)
@@ -91,26 +106,20 @@ class TimeRequestHandler(socketserver.StreamRequestHandler):
                 if self.stop_reason:
                     self.close_with(error_line(self.stop_reason))
                 elif request:  # a last request without its LF is still answered
-                    self.answer(request)
+                    self.answer(line, respond(request, clock))
                 return
-            self.answer(request)
-            if self.stop_reason is None:
-                self.deadline = time.monotonic() + self.server.idle_timeout
+            self.answer(line, respond(request, clock))
 
     def finish(self) -> None:
         super().finish()
         why = f" ({self.stop_reason})" if self.stop_reason else ""
         logger.info("%s: closed after %d request(s)%s", self.peer, self.requests, why)
 
-    def reply(self, request: bytes) -> bytes:
-        """Return the reply line for one request; override to answer differently."""
-        return respond(request, self.server.clock)
-
-    def answer(self, request: bytes) -> None:
-        reply = self.reply(request)
-        logger.debug("%s: %r -> %r", self.peer, request, reply)
-        self.wfile.write(reply)
-        self.requests += 1
+    def answer(self, line: bytes, reply: bytes) -> None:
+        if self.debug:
+            logger.debug("%s: %r -> %r", self.peer, strip_line_ending(line), reply)
+        self.connection.sendall(reply)
+        self.requests += 1  # counted, so the server can see progress
 
     def close_with(self, line: bytes) -> None:
         """Send a last line and make sure it arrives before the connection closes.
@@ -177,6 +186,8 @@ class TimeServer(socketserver.ThreadingTCPServer):
     linger = 0.5  # how long a closing connection is drained
     send_buffer = 64 * 1024  # replies the kernel holds for a client that reads slowly
     shutdown_grace = 1.0  # how long handlers may finish after server_close()
+    thread_idle = 10.0  # how long a thread waits for another connection, then ends
+    one_cpu = True  # see serve_forever()
 
     def __init__(
         self,
@@ -207,9 +218,14 @@ class TimeServer(socketserver.ThreadingTCPServer):
         self._lock = threading.Lock()
         self._connections: dict[socket.socket, TimeRequestHandler | None] = {}
         self._next_sweep = 0.0
+        self._threads_idle = 0  # idle threads that no connection has claimed
+        self._handoff: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread_pool: set[threading.Thread] = set()
         super().__init__(address, handler_class, bind_and_activate)
 
     def server_bind(self) -> None:
+        # Accepted connections inherit the listening socket's buffer size.
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.send_buffer)
         if self.address_family == socket.AF_INET6:
             try:  # "::" serves IPv4 too, as http.server does
                 self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
@@ -244,28 +260,106 @@ class TimeServer(socketserver.ThreadingTCPServer):
             self._connections.pop(request, None)
         super().shutdown_request(request)
 
+    def serve_forever(self, poll_interval: float = 0.5) -> None:
+        """Serve until shutdown(), keeping this thread and its handlers on one CPU.
+
+        Only one thread at a time runs Python (the GIL). Threads spread over
+        several CPUs hand it to each other across CPUs, and under load those
+        handoffs cost more than the requests themselves; on one CPU they are
+        cheap. Set `one_cpu` to False to let the threads roam.
+        """
+        cpus = os.sched_getaffinity(0) if hasattr(os, "sched_setaffinity") else None
+        if self.one_cpu and cpus:
+            spread = sorted(cpus)[os.getpid() % len(cpus)]  # servers on other CPUs
+            os.sched_setaffinity(0, {spread})
+        try:
+            super().serve_forever(poll_interval)
+        finally:
+            if self.one_cpu and cpus:
+                os.sched_setaffinity(0, cpus)
+
     def service_actions(self) -> None:
-        """Cut off connections whose current line is overdue (see the handler)."""
+        """Move the deadline of connections that answered since the last sweep;
+        cut off those whose current line is overdue."""
         now = time.monotonic()
         if now < self._next_sweep:
             return
         self._next_sweep = now + self.sweep_interval
         with self._lock:
             for handler in self._connections.values():
-                if handler is not None and handler.deadline < now:
+                if handler is None:
+                    continue
+                if (
+                    handler.requests != handler.requests_seen
+                    and not handler.stop_reason
+                ):
+                    handler.requests_seen = handler.requests
+                    handler.deadline = now + self.idle_timeout
+                elif handler.deadline < now:
                     handler.expire("timeout")
 
+    def process_request(self, request, client_address) -> None:
+        """Hand the connection to an idle thread, or start a thread for it.
+
+        Starting a thread costs more than serving a connection's one request,
+        so each thread serves connection after connection, and ends after
+        `thread_idle` seconds without one.
+        """
+        with self._lock:
+            claimed = self._threads_idle > 0
+            if claimed:
+                self._threads_idle -= 1
+        if claimed:
+            self._handoff.put((request, client_address))
+            return
+        thread = threading.Thread(
+            target=self._serve_connections,
+            args=(request, client_address),
+            daemon=self.daemon_threads,
+        )
+        with self._lock:
+            self._thread_pool.add(thread)
+        thread.start()
+
+    def _serve_connections(self, request, client_address) -> None:
+        try:
+            while request is not None:
+                self.process_request_thread(request, client_address)
+                request, client_address = self._next_connection()
+        finally:
+            with self._lock:
+                self._thread_pool.discard(threading.current_thread())
+
+    def _next_connection(self) -> tuple:
+        with self._lock:
+            self._threads_idle += 1
+        while True:
+            try:
+                return self._handoff.get(timeout=self.thread_idle)
+            except queue.Empty:
+                with self._lock:
+                    if self._threads_idle > 0:  # not claimed: end the thread
+                        self._threads_idle -= 1
+                        return None, None
+                # process_request() has claimed this thread: a connection is coming
+
     def server_close(self) -> None:
-        """Stop listening, answer the lines already received, then join the handlers."""
+        """Stop listening, answer the lines already received, then join the threads."""
         self.socket.close()
         with self._lock:
             for handler in self._connections.values():
                 if handler is not None:
                     handler.expire("server shutting down")
+            threads = list(self._thread_pool)
+        for _ in threads:
+            self._handoff.put((None, None))  # ends a thread once it is idle
         force = threading.Timer(self.shutdown_grace, self._abort_connections)
         force.start()
         try:
-            super().server_close()  # joins the handler threads
+            super().server_close()
+            if self.block_on_close:
+                for thread in threads:
+                    thread.join()
         finally:
             force.cancel()
             force.join()
@@ -411,9 +505,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if server is None:
         return 1
     with stop_on_signals(server), server:
-        print(
-            f"Serving time on {format_address(server.server_address)} ...", flush=True
-        )
+        announce(server)
         server.serve_forever()
     return 0
 
