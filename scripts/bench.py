@@ -1,0 +1,495 @@
+#!/usr/bin/env python3
+"""Benchmark timeservice against the assignment's sketch and an asyncio server.
+
+Each server runs as its own process on loopback, port 0; the load comes from
+other processes, one closed request/reply loop per connection. Servers take
+turns within every round, so the machine's drift hits all of them alike, and
+the table shows the median over the rounds. Progress goes to stderr, the
+table to stdout.
+
+    python scripts/bench.py [--rounds N] [--seconds S] [--quick] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import array
+import json
+import multiprocessing
+import os
+import platform
+import re
+import resource
+import select
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PEERS = Path(__file__).resolve().parent / "peers"
+REQUEST = b"send time\n"
+REPLY = re.compile(rb"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}[+-]\d\d:\d\d\n")
+IDLE_CONNECTIONS = 1000
+START_TIMEOUT = 10.0
+SERVER_NAMES = {"ours": "timeservice", "seed": "seed sketch", "asyncio": "asyncio"}
+SERVERS = {
+    # Ours as shipped, but for a cap above the idle connections (default 512).
+    "ours": [
+        sys.executable,
+        "-m",
+        "timeservice.server",
+        "-q",
+        "--max-connections",
+        str(IDLE_CONNECTIONS + 100),
+        "0",
+    ],
+    "seed": [sys.executable, str(PEERS / "seed.py")],
+    "asyncio": [sys.executable, str(PEERS / "asyncio_streams.py")],
+}
+
+
+class Server:
+    """One server process of ours to benchmark, ended by its pid when done."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.process = subprocess.Popen(
+            SERVERS[name], cwd=ROOT, stdout=subprocess.PIPE, text=True
+        )
+        ready, _, _ = select.select([self.process.stdout], [], [], START_TIMEOUT)
+        line = self.process.stdout.readline() if ready else ""
+        found = re.search(r"port (\d+)", line)
+        if not found:
+            self.stop()
+            raise RuntimeError(f"{name} did not start: {line!r}")
+        self.address = ("127.0.0.1", int(found.group(1)))
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.process.stdout.close()
+
+    def rss(self) -> int:
+        """Resident memory in bytes."""
+        with open(f"/proc/{self.process.pid}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+        raise RuntimeError("no VmRSS")
+
+    def cpu(self) -> float:
+        """CPU seconds used so far, user and system."""
+        with open(f"/proc/{self.process.pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+# The load: the cheapest loops this can be written as in Python.
+
+
+def connect(address) -> socket.socket:
+    """A connected socket, without create_connection()'s name lookup."""
+    sock = socket.socket()
+    sock.connect(address)
+    return sock
+
+
+def read_reply(sock: socket.socket, first: bytes) -> bytes:
+    while not first.endswith(b"\n"):
+        more = sock.recv(256)
+        if not more:
+            raise ConnectionError("server closed the connection")
+        first += more
+    return first
+
+
+def one_connection(address, start, end, reconnect):
+    """One client in a blocking loop; returns latencies (ns) and bad replies."""
+    clock = time.monotonic_ns
+    latencies = array.array("q")
+    record = latencies.append
+    bad = 0
+    sock = None if reconnect else connect(address)
+    while True:
+        t0 = clock()
+        if reconnect:
+            sock = connect(address)
+        sock.send(REQUEST)
+        reply = sock.recv(256)
+        if reply[-1:] != b"\n":
+            reply = read_reply(sock, reply)
+        if reconnect:
+            sock.close()
+        t1 = clock()
+        if len(reply) != 33:
+            bad += 1
+        elif t0 >= start:
+            record(t1 - t0)
+        if t1 >= end:
+            break
+    if not reconnect:
+        sock.close()
+    return latencies, bad
+
+
+def many_connections(address, count, start, end, reconnect):
+    """`count` clients multiplexed with epoll; returns latencies (ns), bad replies."""
+    clock = time.monotonic_ns
+    latencies = array.array("q")
+    record = latencies.append
+    bad = 0
+    poller = select.epoll()
+    sockets, sent = {}, {}
+
+    def ask(sock=None):
+        t0 = clock()
+        if sock is None:
+            sock = connect(address)
+            sock.setblocking(False)
+            fd = sock.fileno()
+            sockets[fd] = sock
+            poller.register(fd, select.EPOLLIN)
+        sock.send(REQUEST)
+        sent[sock.fileno()] = t0
+
+    for _ in range(count):
+        ask()
+    give_up = end + 10 * 10**9
+    while sockets and clock() < give_up:
+        for fd, _ in poller.poll(1.0):
+            sock = sockets[fd]
+            reply = sock.recv(256)
+            if reply[-1:] != b"\n":
+                sock.setblocking(True)
+                sock.settimeout(5)
+                reply = read_reply(sock, reply)
+                sock.setblocking(False)
+            t1 = clock()
+            t0 = sent[fd]
+            if len(reply) != 33:
+                bad += 1
+            elif t0 >= start:
+                record(t1 - t0)
+            if reconnect or t1 >= end:
+                poller.unregister(fd)
+                del sockets[fd]
+                sock.close()
+            if t1 < end:
+                ask(None if reconnect else sock)
+    for sock in sockets.values():
+        sock.close()
+    poller.close()
+    return latencies, bad
+
+
+def driver(address, count, start, end, reconnect, results):
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    try:
+        if count == 1:
+            latencies, bad = one_connection(address, start, end, reconnect)
+        else:
+            latencies, bad = many_connections(address, count, start, end, reconnect)
+    except Exception as exc:
+        results.put(exc)
+        return
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    results.put((latencies.tobytes(), bad, cpu))
+
+
+def percentile(ordered, fraction):
+    return ordered[min(len(ordered) - 1, int(len(ordered) * fraction))]
+
+
+def run_load(server, connections, reconnect, seconds, warmup):
+    """Drive `server` from separate processes; return the figures of one run."""
+    processes = 1 if connections < 8 else 2
+    context = multiprocessing.get_context("fork")
+    results = context.Queue()
+    now = time.monotonic_ns()
+    start = now + int((warmup + 0.2) * 1e9)
+    end = start + int(seconds * 1e9)
+    share = [
+        connections // processes + (i < connections % processes)
+        for i in range(processes)
+    ]
+    workers = [
+        context.Process(
+            target=driver, args=(server.address, n, start, end, reconnect, results)
+        )
+        for n in share
+    ]
+    for worker in workers:
+        worker.start()
+    # Sample the server's CPU over the measured window only.
+    time.sleep(max(0.0, (start - time.monotonic_ns()) / 1e9))
+    cpu_before = server.cpu()
+    time.sleep(max(0.0, (end - time.monotonic_ns()) / 1e9))
+    server_cpu = server.cpu() - cpu_before
+    latencies, bad, driver_cpu = array.array("q"), 0, 0.0
+    for _ in workers:
+        result = results.get(timeout=seconds + warmup + 30)
+        if isinstance(result, Exception):
+            raise RuntimeError(f"{server.name}: load generator failed: {result!r}")
+        data, worker_bad, cpu = result
+        latencies.frombytes(data)
+        bad += worker_bad
+        driver_cpu += cpu
+    for worker in workers:
+        worker.join()
+    ordered = sorted(latencies)
+    if not ordered:
+        raise RuntimeError(f"{server.name}: no replies")
+    rps = len(ordered) / seconds
+    busy = driver_cpu / ((seconds + warmup + 0.2) * processes)
+    return {
+        "rps": rps,
+        "p50_ms": percentile(ordered, 0.50) / 1e6,
+        "p99_ms": percentile(ordered, 0.99) / 1e6,
+        "bad_replies": bad,
+        "server_cpu": server_cpu / seconds,  # cores kept busy
+        "load_gen_busy": busy,  # share of its processes' time on a CPU
+        "load_gen_max_rps": rps / busy if busy else 0.0,  # if it never waited
+    }
+
+
+def idle_memory(server, count):
+    """Resident memory the server adds to hold `count` idle connections."""
+    with socket.create_connection(server.address, timeout=5) as sock:
+        sock.sendall(REQUEST)
+        read_reply(sock, sock.recv(256))
+    before = server.rss()
+    held = []
+    try:
+        for _ in range(count):
+            sock = socket.create_connection(server.address, timeout=5)
+            held.append(sock)
+            sock.sendall(REQUEST)
+            if len(read_reply(sock, sock.recv(256))) != 33:
+                raise RuntimeError(f"{server.name}: bad reply")
+        return {"idle_mib": before / 2**20, "held_mib": (server.rss() - before) / 2**20}
+    finally:
+        for sock in held:
+            sock.close()
+
+
+def check_replies(server):
+    with socket.create_connection(server.address, timeout=5) as sock:
+        sock.sendall(REQUEST)
+        reply = read_reply(sock, sock.recv(256))
+    if not REPLY.fullmatch(reply):
+        raise RuntimeError(f"{server.name} answered {reply!r}")
+
+
+WORKLOADS = [
+    # name, connections, new connection per request
+    ("1 connection, persistent", 1, False),
+    ("8 connections, persistent", 8, False),
+    ("64 connections, persistent", 64, False),
+    ("1 client, connection per request", 1, True),
+    ("8 clients, connection per request", 8, True),
+]
+MEMORY = f"{IDLE_CONNECTIONS} idle connections"
+
+
+def raise_file_limit(needed):
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return soft == resource.RLIM_INFINITY or soft >= needed
+
+
+def machine():
+    model = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {
+        "cpu": model,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "kernel": f"{platform.system()} {platform.release()}",
+    }
+
+
+def run(args):
+    servers = list(SERVERS)
+    memory_ok = raise_file_limit(IDLE_CONNECTIONS + 200)
+    if not memory_ok:
+        print(
+            f"open-file limit too low for {MEMORY}; skipping that run", file=sys.stderr
+        )
+    samples = {name: {server: [] for server in servers} for name, _, _ in WORKLOADS}
+    memory = {server: [] for server in servers}
+    for number in range(args.rounds):
+        order = servers[number % len(servers) :] + servers[: number % len(servers)]
+        for name, connections, reconnect in WORKLOADS:
+            for server_name in order:
+                progress(number, args.rounds, server_name, name)
+                server = Server(server_name)
+                try:
+                    check_replies(server)
+                    samples[name][server_name].append(
+                        run_load(
+                            server, connections, reconnect, args.seconds, args.warmup
+                        )
+                    )
+                finally:
+                    server.stop()
+        if memory_ok:
+            for server_name in order:
+                progress(number, args.rounds, server_name, MEMORY)
+                server = Server(server_name)
+                try:
+                    memory[server_name].append(idle_memory(server, IDLE_CONNECTIONS))
+                finally:
+                    server.stop()
+    return summarise(args, samples, memory)
+
+
+def progress(number, rounds, server, workload):
+    print(
+        f"round {number + 1} of {rounds}: {SERVER_NAMES[server]}, {workload}",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def median_of(runs, key):
+    return statistics.median(run[key] for run in runs)
+
+
+def summarise(args, samples, memory):
+    results = {}
+    for name, runs_by_server in samples.items():
+        results[name] = {
+            server: {key: median_of(runs, key) for key in runs[0]} | {"rounds": runs}
+            for server, runs in runs_by_server.items()
+        }
+    ratios = {
+        name: {
+            peer: results[name]["ours"]["rps"] / results[name][peer]["rps"]
+            for peer in SERVERS
+            if peer != "ours"
+        }
+        for name in results
+    }
+    memory_results = {
+        server: {key: median_of(runs, key) for key in runs[0]} | {"rounds": runs}
+        for server, runs in memory.items()
+        if runs
+    }
+    return {
+        "machine": machine(),
+        "command": " ".join(["python", "scripts/bench.py"] + args.argv),
+        "rounds": args.rounds,
+        "seconds": args.seconds,
+        "workloads": results,
+        "ratios": ratios,
+        "memory": memory_results,
+    }
+
+
+def table(report):
+    """The report as text: one row per workload and server, then the ratios."""
+    m = report["machine"]
+    out = [
+        f"{m['cpu']}, {m['cores']} cores, Python {m['python']}, {m['kernel']}",
+        f"median of {report['rounds']} rounds of {report['seconds']:g} s each",
+        "",
+        f"{'workload':<34} {'server':<12} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>7}"
+        f" {'server CPU':>10} {'load gen':>8} {'gen max':>8}",
+    ]
+    for name, by_server in report["workloads"].items():
+        for i, (server, r) in enumerate(by_server.items()):
+            out.append(
+                f"{name if i == 0 else '':<34} {SERVER_NAMES[server]:<12}"
+                f" {r['rps']:>8,.0f} {r['p50_ms']:>7.3f} {r['p99_ms']:>7.3f}"
+                f" {r['server_cpu']:>10.0%} {r['load_gen_busy']:>8.0%}"
+                f" {r['load_gen_max_rps']:>8,.0f}"
+            )
+    out += [
+        "",
+        f"{'timeservice req/s ÷ peer req/s':<34} {'seed sketch':>12} {'asyncio':>8}",
+    ]
+    for name, ratio in report["ratios"].items():
+        out.append(f"{name:<34} {ratio['seed']:>11.2f}x {ratio['asyncio']:>7.2f}x")
+    if report["memory"]:
+        heading = f"{MEMORY}, RSS"
+        out += ["", f"{heading:<34} {'server':<12} {'idle MiB':>8} {'+ MiB':>7}"]
+        for server, r in report["memory"].items():
+            out.append(
+                f"{'':<34} {SERVER_NAMES[server]:<12}"
+                f" {r['idle_mib']:>8.1f} {r['held_mib']:>7.1f}"
+            )
+    bad = sum(
+        r["bad_replies"] for by in report["workloads"].values() for r in by.values()
+    )
+    if bad:
+        out += ["", f"WARNING: {bad} replies were not a timestamp line"]
+    out += [
+        "",
+        "server CPU: cores the server kept busy (100% = one core). load gen: how much",
+        "of its time the load generator spent on a CPU; gen max: the req/s it could",
+        "drive at that cost if it never had to wait for the server.",
+    ]
+    return "\n".join(out)
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--rounds", type=int, default=5, help="rounds (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--seconds",
+        type=float,
+        default=2.0,
+        help="measured seconds per run (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--warmup",
+        type=float,
+        default=0.5,
+        help="unmeasured seconds before each run (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="one short round, to check that the script works",
+    )
+    parser.add_argument("--json", metavar="FILE", help="also write the figures to FILE")
+    args = parser.parse_args(argv)
+    args.argv = argv
+    if args.quick:
+        args.rounds, args.seconds, args.warmup = 1, 0.2, 0.1
+    if args.rounds < 1 or args.seconds <= 0:
+        parser.error("--rounds and --seconds must be positive")
+    report = run(args)
+    print(table(report))
+    if args.json:
+        with open(args.json, "w") as out:
+            json.dump(report, out, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        sys.exit(130)
