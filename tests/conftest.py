@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import queue
+import re
+import select
+import signal
 import socket
+import subprocess
+import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -16,6 +22,7 @@ from timeservice.server import TimeServer
 
 TIMEOUT = 5.0  # no read in the tests waits longer than this
 ROOT = Path(__file__).resolve().parent.parent
+STARTUP = re.compile(r"Serving time on (\S+) port (\d+) \.\.\.\n")
 
 
 def one_line(text: str) -> str:
@@ -30,6 +37,37 @@ def listening_socket() -> Iterator[int]:
     """A port that accepts connections into its backlog and never answers."""
     with socket.create_server(("127.0.0.1", 0)) as sock:
         yield sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def server_process(
+    *args: str, env: dict | None = None, launcher: Sequence[str] = ()
+) -> Iterator[tuple]:
+    """A ``python -m timeservice.server`` process and the port it says it serves.
+
+    `launcher` goes before the command, as in ``faketime -f +2.5s``; the
+    process runs in a group of its own, so that a launcher's child ends too.
+    """
+    process = subprocess.Popen(
+        [*launcher, sys.executable, "-m", "timeservice.server", *args],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=None if env is None else {**os.environ, **env},
+        start_new_session=True,
+    )
+    try:
+        ready, _, _ = select.select([process.stdout], [], [], TIMEOUT)
+        assert ready, "no start-up line"
+        line = process.stdout.readline()
+        match = STARTUP.fullmatch(line)
+        assert match, line
+        yield process, int(match[2])
+    finally:
+        if process.poll() is None:  # still running: end its group
+            os.killpg(process.pid, signal.SIGKILL)
+        process.communicate(timeout=TIMEOUT)
 
 
 class RecordingServer(TimeServer):

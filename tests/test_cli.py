@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
-import re
-import select
 import signal
 import socket
 import struct
@@ -16,13 +13,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, TIMEOUT, listening_socket, one_line
+from conftest import ROOT, TIMEOUT, listening_socket, one_line, server_process
 
 from timeservice import __version__, client, server
 from timeservice.client import TimeClient
 from timeservice.protocol import parse_timestamp
-
-STARTUP = re.compile(r"Serving time on (\S+) port (\d+) \.\.\.\n")
 
 
 def free_port() -> int:
@@ -41,30 +36,6 @@ def run(module: str, *args: str, **kwargs) -> subprocess.CompletedProcess:
         timeout=30,
         **kwargs,
     )
-
-
-@contextlib.contextmanager
-def server_process(*args: str, env: dict | None = None) -> Iterator[tuple]:
-    """A ``python -m timeservice.server`` process and the port it says it serves."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "timeservice.server", *args],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=None if env is None else {**os.environ, **env},
-    )
-    try:
-        ready, _, _ = select.select([process.stdout], [], [], TIMEOUT)
-        assert ready, "no start-up line"
-        line = process.stdout.readline()
-        match = STARTUP.fullmatch(line)
-        assert match, line
-        yield process, int(match[2])
-    finally:
-        if process.poll() is None:
-            process.kill()
-        process.communicate(timeout=TIMEOUT)
 
 
 # The server's command line

@@ -6,17 +6,29 @@ Run it with ``python -m timeservice.client [HOST] [PORT]``.
 from __future__ import annotations
 
 import argparse
+import json
 import socket
 import sys
 import time
 from collections.abc import Sequence
+from datetime import datetime, timezone
 
 from . import __version__
 from .cli import format_address, port_number, positive, program_name
-from .protocol import DEFAULT_PORT, MAX_REPLY_BYTES, REQUEST, ReplyError, parse_reply
+from .offset import NANOSECONDS, Estimate, Sample, estimate, timestamp_ns, verdict
+from .protocol import (
+    DEFAULT_PORT,
+    MAX_REPLY_BYTES,
+    REQUEST,
+    ReplyError,
+    format_timestamp,
+    parse_reply,
+    parse_timestamp,
+)
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_TIMEOUT = 5.0
+OFFSET_SAMPLES = 8
 
 
 class TimeClient:
@@ -53,10 +65,29 @@ class TimeClient:
 
     def get_time(self) -> str:
         """Ask once; return the server's timestamp, or raise ReplyError or OSError."""
+        return parse_reply(self._ask())
+
+    def measure_offset(self, samples: int = OFFSET_SAMPLES) -> Estimate:
+        """Estimate how far the local clock is from the server's (Cristian).
+
+        Asks `samples` times and keeps the answer with the shortest round
+        trip; see timeservice.offset.
+        """
+        taken = []
+        for _ in range(samples):
+            t1, start = time.time_ns(), time.monotonic_ns()
+            line = self._ask()
+            end, t4 = time.monotonic_ns(), time.time_ns()
+            answer = parse_reply(line)
+            ts = timestamp_ns(parse_timestamp(answer))
+            taken.append(Sample(t1, ts, t4, end - start, answer))
+        return estimate(taken)
+
+    def _ask(self) -> bytes:
         if self._sock is None:
             raise ValueError("not connected")
         self._sock.sendall(REQUEST)
-        return parse_reply(self._read_line())
+        return self._read_line()
 
     def _read_line(self) -> bytes:
         """One reply line, within the timeout however the server spreads its bytes."""
@@ -74,6 +105,39 @@ class TimeClient:
             self._buffer += chunk
         line, _, self._buffer = self._buffer.partition(b"\n")
         return line
+
+
+def local_timestamp(nanoseconds: int) -> str:
+    """A time on the local clock, in the form the server answers in."""
+    seconds, rest = divmod(nanoseconds, NANOSECONDS)
+    moment = datetime.fromtimestamp(seconds, timezone.utc).astimezone()
+    return format_timestamp(moment.replace(microsecond=rest // 1000))
+
+
+def offset_line(result: Estimate) -> str:
+    """The estimate in one line for people."""
+    return (
+        f"offset {result.offset:+.6f} s ± {result.error:.6f} s, "
+        f"delay {result.delay:.6f} s (best of {len(result.samples)}; "
+        f"{verdict(result.offset, result.error)})"
+    )
+
+
+def offset_json(result: Estimate, server: str) -> str:
+    """The estimate as one line of JSON for scripts; times are seconds."""
+    best = result.best
+    return json.dumps(
+        {
+            "server": server,
+            "offset": round(result.offset, 9),
+            "error": round(result.error, 9),
+            "delay": round(result.delay, 9),
+            "samples": len(result.samples),
+            "t1": local_timestamp(best.t1),
+            "ts": best.answer,
+            "t4": local_timestamp(best.t4),
+        }
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -98,9 +162,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         "-n",
         "--count",
         type=positive(int),
-        default=1,
         metavar="N",
-        help="ask N times over one connection (default: %(default)s)",
+        help=f"ask N times over one connection (default: 1, with --offset "
+        f"{OFFSET_SAMPLES})",
+    )
+    parser.add_argument(
+        "--offset",
+        action="store_true",
+        help="estimate how far the local clock is from the server's, from the "
+        "answer with the shortest round trip (Cristian's algorithm)",
+    )
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="with --offset: print the estimate as one line of JSON instead",
     )
     parser.add_argument(
         "--timeout",
@@ -113,12 +188,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--version", action="version", version=f"%(prog)s {__version__}"
     )
     args = parser.parse_args(argv)
+    if args.json and not args.offset:
+        parser.error("--json goes with --offset")
 
     where = format_address((args.host, args.port))
     try:
         with TimeClient(args.host, args.port, args.timeout) as client:
-            for _ in range(args.count):
-                print(client.get_time(), flush=True)
+            if args.offset:
+                result = client.measure_offset(args.count or OFFSET_SAMPLES)
+            else:
+                for _ in range(args.count or 1):
+                    print(client.get_time(), flush=True)
     except ConnectionRefusedError:
         problem = f"connection refused by {where}: is the server running?"
     except TimeoutError:
@@ -130,6 +210,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         problem = f"cannot talk to {where}: {exc.strerror or exc}"
     else:
+        if args.json:
+            print(offset_json(result, where))
+        elif args.offset:
+            for sample in result.samples:
+                print(sample.answer)
+            print(offset_line(result))
         return 0
     print(f"{prog}: {problem}", file=sys.stderr)
     return 1

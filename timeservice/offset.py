@@ -1,0 +1,81 @@
+"""Cristian's algorithm: how far the local clock is from a time server's.
+
+The client reads its own clock just before it asks (t1) and just after the
+answer arrives (t4); the server read its clock (ts) somewhere in between.
+Taking ts as the time at the midpoint gives the offset, wrong by at most half
+the round trip (Cristian 1989). Of several samples the one with the shortest
+round trip has the tightest bound; NTP's clock filter (RFC 5905) keeps that
+one too. Pure arithmetic, so it is tested with numbers worked out by hand.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+NANOSECONDS = 1_000_000_000
+
+
+def timestamp_ns(moment: datetime) -> int:
+    """An aware datetime as nanoseconds since the epoch, exactly."""
+    return (moment - EPOCH) // timedelta(microseconds=1) * 1000
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One request and its answer; times in nanoseconds since the epoch."""
+
+    t1: int  # the local clock just before the request went out
+    ts: int  # the server's clock, as its answer says
+    t4: int  # the local clock just after the answer arrived
+    delay: int  # the round trip, timed with a monotonic clock
+    answer: str = ""  # the server's timestamp as it came
+
+    @property
+    def offset(self) -> float:
+        """Seconds the server is ahead of the local clock (behind if negative)."""
+        return (2 * self.ts - self.t1 - self.t4) / 2 / NANOSECONDS
+
+    @property
+    def error(self) -> float:
+        """Seconds the offset can be wrong by: half the round trip."""
+        return self.delay / 2 / NANOSECONDS
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """The offset from the best of several samples, and how sure it is."""
+
+    best: Sample
+    samples: tuple[Sample, ...]
+
+    @property
+    def offset(self) -> float:
+        return self.best.offset
+
+    @property
+    def error(self) -> float:
+        return self.best.error
+
+    @property
+    def delay(self) -> float:
+        """The best sample's round trip, in seconds."""
+        return self.best.delay / NANOSECONDS
+
+
+def estimate(samples: Sequence[Sample]) -> Estimate:
+    """Keep the sample with the shortest round trip: its error bound is smallest."""
+    if not samples:
+        raise ValueError("no samples")
+    return Estimate(min(samples, key=lambda sample: sample.delay), tuple(samples))
+
+
+def verdict(offset: float, error: float) -> str:
+    """The offset's sign in words, unless the error bound allows either sign."""
+    if offset > error:
+        return "local clock is behind the server"
+    if offset < -error:
+        return "local clock is ahead of the server"
+    return "local clock agrees with the server within the error bound"
