@@ -14,15 +14,23 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator, Sequence
+from datetime import datetime
 from pathlib import Path
 
 import pytest
 
+from timeservice.protocol import parse_timestamp
 from timeservice.server import TimeServer
 
 TIMEOUT = 5.0  # no read in the tests waits longer than this
 ROOT = Path(__file__).resolve().parent.parent
 STARTUP = re.compile(r"Serving time on (\S+) port (\d+) \.\.\.\n")
+
+
+def timestamp(line: bytes) -> datetime:
+    """The moment a reply line carries; fails the test if it is anything else."""
+    assert line.endswith(b"\n"), line
+    return parse_timestamp(line[:-1].decode("ascii"))
 
 
 def one_line(text: str) -> str:

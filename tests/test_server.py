@@ -13,19 +13,12 @@ from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 
 import pytest
-from conftest import TIMEOUT
+from conftest import TIMEOUT, timestamp
 
 from timeservice import server as server_module
-from timeservice.protocol import parse_timestamp
 from timeservice.server import TimeServer, connection_cap
 
 UNKNOWN = b"ERR unknown request, expected 'send time'\n"
-
-
-def timestamp(line: bytes) -> datetime:
-    """The moment a reply line carries; fails the test if it is anything else."""
-    assert line.endswith(b"\n"), line
-    return parse_timestamp(line[:-1].decode("ascii"))
 
 
 def reset(connection) -> None:

@@ -123,12 +123,18 @@ def error_line(reason: str) -> bytes:
 
 def respond(request: bytes, clock: Clock = local_now) -> bytes:
     """Return the reply line for one request line (without its line ending)."""
-    if request != _USUAL_REQUEST:  # the usual spelling needs no parsing
-        try:
-            parse_request(request)
-        except RequestError as exc:
-            return error_line(str(exc))
-    return time_line(clock)
+    return request_error(request) or time_line(clock)
+
+
+def request_error(request: bytes) -> bytes | None:
+    """The ``ERR`` line for a request that is not ``send time``, else None."""
+    if request == _USUAL_REQUEST:  # the usual spelling needs no parsing
+        return None
+    try:
+        parse_request(request)
+    except RequestError as exc:
+        return error_line(str(exc))
+    return None
 
 
 def time_line(clock: Clock) -> bytes:

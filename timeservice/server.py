@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import logging
 import os
 import queue
@@ -29,7 +30,7 @@ from .protocol import (
     Clock,
     error_line,
     local_now,
-    respond,
+    request_error,
     strip_line_ending,
     time_line,
     utc_now,
@@ -46,9 +47,12 @@ IDLE_TIMEOUT = 60.0
 MAX_CONNECTIONS = 512
 MIN_CONNECTIONS = 128
 RESERVED_FILES = 32  # for the listening socket, standard streams, logging
+CONNECTION_THREAD = "timeservice connection"  # the name of the threads that serve
 
 LINE_TOO_LONG = error_line("line too long")
 BUSY = error_line("busy")
+CLOCK_UNAVAILABLE = error_line("clock unavailable")
+OUT_OF_FILES = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 
 
 def connection_cap(requested: int) -> int:
@@ -96,7 +100,7 @@ class TimeRequestHandler(socketserver.StreamRequestHandler):
         while True:
             line = readline(limit)
             if line == REQUEST:  # the usual request needs no closer look
-                self.answer(line, time_line(clock))
+                self.answer(line, self.time_reply(clock))
                 continue
             request = strip_line_ending(line)
             if len(request) > max_line:
@@ -106,14 +110,23 @@ class TimeRequestHandler(socketserver.StreamRequestHandler):
                 if self.stop_reason:
                     self.close_with(error_line(self.stop_reason))
                 elif request:  # a last request without its LF is still answered
-                    self.answer(line, respond(request, clock))
+                    self.answer(line, request_error(request) or self.time_reply(clock))
                 return
-            self.answer(line, respond(request, clock))
+            self.answer(line, request_error(request) or self.time_reply(clock))
 
     def finish(self) -> None:
         super().finish()
         why = f" ({self.stop_reason})" if self.stop_reason else ""
         logger.info("%s: closed after %d request(s)%s", self.peer, self.requests, why)
+
+    def time_reply(self, clock: Clock) -> bytes:
+        """The clock's time as a reply line; if the clock fails, an ERR line,
+        never a made-up time."""
+        try:
+            return time_line(clock)
+        except Exception as exc:
+            logger.error("%s: cannot read the clock: %r", self.peer, exc)
+            return CLOCK_UNAVAILABLE
 
     def answer(self, line: bytes, reply: bytes) -> None:
         if self.debug:
@@ -187,6 +200,7 @@ class TimeServer(socketserver.ThreadingTCPServer):
     send_buffer = 64 * 1024  # replies the kernel holds for a client that reads slowly
     shutdown_grace = 1.0  # how long handlers may finish after server_close()
     thread_idle = 10.0  # how long a thread waits for another connection, then ends
+    accept_pause = (0.01, 0.5)  # first and longest pause when accept() lacks files
     one_cpu = True  # see serve_forever()
 
     def __init__(
@@ -221,6 +235,7 @@ class TimeServer(socketserver.ThreadingTCPServer):
         self._threads_idle = 0  # idle threads that no connection has claimed
         self._handoff: queue.SimpleQueue = queue.SimpleQueue()
         self._thread_pool: set[threading.Thread] = set()
+        self._failed_accepts = 0
         super().__init__(address, handler_class, bind_and_activate)
 
     def server_bind(self) -> None:
@@ -232,6 +247,34 @@ class TimeServer(socketserver.ThreadingTCPServer):
             except OSError:
                 pass
         super().server_bind()
+
+    def get_request(self) -> tuple:
+        """Accept a connection; when out of file descriptors, pause instead of spinning.
+
+        The connection that cannot be accepted stays in the backlog, so the
+        listening socket stays readable and serve_forever() would retry at
+        once, forever. Pausing longer each time, up to half a second, leaves
+        the CPU to the handlers whose connections will free files. The log
+        says when this starts and when it ends, not at every attempt.
+        """
+        try:
+            accepted = super().get_request()
+        except OSError as exc:
+            if exc.errno not in OUT_OF_FILES:
+                raise
+            self._failed_accepts += 1
+            if self._failed_accepts == 1:
+                logger.warning("cannot accept connections: %s; pausing", exc.strerror)
+            first, longest = self.accept_pause
+            time.sleep(min(longest, first * 2 ** (self._failed_accepts - 1)))
+            raise
+        if self._failed_accepts:
+            logger.warning(
+                "accepting connections again, after %d failed attempts",
+                self._failed_accepts,
+            )
+            self._failed_accepts = 0
+        return accepted
 
     def verify_request(self, request, client_address) -> bool:
         """Admit a connection while under the cap; refuse it with ``ERR busy``."""
@@ -315,6 +358,7 @@ class TimeServer(socketserver.ThreadingTCPServer):
         thread = threading.Thread(
             target=self._serve_connections,
             args=(request, client_address),
+            name=CONNECTION_THREAD,
             daemon=self.daemon_threads,
         )
         with self._lock:
