@@ -406,7 +406,9 @@ def test_soak_memory_and_threads_settle():
     )
     assert growth < 2048, seen  # kB, between the first round and the last
     assert seen[-1]["Threads"] <= seen[1]["Threads"] + 5, seen
-    assert max(s["Threads"] for s in seen) <= 1 + 50 + 5, seen
+    # A burst of 50 needs 50 threads, and a few more when a thread is still
+    # closing its last connection as the next one arrives.
+    assert max(s["Threads"] for s in seen) <= seen[0]["Threads"] + 50 + 10, seen
 
 
 # Across two hosts: network namespaces joined by a veth pair

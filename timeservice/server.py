@@ -120,8 +120,10 @@ class TimeRequestHandler(socketserver.StreamRequestHandler):
         logger.info("%s: closed after %d request(s)%s", self.peer, self.requests, why)
 
     def time_reply(self, clock: Clock) -> bytes:
-        """The clock's time as a reply line; if the clock fails, an ERR line,
-        never a made-up time."""
+        """The clock's time as a reply line, or ERR if the clock fails.
+
+        Never a made-up time; the failure is logged in one line.
+        """
         try:
             return time_line(clock)
         except Exception as exc:
@@ -322,8 +324,11 @@ class TimeServer(socketserver.ThreadingTCPServer):
                 os.sched_setaffinity(0, cpus)
 
     def service_actions(self) -> None:
-        """Move the deadline of connections that answered since the last sweep;
-        cut off those whose current line is overdue."""
+        """Keep the deadlines, and cut off the connections that are overdue.
+
+        A connection that has answered since the last sweep gets a new
+        deadline: the handlers only count, so they read no clock.
+        """
         now = time.monotonic()
         if now < self._next_sweep:
             return
