@@ -109,9 +109,10 @@ class TimeRequestHandler(socketserver.StreamRequestHandler):
             if not line.endswith(b"\n"):  # EOF, or the server cut the read short
                 if self.stop_reason:
                     self.close_with(error_line(self.stop_reason))
-                elif request:  # a last request without its LF is still answered
-                    self.answer(line, request_error(request) or self.time_reply(clock))
-                return
+                    return
+                if not request:
+                    return
+                # A last request without its LF is still answered; EOF follows.
             self.answer(line, request_error(request) or self.time_reply(clock))
 
     def finish(self) -> None:
