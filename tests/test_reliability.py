@@ -405,10 +405,10 @@ def test_soak_memory_and_threads_settle():
         f"RSS kB and threads after warm-up and each round: {seen}"
     )
     assert growth < 2048, seen  # kB, between the first round and the last
-    assert seen[-1]["Threads"] <= seen[1]["Threads"] + 5, seen
-    # A burst of 50 needs 50 threads, and a few more when a thread is still
-    # closing its last connection as the next one arrives.
-    assert max(s["Threads"] for s in seen) <= seen[0]["Threads"] + 50 + 10, seen
+    # Threads are kept for reuse: a burst of 50 needs 50, and a few more
+    # start when a burst comes while threads are still closing the last
+    # one. Bounded by the bursts, not by the 32,000 connections.
+    assert max(s["Threads"] for s in seen) <= seen[0]["Threads"] + 2 * 50, seen
 
 
 # Across two hosts: network namespaces joined by a veth pair
