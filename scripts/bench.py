@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PEERS = Path(__file__).resolve().parent / "peers"
 REQUEST = b"send time\n"
 REPLY = re.compile(rb"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}[+-]\d\d:\d\d\n")
+REPLY_BYTES = len(b"2026-11-27T10:15:42.000000+01:00\n")  # every timestamp line
 IDLE_CONNECTIONS = 1000
 START_TIMEOUT = 10.0
 SERVER_NAMES = {"ours": "timeservice", "seed": "seed sketch", "asyncio": "asyncio"}
@@ -66,6 +67,12 @@ class Server:
             self.stop()
             raise RuntimeError(f"{name} did not start: {line!r}")
         self.address = ("127.0.0.1", int(found.group(1)))
+
+    def __enter__(self) -> Server:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
 
     def stop(self) -> None:
         self.process.terminate()
@@ -110,6 +117,12 @@ def read_reply(sock: socket.socket, first: bytes) -> bytes:
     return first
 
 
+def ask(sock: socket.socket) -> bytes:
+    """Send one request on a blocking socket and return the reply line."""
+    sock.sendall(REQUEST)
+    return read_reply(sock, sock.recv(256))
+
+
 def one_connection(address, start, end, reconnect):
     """One client in a blocking loop; returns latencies (ns) and bad replies."""
     clock = time.monotonic_ns
@@ -128,7 +141,7 @@ def one_connection(address, start, end, reconnect):
         if reconnect:
             sock.close()
         t1 = clock()
-        if len(reply) != 33:
+        if len(reply) != REPLY_BYTES:
             bad += 1
         elif t0 >= start:
             record(t1 - t0)
@@ -173,7 +186,7 @@ def many_connections(address, count, start, end, reconnect):
                 sock.setblocking(False)
             t1 = clock()
             t0 = sent[fd]
-            if len(reply) != 33:
+            if len(reply) != REPLY_BYTES:
                 bad += 1
             elif t0 >= start:
                 record(t1 - t0)
@@ -262,17 +275,14 @@ def run_load(server, connections, reconnect, seconds, warmup):
 
 def idle_memory(server, count):
     """Resident memory the server adds to hold `count` idle connections."""
-    with socket.create_connection(server.address, timeout=5) as sock:
-        sock.sendall(REQUEST)
-        read_reply(sock, sock.recv(256))
+    check_replies(server)  # the server has served once before it is measured
     before = server.rss()
     held = []
     try:
         for _ in range(count):
             sock = socket.create_connection(server.address, timeout=5)
             held.append(sock)
-            sock.sendall(REQUEST)
-            if len(read_reply(sock, sock.recv(256))) != 33:
+            if len(ask(sock)) != REPLY_BYTES:
                 raise RuntimeError(f"{server.name}: bad reply")
         return {"idle_mib": before / 2**20, "held_mib": (server.rss() - before) / 2**20}
     finally:
@@ -282,8 +292,7 @@ def idle_memory(server, count):
 
 def check_replies(server):
     with socket.create_connection(server.address, timeout=5) as sock:
-        sock.sendall(REQUEST)
-        reply = read_reply(sock, sock.recv(256))
+        reply = ask(sock)
     if not REPLY.fullmatch(reply):
         raise RuntimeError(f"{server.name} answered {reply!r}")
 
@@ -340,24 +349,18 @@ def run(args):
         for name, connections, reconnect in WORKLOADS:
             for server_name in order:
                 progress(number, args.rounds, server_name, name)
-                server = Server(server_name)
-                try:
+                with Server(server_name) as server:
                     check_replies(server)
                     samples[name][server_name].append(
                         run_load(
                             server, connections, reconnect, args.seconds, args.warmup
                         )
                     )
-                finally:
-                    server.stop()
         if memory_ok:
             for server_name in order:
                 progress(number, args.rounds, server_name, MEMORY)
-                server = Server(server_name)
-                try:
+                with Server(server_name) as server:
                     memory[server_name].append(idle_memory(server, IDLE_CONNECTIONS))
-                finally:
-                    server.stop()
     return summarise(args, samples, memory)
 
 
