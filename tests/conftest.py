@@ -83,6 +83,8 @@ class RecordingServer(TimeServer):
 
     def __init__(self, *args, **kwargs) -> None:
         self.finished: queue.Queue = queue.Queue()
+        self.sweeps = 0
+        self.swept = threading.Condition()
         super().__init__(*args, **kwargs)
 
     def shutdown_request(self, request) -> None:
@@ -92,6 +94,26 @@ class RecordingServer(TimeServer):
     def wait_finished(self, count: int = 1) -> None:
         for _ in range(count):
             self.finished.get(timeout=TIMEOUT)
+
+    def sweep(self, now: float) -> None:
+        super().sweep(now)
+        with self.swept:
+            self.sweeps += 1
+            self.swept.notify_all()
+
+    def wait_sweeps(self, count: int) -> None:
+        """Wait until the watchdog has looked at the deadlines `count` more times."""
+        with self.swept:
+            target = self.sweeps + count
+            assert self.swept.wait_for(lambda: self.sweeps >= target, TIMEOUT)
+
+
+def bounded(action, *args) -> None:
+    """Run `action` in a thread and fail, instead of hanging, if it does not return."""
+    thread = threading.Thread(target=action, args=args)
+    thread.start()
+    thread.join(TIMEOUT)
+    assert not thread.is_alive(), f"{action.__name__}() did not return"
 
 
 @pytest.fixture
@@ -112,9 +134,9 @@ def start_server(caplog):
 
     yield start
     for server, thread in running:
-        server.shutdown()
+        bounded(server.shutdown)
         thread.join(TIMEOUT)
-        server.server_close()
+        bounded(server.server_close)
         assert server.socket.fileno() == -1
     assert threading.active_count() == threads_before
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]

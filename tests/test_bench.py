@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 from conftest import ROOT
 
 SERVERS = {"ours", "seed", "asyncio"}
@@ -18,6 +19,7 @@ WORKLOADS = {
 }
 
 
+@pytest.mark.slow
 def test_the_quick_benchmark_reports_every_server_and_workload(tmp_path):
     report_file = tmp_path / "bench.json"
     result = subprocess.run(

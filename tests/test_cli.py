@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, TIMEOUT, listening_socket, one_line, server_process
 
-from timeservice import __version__, client, server
+from timeservice import __version__, client, service
 from timeservice.client import TimeClient
 from timeservice.protocol import parse_timestamp
 
@@ -43,14 +43,14 @@ def run(module: str, *args: str, **kwargs) -> subprocess.CompletedProcess:
 
 def test_server_version(capsys):
     with pytest.raises(SystemExit) as exited:
-        server.main(["--version"])
+        service.main(["--version"])
     assert exited.value.code == 0
     assert capsys.readouterr().out.strip().endswith(f" {__version__}")
 
 
 def test_server_help_shows_defaults_and_an_example(capsys):
     with pytest.raises(SystemExit):
-        server.main(["--help"])
+        service.main(["--help"])
     out = " ".join(capsys.readouterr().out.split())  # as if argparse did not wrap
     assert "example: " in out
     for default in (
@@ -79,7 +79,7 @@ def test_server_help_shows_defaults_and_an_example(capsys):
 )
 def test_server_rejects_bad_options(capsys, argv):
     with pytest.raises(SystemExit) as exited:
-        server.main(argv)
+        service.main(argv)
     assert exited.value.code == 2
     assert (
         capsys.readouterr()
@@ -90,7 +90,7 @@ def test_server_rejects_bad_options(capsys, argv):
 
 def test_server_reports_a_port_in_use_in_one_line(capsys):
     with listening_socket() as port:
-        assert server.main([str(port)]) == 1
+        assert service.main([str(port)]) == 1
     err = one_line(capsys.readouterr().err)
     assert f"cannot listen on 127.0.0.1 port {port}: Address already in use" in err
 
@@ -103,7 +103,7 @@ def test_server_reports_a_port_in_use_in_one_line(capsys):
     ],
 )
 def test_server_reports_a_bad_address_in_one_line(capsys, address, reason):
-    assert server.main(["-b", address, "0"]) == 1
+    assert service.main(["-b", address, "0"]) == 1
     assert reason in one_line(capsys.readouterr().err)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import threading
 import time
 from datetime import datetime, timedelta, timezone
 
@@ -167,11 +168,12 @@ def test_slow_answers_lose_to_the_fast_one(start_server):
     # The server is slow on purpose, as a congested path would make it:
     # every answer but the fourth waits 20 ms.
     calls = []
+    congestion = threading.Event()  # never set: waiting on it is the delay
 
     def stall():
         calls.append(None)
         if len(calls) != 4:
-            time.sleep(0.02)  # the injected reply delay, not a synchronisation
+            congestion.wait(0.02)
 
     shift = timedelta(minutes=5)
     server = start_server(clock=shifted(shift, stall))

@@ -12,10 +12,16 @@ import threading
 from collections.abc import Sequence
 
 from . import __version__
-from .cli import positive, program_name
+from .cli import (
+    add_address_arguments,
+    announce,
+    configure_logging,
+    open_server,
+    positive,
+    program_name,
+)
 from .client import TimeClient
 from .protocol import COMMAND
-from .server import add_address_arguments, announce, configure_logging, open_server
 
 POLL_INTERVAL = 0.05  # how quickly the demo's server notices it should stop
 
@@ -56,7 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def ask(index: int) -> None:
         try:
-            with TimeClient(client_host(host), port) as client:
+            with TimeClient(client_host(str(host)), port) as client:
                 answers[index] = client.get_time()
         except Exception as exc:  # reported below, by the main thread
             answers[index] = exc

@@ -1,16 +1,25 @@
-"""Small pieces the command lines share: argument types and how to show an address."""
+"""What the command lines share: argument types, binding a server with one clear
+line on failure, the start-up line, logging, signals and the server's CPU.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import os
+import signal
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
 
+from . import capabilities
+from .server import TimeServer, format_address
 
-def format_address(address: tuple) -> str:
-    """``HOST port PORT``, as http.server shows an address."""
-    return f"{address[0]} port {address[1]}"
+__all__ = ["format_address"]  # re-exported for the client
+
+logger = logging.getLogger(__name__)
 
 
 def program_name(module: str) -> str:
@@ -19,10 +28,10 @@ def program_name(module: str) -> str:
     return f"python -m {module}" if name.endswith(".py") else name
 
 
-def positive(kind: Callable[[str], float]) -> Callable[[str], float]:
+def positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
     """An argparse type for numbers above zero (and not NaN)."""
 
-    def convert(text: str) -> float:
+    def convert(text: str) -> Any:
         value = kind(text)
         if not value > 0:
             raise argparse.ArgumentTypeError(f"must be above 0: {text}")
@@ -37,3 +46,125 @@ def port_number(text: str) -> int:
     if not (text.isascii() and text.isdigit()) or int(text) > 65535:
         raise argparse.ArgumentTypeError(f"not a port number (0-65535): {text!r}")
     return int(text)
+
+
+def add_address_arguments(parser: argparse.ArgumentParser, port: int) -> None:
+    """The -b ADDRESS and PORT arguments, as http.server has them."""
+    parser.add_argument(
+        "-b",
+        "--bind",
+        metavar="ADDRESS",
+        default="127.0.0.1",
+        help="address to listen on; '::' for all IPv6 and IPv4, "
+        "'0.0.0.0' for all IPv4 (default: %(default)s)",
+    )
+    parser.add_argument(
+        "port",
+        nargs="?",
+        type=port_number,
+        default=port,
+        help="port to listen on, 0 for any free port (default: %(default)s)",
+    )
+
+
+def open_server(
+    prog: str, args: argparse.Namespace, **settings: Any
+) -> TimeServer | None:
+    """Bind a server as the arguments say, or say in one line why it can't."""
+    try:
+        return TimeServer((args.bind, args.port), **settings)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        print(
+            f"{prog}: cannot listen on {args.bind} port {args.port}: {reason}",
+            file=sys.stderr,
+        )
+        return None
+
+
+def announce(server: TimeServer, name: str = "time") -> None:
+    """Print the start-up line, with the address really bound (port 0 resolved)."""
+    print(f"Serving {name} on {format_address(server.server_address)} ...", flush=True)
+
+
+def configure_logging(level: int) -> None:
+    """Log to stderr with a time stamp, from `level` up."""
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(message)s")
+
+
+# SIGBREAK is Ctrl-Break on Windows, which has no SIGTERM from other processes.
+STOP_SIGNALS = [
+    getattr(signal, name)
+    for name in ("SIGINT", "SIGTERM", "SIGBREAK")
+    if hasattr(signal, name)
+]
+
+
+@contextlib.contextmanager
+def stop_on_signals(stop: Callable[[], None]) -> Iterator[None]:
+    """While in the block, SIGINT and SIGTERM call `stop` in a thread of its own.
+
+    A thread, because the signal handler runs in the thread that serves,
+    and socketserver's shutdown() waits for that very thread.
+    """
+
+    def on_signal(signum: int, frame: object) -> None:
+        logger.info("%s received, shutting down", signal.Signals(signum).name)
+        threading.Thread(target=stop).start()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def cpu_choice(text: str) -> str | int:
+    """An argparse type for --cpu: a CPU number, ``auto`` or ``off``."""
+    if text in ("auto", "off"):
+        return text
+    if text.isascii() and text.isdigit():
+        return int(text)
+    raise argparse.ArgumentTypeError(f"not a CPU number, 'auto' or 'off': {text!r}")
+
+
+def choose_cpu(choice: str | int) -> int | None:
+    """The CPU to keep the server's threads on, or None to let them roam.
+
+    ``auto`` keeps them on the CPU the kernel started the process on, when
+    there are several CPUs and a GIL: threads on two CPUs hand the GIL to
+    each other across them, and under load that costs more than the
+    requests. Without a GIL they run in parallel, so they roam.
+    """
+    cpus = capabilities.allowed_cpus()
+    if choice == "off" or not cpus:
+        return None
+    if choice == "auto":
+        if len(cpus) < 2 or not capabilities.gil_enabled():
+            return None
+        current = capabilities.current_cpu()
+        return current if current in cpus else min(cpus)
+    return int(choice)
+
+
+@contextlib.contextmanager
+def kept_on_cpu(cpu: int | None) -> Iterator[None]:
+    """Keep this thread, and the threads it starts, on `cpu` while in the block.
+
+    Only ever a speed-up: if the kernel refuses, the server runs anyway.
+    """
+    before = capabilities.allowed_cpus()
+    try:
+        if cpu is not None:
+            os.sched_setaffinity(0, {cpu})
+            logger.debug("serving on CPU %d", cpu)
+    except OSError as exc:
+        logger.warning("cannot keep to CPU %d (%s); using every CPU", cpu, exc.strerror)
+        cpu = None
+    try:
+        yield
+    finally:
+        if cpu is not None:
+            with contextlib.suppress(OSError):
+                os.sched_setaffinity(0, before)

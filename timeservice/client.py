@@ -6,11 +6,12 @@ Run it with ``python -m timeservice.client [HOST] [PORT]``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import socket
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import datetime, timezone
 
 from . import __version__
@@ -35,6 +36,9 @@ class TimeClient:
     """One connection to a time server; it can ask for the time many times.
 
     Use it as a context manager. `timeout` bounds the connect and each reply.
+    After any error (a timeout, a reset, an ERR or invalid reply) the
+    connection is closed, since a late answer to the failed request could
+    pass for the next one; further calls raise ValueError until connect().
     """
 
     def __init__(
@@ -47,6 +51,7 @@ class TimeClient:
         self.timeout = timeout
         self._sock: socket.socket | None = None
         self._buffer = b""
+        self._failed = False
 
     def __enter__(self) -> TimeClient:
         self.connect()
@@ -56,16 +61,19 @@ class TimeClient:
         self.close()
 
     def connect(self) -> None:
+        self.close()
         self._sock = socket.create_connection(self.address, self.timeout)
 
     def close(self) -> None:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
+        self._buffer = b""
 
     def get_time(self) -> str:
         """Ask once; return the server's timestamp, or raise ReplyError or OSError."""
-        return parse_reply(self._ask())
+        with self._closed_on_error():
+            return parse_reply(self._ask())
 
     def measure_offset(self, samples: int = OFFSET_SAMPLES) -> Estimate:
         """Estimate how far the local clock is from the server's (Cristian).
@@ -74,22 +82,35 @@ class TimeClient:
         trip; see timeservice.offset.
         """
         taken = []
-        for _ in range(samples):
-            t1, start = time.time_ns(), time.monotonic_ns()
-            line = self._ask()
-            end, t4 = time.monotonic_ns(), time.time_ns()
-            answer = parse_reply(line)
-            ts = timestamp_ns(parse_timestamp(answer))
-            taken.append(Sample(t1, ts, t4, end - start, answer))
+        with self._closed_on_error():
+            for _ in range(samples):
+                t1, start = time.time_ns(), time.monotonic_ns()
+                line = self._ask()
+                end, t4 = time.monotonic_ns(), time.time_ns()
+                answer = parse_reply(line)
+                ts = timestamp_ns(parse_timestamp(answer))
+                taken.append(Sample(t1, ts, t4, end - start, answer))
         return estimate(taken)
+
+    @contextlib.contextmanager
+    def _closed_on_error(self) -> Iterator[None]:
+        try:
+            yield
+        except BaseException:
+            if self._sock is not None:
+                self.close()
+                self._failed = True
+            raise
 
     def _ask(self) -> bytes:
         if self._sock is None:
-            raise ValueError("not connected")
+            after = " (closed after an error; call connect())" if self._failed else ""
+            raise ValueError(f"not connected{after}")
+        self._failed = False
         self._sock.sendall(REQUEST)
-        return self._read_line()
+        return self._read_line(self._sock)
 
-    def _read_line(self) -> bytes:
+    def _read_line(self, sock: socket.socket) -> bytes:
         """One reply line, within the timeout however the server spreads its bytes."""
         deadline = time.monotonic() + self.timeout
         while b"\n" not in self._buffer:
@@ -98,8 +119,8 @@ class TimeClient:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise TimeoutError("timed out")
-            self._sock.settimeout(remaining)
-            chunk = self._sock.recv(4096)
+            sock.settimeout(remaining)
+            chunk = sock.recv(4096)
             if not chunk:
                 raise ReplyError("server closed the connection")
             self._buffer += chunk

@@ -65,7 +65,8 @@ class SystemClock:
         return datetime.now(timezone.utc) if self.utc else datetime.now().astimezone()
 
     def line(self) -> bytes:
-        """The current time as a reply line."""
+        """The current time as a reply line; reply_source() uses it unless
+        a subclass changes what __call__ returns."""
         second, nanoseconds = divmod(time.time_ns(), 1_000_000_000)
         cached, head, tail = self._second
         if second != cached:
@@ -137,11 +138,21 @@ def request_error(request: bytes) -> bytes | None:
     return None
 
 
+def reply_source(clock: Clock) -> Callable[[], bytes]:
+    """The function that makes the reply line to ``send time`` from `clock`.
+
+    A SystemClock's fast line() reads the system clock, so it stands in for
+    the clock only while __call__ is SystemClock's own: a subclass that
+    shifts the time gets its own time formatted.
+    """
+    if type(clock).__call__ is SystemClock.__call__:
+        return clock.line  # type: ignore[attr-defined]
+    return lambda: f"{format_timestamp(clock())}\n".encode("ascii")
+
+
 def time_line(clock: Clock) -> bytes:
     """The reply line to ``send time``: the clock's time."""
-    if isinstance(clock, SystemClock):
-        return clock.line()
-    return f"{format_timestamp(clock())}\n".encode("ascii")
+    return reply_source(clock)()
 
 
 def parse_reply(line: bytes) -> str:

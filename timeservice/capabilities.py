@@ -1,0 +1,80 @@
+"""What this platform offers beyond portable Python, tested once at import.
+
+Each speed-up that needs a platform feature asks here, and uses its portable
+fallback when the answer is no. Set ``TIMESERVICE_PORTABLE=1`` to make every
+answer no, so that the fallbacks run (and are tested) on Linux too.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import stat
+import sys
+
+logger = logging.getLogger(__name__)
+
+PORTABLE = os.environ.get("TIMESERVICE_PORTABLE", "") not in ("", "0")
+
+try:
+    import resource
+except ImportError:  # not on Windows
+    resource = None  # type: ignore[assignment]
+
+
+def _sockets_are_files() -> bool:
+    """Whether a socket's fileno() is a file descriptor that open() can read.
+
+    True on POSIX; on Windows it is a socket handle that the C runtime
+    does not know, and socket.makefile() is the only reader.
+    """
+    left, right = socket.socketpair()
+    with left, right:
+        try:
+            return stat.S_ISSOCK(os.fstat(left.fileno()).st_mode)
+        except (OSError, ValueError):
+            return False
+
+
+def gil_enabled() -> bool:
+    """False on a free-threaded build running without the GIL."""
+    is_enabled = getattr(sys, "_is_gil_enabled", None)
+    return True if is_enabled is None else bool(is_enabled())
+
+
+SOCKETS_ARE_FILES = not PORTABLE and _sockets_are_files()
+CPU_AFFINITY = not PORTABLE and hasattr(os, "sched_setaffinity")
+OPEN_FILE_LIMIT = not PORTABLE and resource is not None
+
+
+def open_file_limit() -> int | None:
+    """The soft limit on open files, or None if there is none or it is unknown."""
+    if not OPEN_FILE_LIMIT:
+        return None
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return None if soft == resource.RLIM_INFINITY else soft
+
+
+def allowed_cpus() -> set[int]:
+    """The CPUs this thread may run on; empty where affinity is not available."""
+    return set(os.sched_getaffinity(0)) if CPU_AFFINITY else set()
+
+
+def current_cpu() -> int | None:
+    """The CPU the kernel last ran this process on, where /proc tells it."""
+    try:
+        with open("/proc/self/stat") as stat_file:
+            return int(stat_file.read().rsplit(")", 1)[1].split()[36])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def describe() -> str:
+    """The choices made, in one line for the -v log."""
+    return (
+        f"reader: {'C over the descriptor' if SOCKETS_ARE_FILES else 'makefile()'}; "
+        f"CPU affinity: {'yes' if CPU_AFFINITY else 'no'}; "
+        f"open-file limit: {'checked' if OPEN_FILE_LIMIT else 'not checked'}; "
+        f"GIL: {'on' if gil_enabled() else 'off'}"
+    )
