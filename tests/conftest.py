@@ -26,6 +26,11 @@ TIMEOUT = 5.0  # no read in the tests waits longer than this
 ROOT = Path(__file__).resolve().parent.parent
 STARTUP = re.compile(r"Serving time on (\S+) port (\d+) \.\.\.\n")
 
+# Windows ends a process on SIGTERM without running its handler.
+needs_sigterm = pytest.mark.skipif(
+    sys.platform == "win32", reason="stops a server with SIGTERM (POSIX)"
+)
+
 
 def timestamp(line: bytes) -> datetime:
     """The moment a reply line carries; fails the test if it is anything else."""
@@ -74,7 +79,10 @@ def server_process(
         yield process, int(match[2])
     finally:
         if process.poll() is None:  # still running: end its group
-            os.killpg(process.pid, signal.SIGKILL)
+            if hasattr(os, "killpg"):
+                os.killpg(process.pid, signal.SIGKILL)
+            else:
+                process.kill()
         process.communicate(timeout=TIMEOUT)
 
 

@@ -13,7 +13,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, TIMEOUT, listening_socket, one_line, server_process
+from conftest import (
+    ROOT,
+    TIMEOUT,
+    listening_socket,
+    needs_sigterm,
+    one_line,
+    server_process,
+)
 
 from timeservice import __version__, client, service
 from timeservice.client import TimeClient
@@ -107,6 +114,7 @@ def test_server_reports_a_bad_address_in_one_line(capsys, address, reason):
     assert reason in one_line(capsys.readouterr().err)
 
 
+@needs_sigterm
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_server_process_serves_then_stops_on_a_signal(signum):
     with server_process("0") as (process, port):
@@ -120,6 +128,7 @@ def test_server_process_serves_then_stops_on_a_signal(signum):
     assert "127.0.0.1 port " in err  # the line logged for the connection
 
 
+@needs_sigterm
 @pytest.mark.parametrize("args, offset", [((), "+05:30"), (("--utc",), "+00:00")])
 def test_server_answers_in_local_time_or_utc(args, offset):
     with server_process("0", "-q", *args, env={"TZ": "IST-5:30"}) as (process, port):
@@ -130,6 +139,7 @@ def test_server_answers_in_local_time_or_utc(args, offset):
         assert process.stderr.read() == ""  # quiet
 
 
+@needs_sigterm
 def test_server_process_applies_its_limits():
     options = (
         "--max-line",
@@ -318,6 +328,7 @@ def test_client_process_against_a_closed_port():
     assert "is the server running?" in one_line(result.stderr)
 
 
+@needs_sigterm
 def test_client_process_talks_to_a_server_process():
     with server_process("0", "-q") as (process, port):
         result = run("timeservice.client", "127.0.0.1", str(port), "-n", "2")

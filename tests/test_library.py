@@ -15,7 +15,15 @@ import types
 from datetime import datetime, timedelta, timezone
 
 import pytest
-from conftest import ROOT, TIMEOUT, RecordingServer, bounded, server_process, timestamp
+from conftest import (
+    ROOT,
+    TIMEOUT,
+    RecordingServer,
+    bounded,
+    needs_sigterm,
+    server_process,
+    timestamp,
+)
 
 from timeservice import capabilities, cli, service
 from timeservice.client import TimeClient
@@ -264,12 +272,20 @@ def test_a_refused_cpu_is_a_warning_not_an_error(monkeypatch, caplog):
     def refuse(pid, cpus):
         raise OSError(22, "Invalid argument")
 
+    monkeypatch.setattr(capabilities, "CPU_AFFINITY", True)
     monkeypatch.setattr(os, "sched_setaffinity", refuse, raising=False)
     ran = []
     with cli.kept_on_cpu(0):
         ran.append(True)
     assert ran
     assert "cannot keep to CPU 0 (Invalid argument); using every CPU" in caplog.text
+
+
+def test_a_platform_without_affinity_says_so_once(monkeypatch, caplog):
+    monkeypatch.setattr(capabilities, "CPU_AFFINITY", False)
+    with cli.kept_on_cpu(1):
+        pass
+    assert "cannot keep to CPU 1 (this platform has no CPU affinity)" in caplog.text
 
 
 @pytest.mark.parametrize(
@@ -281,7 +297,7 @@ def test_a_refused_cpu_is_a_warning_not_an_error(monkeypatch, caplog):
         ("auto", {3}, True, None),  # one CPU: nothing to choose
         ("auto", set(), True, None),  # no affinity on this platform
         (1, {0, 1}, True, 1),
-        (1, set(), True, None),
+        (1, set(), True, 1),  # kept_on_cpu() says it cannot
     ],
 )
 def test_choose_cpu(monkeypatch, choice, cpus, gil, chosen):
@@ -332,6 +348,7 @@ def test_the_portable_switch_turns_every_capability_off():
     assert result.stdout == "False False None False\n", result.stderr
 
 
+@needs_sigterm
 def test_the_verbose_log_says_which_paths_were_chosen():
     with server_process("0", "-v") as (process, _):
         process.terminate()

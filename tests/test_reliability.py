@@ -23,12 +23,15 @@ from collections.abc import Iterator
 from datetime import datetime, timezone
 
 import pytest
-from conftest import ROOT, TIMEOUT, server_process, timestamp
+from conftest import ROOT, TIMEOUT, needs_sigterm, server_process, timestamp
 
 from timeservice import capabilities
 from timeservice.server import CONNECTION_THREAD, WATCHDOG_THREAD
 
 slow = pytest.mark.slow
+needs_proc = pytest.mark.skipif(
+    not os.path.exists("/proc/self/status"), reason="reads /proc (Linux)"
+)
 CLOSED = re.compile(r"(\S+) port (\d+): closed after (\d+) request\(s\)")
 
 
@@ -276,6 +279,7 @@ def read_stderr(process, seconds: float) -> list[str]:
     return lines
 
 
+@needs_proc
 @slow
 @needs_prlimit
 def test_out_of_files_the_server_pauses_then_serves_again():
@@ -315,6 +319,7 @@ def test_out_of_files_the_server_pauses_then_serves_again():
 # Shutdown and soak, on a server process
 
 
+@needs_sigterm
 @slow
 def test_sigterm_under_pipelined_load_answers_whole_lines_and_exits():
     with server_process("0") as (process, port):
@@ -372,6 +377,8 @@ def test_sigterm_under_pipelined_load_answers_whole_lines_and_exits():
     )
 
 
+@needs_sigterm
+@needs_proc
 @slow
 def test_soak_memory_and_threads_settle():
     with server_process("0", "-q") as (process, port):

@@ -137,10 +137,10 @@ def choose_cpu(choice: str | int) -> int | None:
     each other across them, and under load that costs more than the
     requests. Without a GIL they run in parallel, so they roam.
     """
-    cpus = capabilities.allowed_cpus()
-    if choice == "off" or not cpus:
+    if choice == "off":
         return None
     if choice == "auto":
+        cpus = capabilities.allowed_cpus()
         if len(cpus) < 2 or not capabilities.gil_enabled():
             return None
         current = capabilities.current_cpu()
@@ -152,15 +152,19 @@ def choose_cpu(choice: str | int) -> int | None:
 def kept_on_cpu(cpu: int | None) -> Iterator[None]:
     """Keep this thread, and the threads it starts, on `cpu` while in the block.
 
-    Only ever a speed-up: if the kernel refuses, the server runs anyway.
+    Only ever a speed-up: where the platform cannot, or the kernel refuses,
+    the block runs anyway, on every CPU, after one warning.
     """
     before = capabilities.allowed_cpus()
     try:
         if cpu is not None:
+            if not capabilities.CPU_AFFINITY:
+                raise OSError("this platform has no CPU affinity")
             os.sched_setaffinity(0, {cpu})
             logger.debug("serving on CPU %d", cpu)
     except OSError as exc:
-        logger.warning("cannot keep to CPU %d (%s); using every CPU", cpu, exc.strerror)
+        why = exc.strerror or exc
+        logger.warning("cannot keep to CPU %d (%s); using every CPU", cpu, why)
         cpu = None
     try:
         yield

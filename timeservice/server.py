@@ -46,13 +46,10 @@ WATCHDOG_THREAD = "timeservice watchdog"  # the thread that keeps the deadlines
 USUAL_REQUEST = REQUEST[: -len(b"\n")]
 LINE_TOO_LONG = error_line("line too long")
 CLOCK_UNAVAILABLE = error_line("clock unavailable")
-OUT_OF_FILES = {
-    errno.EMFILE,
-    errno.ENFILE,
-    errno.ENOBUFS,
-    errno.ENOMEM,
-    getattr(errno, "WSAEMFILE", errno.EMFILE),
-    getattr(errno, "WSAENOBUFS", errno.ENOBUFS),
+OUT_OF_FILES = {  # what accept() fails with for want of descriptors or memory
+    getattr(errno, name)
+    for name in ("EMFILE", "ENFILE", "ENOBUFS", "ENOMEM", "WSAEMFILE", "WSAENOBUFS")
+    if hasattr(errno, name)
 }
 
 
@@ -127,7 +124,6 @@ class TimeRequestHandler(socketserver.StreamRequestHandler):
     disable_nagle_algorithm = True  # replies are small and must not wait for an ACK
     fd_reader = capabilities.SOCKETS_ARE_FILES  # C reader; else makefile()'s
     read_buffer = 4096
-
     rbufsize = 0  # socketserver's reader is replaced in setup()
 
     def setup(self) -> None:
@@ -293,10 +289,7 @@ class ConnectionRegistry(socketserver.TCPServer):
     def verify_request(self, request: Any, client_address: Any) -> bool:
         """Admit a connection while under the cap; refuse it with ``ERR busy``."""
         with self._lock:
-            admitted = len(self._connections) < self.max_connections
-            if admitted:
-                admitted = self._watch()
-            if admitted:
+            if len(self._connections) < self.max_connections and self._watch():
                 self._connections[request] = None
                 return True
         logger.info(
@@ -454,6 +447,7 @@ class ThreadPoolMixIn(socketserver.ThreadingMixIn, socketserver.TCPServer):
             self.refuse(request, client_address, "busy")
 
     def refuse(self, request: Any, client_address: Any, reason: str) -> None:
+        """Close a connection that cannot be served; ConnectionRegistry says why."""
         self.shutdown_request(request)
 
     def _serve_connections(self, request: Any, client_address: Any) -> None:

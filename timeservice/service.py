@@ -134,8 +134,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         else logging.INFO
     )
     logger.debug("platform: %s", capabilities.describe())
-    if isinstance(args.cpu, int) and not cpus:
-        logger.warning("--cpu %d: this platform cannot keep threads to a CPU", args.cpu)
     server = open_server(
         prog,
         args,
