@@ -52,6 +52,16 @@ def listening_socket() -> Iterator[int]:
         yield sock.getsockname()[1]
 
 
+def readline_within(stream, seconds: float = TIMEOUT) -> str:
+    """The next line, or a failure after `seconds` instead of a hang.
+
+    select() cannot tell: the first readline() may have buffered more lines.
+    """
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=lambda: lines.put(stream.readline()), daemon=True).start()
+    return lines.get(timeout=seconds)
+
+
 @contextlib.contextmanager
 def server_process(
     *args: str, env: dict | None = None, launcher: Sequence[str] = ()

@@ -46,6 +46,12 @@ def gil_enabled() -> bool:
 SOCKETS_ARE_FILES = not PORTABLE and _sockets_are_files()
 CPU_AFFINITY = not PORTABLE and hasattr(os, "sched_setaffinity")
 OPEN_FILE_LIMIT = not PORTABLE and resource is not None
+# The kernel's receive time of a datagram: Linux's SO_TIMESTAMPNS, by recvmsg().
+RECEIVE_TIMESTAMPS = (
+    not PORTABLE
+    and hasattr(socket.socket, "recvmsg")
+    and (hasattr(socket, "SO_TIMESTAMPNS") or sys.platform.startswith("linux"))
+)
 
 
 def open_file_limit() -> int | None:
@@ -76,5 +82,6 @@ def describe() -> str:
         f"reader: {'C over the descriptor' if SOCKETS_ARE_FILES else 'makefile()'}; "
         f"CPU affinity: {'yes' if CPU_AFFINITY else 'no'}; "
         f"open-file limit: {'checked' if OPEN_FILE_LIMIT else 'not checked'}; "
+        f"datagram receive times: {'kernel' if RECEIVE_TIMESTAMPS else 'read'}; "
         f"GIL: {'on' if gil_enabled() else 'off'}"
     )

@@ -9,10 +9,11 @@ import contextlib
 import logging
 import os
 import signal
+import socketserver
 import sys
 import threading
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, TypeVar
 
 from . import capabilities
 from .server import TimeServer, format_address
@@ -20,6 +21,7 @@ from .server import TimeServer, format_address
 __all__ = ["format_address"]  # re-exported for the client
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def program_name(module: str) -> str:
@@ -67,24 +69,31 @@ def add_address_arguments(parser: argparse.ArgumentParser, port: int) -> None:
     )
 
 
-def open_server(
-    prog: str, args: argparse.Namespace, **settings: Any
-) -> TimeServer | None:
-    """Bind a server as the arguments say, or say in one line why it can't."""
+def listen(prog: str, host: str, port: int, make: Callable[[tuple], T]) -> T | None:
+    """Bind a server with `make((host, port))`, or say in one line why it can't."""
     try:
-        return TimeServer((args.bind, args.port), **settings)
+        return make((host, port))
     except OSError as exc:
         reason = exc.strerror or str(exc)
-        print(
-            f"{prog}: cannot listen on {args.bind} port {args.port}: {reason}",
-            file=sys.stderr,
-        )
+        print(f"{prog}: cannot listen on {host} port {port}: {reason}", file=sys.stderr)
         return None
 
 
-def announce(server: TimeServer, name: str = "time") -> None:
+def open_server(
+    prog: str, args: argparse.Namespace, **settings: Any
+) -> TimeServer | None:
+    """Bind the line protocol's server as the arguments say, or say why it can't."""
+    return listen(
+        prog, args.bind, args.port, lambda address: TimeServer(address, **settings)
+    )
+
+
+def announce(
+    server: socketserver.BaseServer, name: str = "time", how: str = ""
+) -> None:
     """Print the start-up line, with the address really bound (port 0 resolved)."""
-    print(f"Serving {name} on {format_address(server.server_address)} ...", flush=True)
+    where = format_address(server.server_address)  # type: ignore[arg-type]
+    print(f"Serving {name} on {where}{how} ...", flush=True)
 
 
 def configure_logging(level: int) -> None:

@@ -1,20 +1,24 @@
 """The time client: asks a time server for the time and prints the answer.
 
-Run it with ``python -m timeservice.client [HOST] [PORT]``.
+Run it with ``python -m timeservice.client [HOST] [PORT] [--protocol P] [--udp]``.
+TimeClient speaks the line protocol; ask_daytime(), ask_time() and ask_ntp()
+ask the standard protocols. Each answer is a Sample for timeservice.offset.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import json
 import socket
 import sys
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import nullcontext
 from datetime import datetime, timezone
 
-from . import __version__
+from . import __version__, daytime, ntp, rfc868
 from .cli import format_address, port_number, positive, program_name
 from .offset import NANOSECONDS, Estimate, Sample, estimate, timestamp_ns, verdict
 from .protocol import (
@@ -30,6 +34,13 @@ from .protocol import (
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_TIMEOUT = 5.0
 OFFSET_SAMPLES = 8
+PORTS = {
+    "line": DEFAULT_PORT,
+    "daytime": daytime.DEFAULT_PORT,
+    "time": rfc868.DEFAULT_PORT,
+    "ntp": ntp.DEFAULT_PORT,
+}
+MAX_DATAGRAM = 512
 
 
 class TimeClient:
@@ -128,6 +139,135 @@ class TimeClient:
         return line
 
 
+def remaining(deadline: float) -> float:
+    """Seconds left before `deadline`; TimeoutError if none (a 0 timeout
+    would make the socket non-blocking instead)."""
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError("timed out")
+    return left
+
+
+def resolve(host: str, port: int, kind: socket.SocketKind) -> tuple:
+    """The family and address to reach, looked up before any clock is read."""
+    family, _, _, _, address = socket.getaddrinfo(host, port, type=kind)[0]
+    return family, address
+
+
+def exchange(
+    host: str, port: int, *, udp: bool, timeout: float, request: bytes = b""
+) -> tuple[bytes, int, int, int]:
+    """One answer to one datagram, or all a TCP server sends before it closes.
+
+    Returns the bytes, the local clock before asking (t1) and after the
+    answer (t4), and the monotonic time between, in nanoseconds. `timeout`
+    bounds the whole exchange.
+    """
+    family, address = resolve(
+        host, port, socket.SOCK_DGRAM if udp else socket.SOCK_STREAM
+    )
+    with socket.socket(
+        family, socket.SOCK_DGRAM if udp else socket.SOCK_STREAM
+    ) as sock:
+        deadline = time.monotonic() + timeout
+        sock.settimeout(timeout)
+        t1, start = time.time_ns(), time.monotonic_ns()
+        sock.connect(address)
+        if udp:
+            sock.send(request)
+            data = sock.recv(MAX_DATAGRAM)
+        else:
+            data = b""
+            while len(data) <= daytime.MAX_REPLY_BYTES:
+                sock.settimeout(remaining(deadline))
+                chunk = sock.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
+        end, t4 = time.monotonic_ns(), time.time_ns()
+    return data, t1, t4, end - start
+
+
+def ask_daytime(
+    host: str,
+    port: int = daytime.DEFAULT_PORT,
+    *,
+    udp: bool = False,
+    timeout: float = DEFAULT_TIMEOUT,
+) -> tuple[str, Sample | None]:
+    """Ask a Daytime server (RFC 867): its line, and a Sample if its form is known."""
+    data, t1, t4, delay = exchange(host, port, udp=udp, timeout=timeout)
+    text = data.decode("utf-8", "replace").strip()
+    if not text:
+        raise ReplyError("server sent no time")
+    try:
+        reading = daytime.parse_daytime(text)
+    except ValueError:
+        return text, None
+    ts = timestamp_ns(reading.moment)
+    resolution = round(reading.resolution * NANOSECONDS)
+    answer = format_timestamp(reading.moment)
+    return answer, Sample(t1, ts, t4, delay, answer, resolution)
+
+
+def ask_time(
+    host: str,
+    port: int = rfc868.DEFAULT_PORT,
+    *,
+    udp: bool = False,
+    timeout: float = DEFAULT_TIMEOUT,
+) -> Sample:
+    """Ask a Time server (RFC 868): whole seconds, in the era nearest this clock."""
+    data, t1, t4, delay = exchange(host, port, udp=udp, timeout=timeout)
+    if not data:
+        raise ReplyError("server sent no time")
+    try:
+        seconds = rfc868.decode(data, near=t4 / NANOSECONDS)
+    except ValueError as exc:
+        raise ReplyError(str(exc)) from None
+    ts = seconds * NANOSECONDS
+    return Sample(t1, ts, t4, delay, local_timestamp(ts), NANOSECONDS)
+
+
+def ask_ntp(
+    host: str, port: int = ntp.DEFAULT_PORT, *, timeout: float = DEFAULT_TIMEOUT
+) -> Sample:
+    """Ask an NTP server once, and check its reply as chrony does.
+
+    Datagrams that do not answer this request (another origin) are passed
+    over until `timeout`; a Kiss-o'-Death or an unsynchronised server raise
+    ntp.NtpError.
+    """
+    family, address = resolve(host, port, socket.SOCK_DGRAM)
+    with socket.socket(family, socket.SOCK_DGRAM) as sock:
+        sock.connect(address)
+        deadline = time.monotonic() + timeout
+        t1, start = time.time_ns(), time.monotonic_ns()
+        request = ntp.request_packet(t1)
+        sent = ntp.Packet.unpack(request).transmit
+        sock.send(request)
+        for _ in range(64):  # stray datagrams are few; the deadline ends it anyway
+            sock.settimeout(remaining(deadline))
+            data = sock.recv(MAX_DATAGRAM)
+            end, t4 = time.monotonic_ns(), time.time_ns()
+            if len(data) >= ntp.PACKET_BYTES and ntp.Packet.unpack(data).origin == sent:
+                break
+        else:
+            raise ReplyError("no reply to this request among 64 datagrams")
+    reply = ntp.check_reply(data, request)
+    t2 = ntp.from_timestamp(reply.receive, near_ns=t1)
+    t3 = ntp.from_timestamp(reply.transmit, near_ns=t1)
+    return Sample(
+        t1,
+        t2,
+        t4,
+        end - start,
+        local_timestamp(t3),
+        t3=t3,
+        root_distance=reply.root_distance,
+    )
+
+
 def local_timestamp(nanoseconds: int) -> str:
     """A time on the local clock, in the form the server answers in."""
     seconds, rest = divmod(nanoseconds, NANOSECONDS)
@@ -161,13 +301,49 @@ def offset_json(result: Estimate, server: str) -> str:
     )
 
 
+def ask(args: argparse.Namespace) -> Sample | str:
+    """One answer by the protocol the arguments name: a Sample, or the text of
+    a daytime form this client does not read."""
+    where = (args.host, args.port)
+    if args.protocol == "ntp":
+        return ask_ntp(*where, timeout=args.timeout)
+    if args.protocol == "time":
+        return ask_time(*where, udp=args.udp, timeout=args.timeout)
+    text, sample = ask_daytime(*where, udp=args.udp, timeout=args.timeout)
+    if sample is None and args.offset:
+        raise ReplyError(f"cannot read the daytime form {text!r}")
+    return text if sample is None else sample
+
+
+def collect(args: argparse.Namespace) -> Estimate | None:
+    """Ask as the arguments say; print each answer unless only JSON is wanted."""
+    count = args.count or (OFFSET_SAMPLES if args.offset else 1)
+    if args.protocol == "line":
+        with TimeClient(args.host, args.port, args.timeout) as client:
+            if args.offset:
+                return client.measure_offset(count)
+            for _ in range(count):
+                print(client.get_time(), flush=True)
+        return None
+    samples = []
+    for _ in range(count):
+        answer = ask(args)
+        if isinstance(answer, str):
+            print(answer, flush=True)
+        else:
+            samples.append(answer)
+            print(answer.answer, flush=True)
+    return estimate(samples) if args.offset else None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Ask a time server for the time and print the answer."""
     prog = program_name("timeservice.client")
     parser = argparse.ArgumentParser(
         prog=prog,
         description="Ask a time server for the date and time and print it.",
-        epilog=f"example: {prog} 192.0.2.10 {DEFAULT_PORT}",
+        epilog=f"examples: {prog} 192.0.2.10 {DEFAULT_PORT}; "
+        f"{prog} --protocol ntp --offset 192.0.2.10",
     )
     parser.add_argument(
         "host", nargs="?", default=DEFAULT_HOST, help="server (default: %(default)s)"
@@ -176,22 +352,35 @@ def main(argv: Sequence[str] | None = None) -> int:
         "port",
         nargs="?",
         type=port_number,
-        default=DEFAULT_PORT,
-        help="server port (default: %(default)s)",
+        help="server port (default: the protocol's, "
+        + ", ".join(f"{name} {port}" for name, port in PORTS.items())
+        + ")",
+    )
+    parser.add_argument(
+        "--protocol",
+        choices=PORTS,
+        default="line",
+        help="line: this project's 'send time'; daytime: RFC 867; time: RFC 868; "
+        "ntp: RFC 5905 (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--udp",
+        action="store_true",
+        help="ask daytime or time over UDP instead of TCP (NTP is always UDP)",
     )
     parser.add_argument(
         "-n",
         "--count",
         type=positive(int),
         metavar="N",
-        help=f"ask N times over one connection (default: 1, with --offset "
-        f"{OFFSET_SAMPLES})",
+        help=f"ask N times (the line protocol over one connection; default: 1, "
+        f"with --offset {OFFSET_SAMPLES})",
     )
     parser.add_argument(
         "--offset",
         action="store_true",
         help="estimate how far the local clock is from the server's, from the "
-        "answer with the shortest round trip (Cristian's algorithm)",
+        "answer with the tightest bound (Cristian's algorithm; NTP's for ntp)",
     )
     parser.add_argument(
         "--json",
@@ -211,15 +400,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.json and not args.offset:
         parser.error("--json goes with --offset")
+    if args.udp and args.protocol == "line":
+        parser.error("--udp goes with --protocol daytime or time")
+    if args.port is None:
+        args.port = PORTS[args.protocol]
 
     where = format_address((args.host, args.port))
     try:
-        with TimeClient(args.host, args.port, args.timeout) as client:
-            if args.offset:
-                result = client.measure_offset(args.count or OFFSET_SAMPLES)
-            else:
-                for _ in range(args.count or 1):
-                    print(client.get_time(), flush=True)
+        with contextlib.redirect_stdout(io.StringIO()) if args.json else nullcontext():
+            result = collect(args)
     except ConnectionRefusedError:
         problem = f"connection refused by {where}: is the server running?"
     except TimeoutError:
@@ -231,11 +420,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         problem = f"cannot talk to {where}: {exc.strerror or exc}"
     else:
-        if args.json:
+        if result is not None and args.json:
             print(offset_json(result, where))
-        elif args.offset:
-            for sample in result.samples:
-                print(sample.answer)
+        elif result is not None:
+            if args.protocol == "line":
+                for sample in result.samples:
+                    print(sample.answer)
             print(offset_line(result))
         return 0
     print(f"{prog}: {problem}", file=sys.stderr)

@@ -6,6 +6,13 @@ Taking ts as the time at the midpoint gives the offset, wrong by at most half
 the round trip (Cristian 1989). Of several samples the one with the shortest
 round trip has the tightest bound; NTP's clock filter (RFC 5905) keeps that
 one too. Pure arithmetic, so it is tested with numbers worked out by hand.
+
+Two refinements for the standard protocols: a server that answers in whole
+seconds (RFC 868, most daytime forms) read its clock anywhere in the second
+it names, which widens the bound by that second; an NTP server says when it
+received the request (T2) and when it answered (T3), so the time it spent is
+taken out of the round trip, and its own root distance is added to the bound
+(RFC 5905, section 8; chrony shows the same bound after ``+/-``).
 """
 
 from __future__ import annotations
@@ -28,20 +35,33 @@ class Sample:
     """One request and its answer; times in nanoseconds since the epoch."""
 
     t1: int  # the local clock just before the request went out
-    ts: int  # the server's clock, as its answer says
+    ts: int  # the server's clock, as its answer says (NTP: when it received, T2)
     t4: int  # the local clock just after the answer arrived
     delay: int  # the round trip, timed with a monotonic clock
-    answer: str = ""  # the server's timestamp as it came
+    answer: str = ""  # the server's time as it came, or as RFC 3339
+    resolution: int = 0  # the server read its clock in [ts, ts + resolution)
+    t3: int | None = None  # NTP: when the server sent its answer
+    root_distance: float = 0.0  # NTP: how far the server may be from true time, s
+
+    @property
+    def round_trip(self) -> int:
+        """The network's part of the delay: less the time the server held it."""
+        held = 0 if self.t3 is None else self.t3 - self.ts
+        return self.delay - held
 
     @property
     def offset(self) -> float:
         """Seconds the server is ahead of the local clock (behind if negative)."""
-        return (2 * self.ts - self.t1 - self.t4) / 2 / NANOSECONDS
+        if self.t3 is not None:  # RFC 5905: ((T2 - T1) + (T3 - T4)) / 2
+            return ((self.ts - self.t1) + (self.t3 - self.t4)) / 2 / NANOSECONDS
+        return (2 * self.ts + self.resolution - self.t1 - self.t4) / 2 / NANOSECONDS
 
     @property
     def error(self) -> float:
-        """Seconds the offset can be wrong by: half the round trip."""
-        return self.delay / 2 / NANOSECONDS
+        """Seconds the offset can be wrong by: half the round trip, half the
+        server's second where it answers in seconds, and its root distance."""
+        spread = self.round_trip + self.resolution
+        return spread / 2 / NANOSECONDS + self.root_distance
 
 
 @dataclass(frozen=True)
@@ -62,14 +82,14 @@ class Estimate:
     @property
     def delay(self) -> float:
         """The best sample's round trip, in seconds."""
-        return self.best.delay / NANOSECONDS
+        return self.best.round_trip / NANOSECONDS
 
 
 def estimate(samples: Sequence[Sample]) -> Estimate:
-    """Keep the sample with the shortest round trip: its error bound is smallest."""
+    """Keep the sample with the tightest bound: from one server, the shortest trip."""
     if not samples:
         raise ValueError("no samples")
-    return Estimate(min(samples, key=lambda sample: sample.delay), tuple(samples))
+    return Estimate(min(samples, key=lambda sample: sample.error), tuple(samples))
 
 
 def verdict(offset: float, error: float) -> str:

@@ -17,6 +17,8 @@ import time
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 
+from .offset import timestamp_ns
+
 COMMAND = "send time"
 REQUEST = f"{COMMAND}\n".encode()
 _USUAL_REQUEST = COMMAND.encode()
@@ -148,6 +150,14 @@ def reply_source(clock: Clock) -> Callable[[], bytes]:
     if type(clock).__call__ is SystemClock.__call__:
         return clock.line  # type: ignore[attr-defined]
     return lambda: f"{format_timestamp(clock())}\n".encode("ascii")
+
+
+def nanoseconds_source(clock: Clock) -> Callable[[], int]:
+    """The clock as nanoseconds since 1970; time.time_ns itself for the system
+    clock (not for a subclass that shifts it), as reply_source() decides."""
+    if type(clock).__call__ is SystemClock.__call__:
+        return time.time_ns
+    return lambda: timestamp_ns(clock())
 
 
 def time_line(clock: Clock) -> bytes:

@@ -242,6 +242,21 @@ def apply_settings(server: object, settings: dict[str, Any]) -> None:
     vars(server).update(settings)
 
 
+class SettingsMixIn(socketserver.BaseServer):
+    """Takes as constructor keywords the class variables its server's parts
+    name in `settings`, for this server only; comes first in the bases."""
+
+    def __init__(
+        self,
+        server_address: tuple,
+        handler_class: type[socketserver.BaseRequestHandler],
+        bind_and_activate: bool = True,
+        **settings: Any,
+    ) -> None:
+        apply_settings(self, settings)
+        super().__init__(server_address, handler_class, bind_and_activate)  # type: ignore[call-arg]
+
+
 class ConnectionRegistry(socketserver.TCPServer):
     """Knows every open connection: the cap, the idle deadlines, a clean close.
 
@@ -554,6 +569,7 @@ class AnyAddressMixIn(socketserver.TCPServer):
 
 
 class TimeServer(
+    SettingsMixIn,
     ConnectionRegistry,
     ThreadPoolMixIn,
     AcceptBackoffMixIn,
@@ -582,8 +598,7 @@ class TimeServer(
         bind_and_activate: bool = True,
         **settings: Any,
     ) -> None:
-        apply_settings(self, settings)
-        super().__init__(server_address, handler_class, bind_and_activate)
+        super().__init__(server_address, handler_class, bind_and_activate, **settings)
 
     def server_bind(self) -> None:
         # Accepted connections inherit the listening socket's buffer size.
@@ -597,6 +612,24 @@ class TimeServer(
             logger.debug("%s: %s", format_address(client_address), exc)
         else:
             logger.exception("%s: unexpected error", format_address(client_address))
+
+
+class OneShotServer(
+    SettingsMixIn, AcceptBackoffMixIn, AnyAddressMixIn, socketserver.TCPServer
+):
+    """A TCP server for protocols that answer on connect, then close: Daytime, Time.
+
+    The answer is a few bytes into a new socket's empty buffer, which cannot
+    block, so the serving thread sends it itself: no thread per connection
+    and no connection left open to cap. Settings: clock.
+    """
+
+    settings: tuple[str, ...] = ("clock",)
+    clock: Clock = local_now
+    allow_reuse_address = True
+    request_queue_size = socket.SOMAXCONN
+
+    handle_error = TimeServer.handle_error
 
 
 if __name__ == "__main__":  # python -m timeservice.server

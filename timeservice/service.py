@@ -1,18 +1,22 @@
 """The server program: servers in one process, started and stopped together.
 
-Run it with ``python -m timeservice.server [-b ADDRESS] [PORT]``.
+Run it with ``python -m timeservice.server [-b ADDRESS] [PORT] [--daytime PORT]
+[--time PORT] [--ntp PORT]``: the line protocol and each standard protocol
+asked for, on the same address, under one set of signals and one shutdown.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import socketserver
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
-from . import __version__, capabilities
+from . import __version__, capabilities, kernelclock, ntp
 from .cli import (
     add_address_arguments,
     announce,
@@ -20,13 +24,23 @@ from .cli import (
     configure_logging,
     cpu_choice,
     kept_on_cpu,
+    listen,
     open_server,
+    port_number,
     positive,
     program_name,
     stop_on_signals,
 )
+from .datagram import DatagramServer
 from .protocol import COMMAND, DEFAULT_PORT, MAX_LINE_BYTES, local_now, utc_now
-from .server import IDLE_TIMEOUT, MAX_CONNECTIONS
+from .server import IDLE_TIMEOUT, MAX_CONNECTIONS, OneShotServer
+from .standard import (
+    DaytimeDatagramHandler,
+    DaytimeHandler,
+    NtpServer,
+    TimeDatagramHandler,
+    TimeHandler,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +81,112 @@ class Service:
         self.servers[0].shutdown()
 
 
+# The standard protocols: option, name in the start-up line, TCP and UDP handlers.
+STANDARD = {
+    "daytime": ("daytime", DaytimeHandler, DaytimeDatagramHandler),
+    "time": ("time (RFC 868)", TimeHandler, TimeDatagramHandler),
+}
+INETD_PORTS = 1024  # Daytime and Time drop datagrams from lower source ports
+PORT_TRIES = 10  # port 0: tries to find a port free for both TCP and UDP
+
+
+def open_pair(
+    prog: str, host: str, port: int, handlers: tuple, **settings: Any
+) -> list[socketserver.BaseServer] | None:
+    """A one-shot TCP server and a UDP server on the same port, or None.
+
+    With port 0 the TCP port is free but the same UDP port may not be; then
+    both are tried again on another.
+    """
+    tcp_handler, udp_handler = handlers
+    for _ in range(PORT_TRIES):
+        tcp = listen(
+            prog,
+            host,
+            port,
+            lambda address: OneShotServer(
+                address, tcp_handler, clock=settings["clock"]
+            ),
+        )
+        if tcp is None:
+            return None
+        bound = tcp.server_address[1]
+        try:
+            udp = DatagramServer((host, bound), udp_handler, **settings)
+        except OSError as exc:
+            tcp.server_close()
+            if port == 0 and exc.errno == errno.EADDRINUSE:
+                continue
+            reason = exc.strerror or str(exc)
+            print(
+                f"{prog}: cannot listen on {host} port {bound}: {reason}",
+                file=sys.stderr,
+            )
+            return None
+        return [tcp, udp]
+    print(f"{prog}: no port free for both TCP and UDP on {host}", file=sys.stderr)
+    return None
+
+
+def open_standard(
+    prog: str, args: argparse.Namespace, clock: Callable
+) -> list[tuple[str, str, list[socketserver.BaseServer]]] | None:
+    """The standard protocols' servers the arguments ask for, or None if one
+    cannot listen (those already open are closed again)."""
+    datagrams: dict[str, Any] = {"clock": clock}
+    if args.no_rate_limit:
+        datagrams["burst"] = None
+    opened: list[tuple[str, str, list[socketserver.BaseServer]]] = []
+    for option, (name, tcp_handler, udp_handler) in STANDARD.items():
+        port = getattr(args, option)
+        if port is None:
+            continue
+        pair = open_pair(
+            prog,
+            args.bind,
+            port,
+            (tcp_handler, udp_handler),
+            min_source_port=INETD_PORTS,
+            **datagrams,
+        )
+        if pair is None:
+            break
+        opened.append((name, " (TCP, UDP)", pair))
+    else:
+        if args.ntp is None:
+            return opened
+        ntp_server = listen(
+            prog,
+            args.bind,
+            args.ntp,
+            lambda address: NtpServer(
+                address, local_stratum=args.local_stratum, **datagrams
+            ),
+        )
+        if ntp_server is not None:
+            return [*opened, ("NTP", " (UDP)", [ntp_server])]
+    for _, _, servers in opened:
+        for server in servers:
+            server.server_close()
+    return None
+
+
+def ntp_state_line(server: NtpServer) -> str:
+    """What the NTP service tells clients about this clock, for the log."""
+    state = server.state()
+    if state.leap == ntp.LEAP_UNSYNCHRONISED:
+        why = (
+            "is unsynchronised"
+            if kernelclock.AVAILABLE
+            else "state cannot be read on this platform"
+        )
+        return (
+            f"NTP: the kernel clock {why}; answering with leap indicator 3, which "
+            "clients ignore (--local-stratum N serves this clock anyway)"
+        )
+    return f"NTP: answering as stratum {state.stratum}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the time server from the command line."""
     prog = program_name("timeservice.server")
@@ -100,6 +220,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--utc", action="store_true", help="answer in UTC instead of local time"
     )
+    for option, (name, _, _) in STANDARD.items():
+        parser.add_argument(
+            f"--{option}",
+            type=port_number,
+            metavar="PORT",
+            help=f"serve {name} on this port too, over TCP and UDP "
+            "(standard: %s; 0 for any free port)" % {"daytime": 13, "time": 37}[option],
+        )
+    parser.add_argument(
+        "--ntp",
+        type=port_number,
+        metavar="PORT",
+        help="serve NTP (server mode) on this UDP port too (standard: 123)",
+    )
+    parser.add_argument(
+        "--local-stratum",
+        type=int,
+        choices=range(1, 16),
+        metavar="N",
+        help="with --ntp: serve this clock at stratum N (1-15) even when the kernel "
+        "says it is unsynchronised, as chrony's 'local stratum' does",
+    )
+    parser.add_argument(
+        "--no-rate-limit",
+        action="store_true",
+        help="answer every datagram (for benchmarks); by default each source "
+        "gets 16 replies at once and 1 a second after that",
+    )
     parser.add_argument(
         "--cpu",
         type=cpu_choice,
@@ -122,6 +270,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.max_line < len(COMMAND):
         parser.error(f"--max-line must leave room for {COMMAND!r}")
+    if args.local_stratum is not None and args.ntp is None:
+        parser.error("--local-stratum goes with --ntp")
     cpus = capabilities.allowed_cpus()
     if isinstance(args.cpu, int) and cpus and args.cpu not in cpus:
         parser.error(f"--cpu {args.cpu}: this process may use CPUs {sorted(cpus)}")
@@ -134,19 +284,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         else logging.INFO
     )
     logger.debug("platform: %s", capabilities.describe())
+    clock = utc_now if args.utc else local_now
     server = open_server(
         prog,
         args,
         max_line=args.max_line,
         idle_timeout=args.idle_timeout,
         max_connections=args.max_connections,
-        clock=utc_now if args.utc else local_now,
+        clock=clock,
     )
     if server is None:
         return 1
-    service = Service([server])
+    standard = open_standard(prog, args, clock)
+    if standard is None:
+        server.server_close()
+        return 1
+    service = Service([server, *(s for _, _, pair in standard for s in pair)])
     with stop_on_signals(service.stop), kept_on_cpu(choose_cpu(args.cpu)):
         announce(server)
+        for name, how, (first, *_) in standard:
+            announce(first, name, how)
+            if isinstance(first, NtpServer):
+                logger.info("%s", ntp_state_line(first))
         service.serve_forever()
     return 0
 

@@ -1,0 +1,613 @@
+"""Daytime, Time and NTP: wire formats worked out by hand, then end to end."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import random
+import re
+import socket
+import subprocess
+import sys
+import threading
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from conftest import ROOT, TIMEOUT, bounded, one_line, readline_within, server_process
+
+from timeservice import client, ntp, rfc868, service
+from timeservice.datagram import DatagramServer, RateLimiter, source_key
+from timeservice.daytime import parse_daytime
+from timeservice.offset import Sample
+from timeservice.protocol import ReplyError
+from timeservice.server import OneShotServer
+from timeservice.standard import (
+    DaytimeDatagramHandler,
+    DaytimeHandler,
+    NtpHandler,
+    NtpServer,
+    TimeDatagramHandler,
+    TimeHandler,
+)
+
+S = 1_000_000_000
+WRAP = 2_085_978_496  # 2036-02-07T06:28:16Z, when the 32-bit count wraps
+UTC = timezone.utc
+
+
+# RFC 868
+
+
+def test_the_1970_epoch_is_2208988800_seconds_after_1900():
+    assert rfc868.encode(0) == bytes.fromhex("83aa7e80")
+    assert rfc868.decode(bytes.fromhex("83aa7e80"), near=0) == 0
+
+
+def test_the_count_wraps_in_2036_and_is_read_in_the_nearest_era():
+    assert datetime.fromtimestamp(WRAP, UTC) == datetime(
+        2036, 2, 7, 6, 28, 16, tzinfo=UTC
+    )
+    assert rfc868.encode(WRAP - 1) == b"\xff\xff\xff\xff"
+    assert rfc868.encode(WRAP) == b"\x00\x00\x00\x00"
+    assert rfc868.encode(WRAP + 1) == b"\x00\x00\x00\x01"
+    for near in (WRAP - 100, WRAP + 100):  # a reader on either side of the wrap
+        assert rfc868.decode(b"\xff\xff\xff\xff", near) == WRAP - 1
+        assert rfc868.decode(b"\x00\x00\x00\x01", near) == WRAP + 1
+    assert rfc868.decode(b"\x00\x00\x00\x01", near=-rfc868.EPOCH_1900) == (
+        1 - rfc868.EPOCH_1900  # a reader in 1900
+    )
+
+
+def test_a_time_reply_is_four_bytes():
+    with pytest.raises(ValueError):
+        rfc868.decode(b"\x00\x01\x02", near=0)
+
+
+# NTP timestamps and packets
+
+
+def test_ntp_timestamps_by_hand():
+    assert ntp.to_timestamp(0) == 0x83AA7E80_00000000
+    assert ntp.to_timestamp(S // 2) == 0x83AA7E80_80000000
+    assert ntp.to_timestamp(WRAP * S + S // 4) == 0x00000000_40000000
+    assert (
+        ntp.from_timestamp(0x00000000_40000000, near_ns=WRAP * S) == WRAP * S + S // 4
+    )
+    assert (
+        ntp.from_timestamp(0xFFFFFFFF_C0000000, near_ns=WRAP * S) == WRAP * S - S // 4
+    )
+    now = 1_795_000_000_123_456_789
+    assert abs(ntp.from_timestamp(ntp.to_timestamp(now), now) - now) <= 1
+
+
+def test_the_short_format_rounds_up():
+    assert ntp.to_short(1.0) == 0x00010000
+    assert ntp.to_short(1 / 65536 / 2) == 1  # never below the true bound
+    assert ntp.to_short(-1) == 0
+    assert ntp.from_short(0x00018000) == 1.5
+
+
+REQUEST = bytes.fromhex(
+    "1b000600" + "00" * 12 + "00" * 24 + "e9d1b8c012345678"
+)  # LI 0, version 3, mode 3, poll 6; transmit 0xe9d1b8c0_12345678
+
+
+def test_the_server_reply_by_hand():
+    state = ntp.ServerState(ntp.LEAP_NONE, 10, ntp.LOCAL_REFERENCE, -20, 0.5)
+    receive = (0xE9D1B8C0 - rfc868.EPOCH_1900) * S + S // 2
+    reply = ntp.server_reply(REQUEST, state, receive, lambda: receive + S // 4)
+    assert len(reply) == 48
+    assert reply[0] == 0 << 6 | 3 << 3 | 4  # leap 0, version copied, server
+    assert reply[1:4] == bytes([10, 6, 0xEC])  # stratum, poll copied, precision -20
+    assert reply[4:8] == bytes(4)  # root delay
+    assert reply[8:12] == bytes.fromhex("00008000")  # root dispersion 0.5 s
+    assert reply[12:16] == bytes([127, 127, 1, 1])
+    assert reply[16:24] == bytes.fromhex("e9d1b8c000000000")  # reference: the second
+    assert reply[24:32] == REQUEST[40:48]  # origin: the request's transmit, as is
+    assert reply[32:40] == bytes.fromhex("e9d1b8c080000000")  # receive
+    assert reply[40:48] == bytes.fromhex("e9d1b8c0c0000000")  # transmit, read last
+
+
+@pytest.mark.parametrize(
+    "packet",
+    [
+        REQUEST[:47],  # short
+        REQUEST + bytes(20),  # a key ID and MAC, which this server does not do
+        bytes([0x1C]) + REQUEST[1:],  # mode 4
+        bytes([0x03]) + REQUEST[1:],  # version 0
+        bytes([0x2B]) + REQUEST[1:],  # version 5
+        b"",
+    ],
+    ids=["short", "mac", "mode 4", "version 0", "version 5", "empty"],
+)
+def test_what_is_not_a_client_request_is_dropped(packet):
+    state = ntp.server_state(None, 10, -20)
+    assert ntp.server_reply(packet, state, 0, lambda: 0) is None
+    assert ntp.kiss_of_death(packet) is None
+
+
+def test_a_kiss_of_death_carries_no_time():
+    kiss = ntp.Packet.unpack(ntp.kiss_of_death(REQUEST))
+    assert (kiss.leap, kiss.stratum, kiss.reference_id) == (3, 0, b"RATE")
+    assert kiss.origin == kiss.receive == kiss.transmit == 0xE9D1B8C0_12345678
+
+
+@pytest.mark.parametrize(
+    "kernel, local, expected",
+    [
+        (ntp.KernelState(True, 0, 0.25), None, (0, 3, bytes([127, 127, 1, 1]), 0.25)),
+        (ntp.KernelState(True, 1, 1e-9), None, (1, 3, bytes([127, 127, 1, 1]), 2**-20)),
+        (ntp.KernelState(True, 2, 0.01), 1, (2, 1, b"LOCL", 0.01)),
+        (ntp.KernelState(False, 0, 16.0), 10, (0, 10, bytes([127, 127, 1, 1]), 2**-20)),
+        (ntp.KernelState(False, 0, 16.0), 1, (0, 1, b"LOCL", 2**-20)),
+        (ntp.KernelState(False, 0, 16.0), None, (3, 0, b"INIT", 16.0)),
+        (None, None, (3, 0, b"INIT", 16.0)),
+    ],
+    ids=[
+        "synced",
+        "leap insert",
+        "synced at 1",
+        "local 10",
+        "local 1",
+        "unsynced",
+        "no kernel",
+    ],
+)
+def test_the_server_never_claims_a_synchronisation_it_lacks(kernel, local, expected):
+    state = ntp.server_state(kernel, local, -20)
+    assert (
+        state.leap,
+        state.stratum,
+        state.reference_id,
+        state.root_dispersion,
+    ) == expected
+
+
+def reply_to(request: bytes, **fields) -> bytes:
+    base = {
+        "leap": 0, "version": 4, "mode": 4, "stratum": 2, "poll": 0, "precision": -20,
+        "root_delay": 0, "root_dispersion": 0, "reference_id": bytes(4),
+        "reference": 0, "origin": ntp.Packet.unpack(request).transmit,
+        "receive": 1 << 32, "transmit": 2 << 32,
+    }  # fmt: skip
+    return ntp.Packet(**{**base, **fields}).pack()
+
+
+@pytest.mark.parametrize(
+    "fields, problem",
+    [
+        ({"origin": 5}, "origin timestamp differs"),
+        ({"mode": 5}, "not a server reply"),
+        ({"stratum": 0, "reference_id": b"RATE"}, "Kiss-o'-Death, code 'RATE'"),
+        ({"leap": 3}, "unsynchronised"),
+        ({"stratum": 16}, "stratum 16"),
+        ({"transmit": 0}, "no transmit timestamp"),
+    ],
+)
+def test_the_client_checks_a_reply_as_chrony_does(fields, problem):
+    request = ntp.request_packet(1_000 * S)
+    with pytest.raises(ntp.NtpError, match=problem):
+        ntp.check_reply(reply_to(request, **fields), request)
+    with pytest.raises(ntp.NtpError, match="short"):
+        ntp.check_reply(b"\x24" * 47, request)
+    assert ntp.check_reply(reply_to(request), request).stratum == 2
+
+
+# The client's arithmetic for the standard protocols
+
+
+def test_ntp_offset_and_bound_by_hand():
+    # Sent at 10 s, received by the server at 12.5001 s by its clock, answered
+    # 0.0001 s later, back at 10.0003 s: offset ((2.5001) + (2.4999)) / 2.
+    sample = Sample(
+        t1=10 * S,
+        ts=12_500_100_000,
+        t4=10_000_300_000,
+        delay=300_000,
+        t3=12_500_200_000,
+        root_distance=0.001,
+    )
+    assert sample.offset == pytest.approx(2.5, abs=1e-12)
+    assert sample.round_trip == 200_000
+    assert sample.error == pytest.approx(0.0001 + 0.001, abs=1e-12)
+
+
+def test_a_whole_second_reading_widens_the_bound_by_that_second():
+    # The server said 12 s: it read its clock somewhere in [12 s, 13 s).
+    sample = Sample(
+        t1=10 * S, ts=12 * S, t4=10_000_200_000, delay=200_000, resolution=S
+    )
+    assert sample.offset == pytest.approx(2.4999, abs=1e-12)
+    assert sample.error == pytest.approx(0.5001, abs=1e-12)
+
+
+# Daytime forms
+
+
+@pytest.mark.parametrize(
+    "text, moment, resolution",
+    [
+        ("2026-11-27T10:15:42.117940+01:00\r\n", "2026-11-27T09:15:42.117940", 1e-6),
+        ("2026-11-27T09:15:42Z", "2026-11-27T09:15:42", 1.0),
+        ("2026-11-27 09:15:42.5+00:00", "2026-11-27T09:15:42.500000", 0.1),
+        ("27 NOV 2026 09:15:42 UTC\r\n", "2026-11-27T09:15:42", 1.0),
+    ],
+)
+def test_daytime_forms(text, moment, resolution):
+    reading = parse_daytime(text)
+    assert reading.moment == datetime.fromisoformat(moment).replace(tzinfo=UTC)
+    assert reading.resolution == pytest.approx(resolution)
+
+
+def test_the_ctime_form_is_local_time(monkeypatch):
+    reading = parse_daytime("Fri Nov 27 09:15:42 2026\r\n")
+    assert reading.moment == datetime(2026, 11, 27, 9, 15, 42).astimezone()
+    assert reading.resolution == 1.0
+
+
+@pytest.mark.parametrize(
+    "text", ["hello", "27 NOV 2026 09:15:42 CET", "", "2026-11-27"]
+)
+def test_unknown_daytime_forms_are_refused(text):
+    with pytest.raises(ValueError):
+        parse_daytime(text)
+
+
+# The rate limit
+
+
+def test_a_bucket_allows_its_burst_then_its_rate():
+    limiter = RateLimiter(rate=2.0, burst=3)
+    assert [limiter.allow("a", 0.0) for _ in range(4)] == [True, True, True, False]
+    assert limiter.allow("b", 0.0)  # another source has its own bucket
+    assert limiter.allow("a", 0.5)  # one token back after half a second at 2/s
+    assert not limiter.allow("a", 0.5)
+    assert [limiter.allow("a", 10.0) for _ in range(4)] == [True, True, True, False]
+
+
+def test_the_limiter_remembers_a_bounded_number_of_sources():
+    limiter = RateLimiter(rate=0.0, burst=1, sources=2)
+    for key in "abc":
+        assert limiter.allow(key, 0.0)
+    assert not limiter.allow("c", 0.0)
+    assert limiter.allow("a", 0.0)  # forgotten, so a full bucket again
+
+
+@pytest.mark.parametrize(
+    "address, key",
+    [
+        (("192.0.2.7", 123), "192.0.2.7"),
+        (("2001:db8::1", 123, 0, 0), "2001:db8::/64"),
+        (("2001:db8::ffff:1", 5), "2001:db8::/64"),
+        (("::ffff:192.0.2.7", 5, 0, 0), "192.0.2.7"),
+        (("fe80::1%lo", 5, 0, 1), "fe80::/64"),
+    ],
+)
+def test_sources_are_ipv4_addresses_and_ipv6_slash_64s(address, key):
+    assert source_key(address) == key
+
+
+# End to end, over loopback
+
+
+@pytest.fixture
+def serve(caplog):
+    """Start a server class in a thread; stop and close it at teardown."""
+    caplog.set_level(logging.DEBUG, logger="timeservice")
+    running = []
+
+    def start(server_class, handler, **settings):
+        server = server_class(("127.0.0.1", 0), handler, **settings)
+        thread = threading.Thread(target=server.serve_forever, args=(0.01,))
+        thread.start()
+        running.append((server, thread))
+        return server
+
+    yield start
+    for server, thread in running:
+        bounded(server.shutdown)
+        thread.join(TIMEOUT)
+        server.server_close()
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert not errors, errors
+
+
+def port_of(server) -> int:
+    return server.server_address[1]
+
+
+def test_daytime_over_tcp_and_udp(serve):
+    tcp = serve(OneShotServer, DaytimeHandler)
+    udp = serve(DatagramServer, DaytimeDatagramHandler, min_source_port=1024)
+    for udp_flag, server in ((False, tcp), (True, udp)):
+        text, sample = client.ask_daytime("127.0.0.1", port_of(server), udp=udp_flag)
+        assert sample is not None and sample.resolution == 1000
+        assert abs(sample.offset) <= sample.error
+
+
+def test_time_over_tcp_and_udp(serve):
+    tcp = serve(OneShotServer, TimeHandler)
+    udp = serve(DatagramServer, TimeDatagramHandler, min_source_port=1024)
+    for udp_flag, server in ((False, tcp), (True, udp)):
+        sample = client.ask_time("127.0.0.1", port_of(server), udp=udp_flag)
+        assert sample.answer.endswith(".000000" + sample.answer[-6:])
+        assert abs(sample.offset) <= sample.error < 0.6
+
+
+def shifted(seconds: float):
+    def clock():
+        return datetime.now(UTC) + timedelta(seconds=seconds)
+
+    return clock
+
+
+@pytest.mark.parametrize("shift", [2.5, -1000.25])
+def test_ntp_finds_a_shifted_server_within_its_bound(serve, shift):
+    server = serve(NtpServer, NtpHandler, local_stratum=10, clock=shifted(shift))
+    samples = [client.ask_ntp("127.0.0.1", port_of(server)) for _ in range(8)]
+    for sample in samples:
+        assert abs(sample.offset - shift) <= sample.error
+
+
+@pytest.mark.parametrize("moment", [WRAP - 2, WRAP + 2])
+def test_both_sides_of_the_2036_wrap_end_to_end(serve, moment):
+    fixed = datetime.fromtimestamp(moment, UTC)
+    time_server = serve(OneShotServer, TimeHandler, clock=lambda: fixed)
+    ntp_server = serve(NtpServer, NtpHandler, local_stratum=10, clock=lambda: fixed)
+    # The local clock reads 2026: ten years from the wrap, well inside the
+    # 68 years either way that the nearest era covers.
+    assert client.ask_time("127.0.0.1", port_of(time_server)).ts == moment * S
+    assert client.ask_ntp("127.0.0.1", port_of(ntp_server)).t3 == moment * S
+
+
+def test_an_unsynchronised_server_is_one_clear_error(serve, monkeypatch):
+    server = serve(NtpServer, NtpHandler)
+    monkeypatch.setattr(
+        server, "_state", (float("inf"), ntp.server_state(None, None, -20))
+    )
+    with pytest.raises(ntp.NtpError, match="unsynchronised"):
+        client.ask_ntp("127.0.0.1", port_of(server))
+
+
+def failing_clock():
+    raise OSError("no clock")
+
+
+def test_a_failing_clock_sends_nothing(serve, caplog):
+    tcp = serve(OneShotServer, TimeHandler, clock=failing_clock)
+    udp = serve(DatagramServer, TimeDatagramHandler, clock=failing_clock)
+    with pytest.raises(ReplyError, match="no time"):
+        client.ask_time("127.0.0.1", port_of(tcp))
+    with pytest.raises(TimeoutError):
+        client.ask_time("127.0.0.1", port_of(udp), udp=True, timeout=0.3)
+    assert "cannot read the clock" in caplog.text
+    caplog.clear()  # expected errors, one line each
+
+
+def udp_socket(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind((host, port))
+    sock.settimeout(TIMEOUT)
+    return sock
+
+
+def replies(sock: socket.socket, quiet: float = 0.3) -> list[bytes]:
+    """Every datagram that arrives until none has for `quiet` seconds."""
+    got = []
+    sock.settimeout(quiet)
+    for _ in range(10_000):
+        try:
+            got.append(sock.recv(512))
+        except TimeoutError:
+            return got
+    return got
+
+
+def test_a_flood_from_one_source_gets_no_more_than_its_limit(serve):
+    server = serve(NtpServer, NtpHandler, local_stratum=10)
+    flood, polite = udp_socket(), udp_socket("127.0.0.2")
+    with flood, polite:
+        request = ntp.request_packet(0)
+        for _ in range(200):
+            flood.sendto(request, server.server_address)
+        got = replies(flood)
+        answers = [r for r in got if ntp.Packet.unpack(r).stratum != 0]
+        kisses = [r for r in got if ntp.Packet.unpack(r).stratum == 0]
+        # The burst of 16, one more a second, and one Kiss-o'-Death in four of
+        # the rest; nothing else.
+        assert 16 <= len(answers) <= 16 + 2
+        assert len(kisses) <= (200 - 16) // 4 + 1
+        assert kisses and all(
+            ntp.Packet.unpack(k).reference_id == b"RATE" for k in kisses
+        )
+        polite.sendto(request, server.server_address)  # another source is served
+        assert ntp.Packet.unpack(polite.recv(512)).stratum == 10
+    assert server.dropped["rate limit"] >= 200 - 18
+
+
+def test_daytime_and_time_drop_datagrams_from_low_ports(serve):
+    server = serve(DatagramServer, TimeDatagramHandler, min_source_port=1024)
+    try:
+        low = udp_socket(port=1001)  # needs root or CAP_NET_BIND_SERVICE
+    except PermissionError:
+        pytest.skip("binding a port below 1024 needs root")
+    with low, udp_socket() as high:
+        low.sendto(b"", server.server_address)
+        high.sendto(b"", server.server_address)
+        assert len(high.recv(16)) == 4
+        assert replies(low) == []
+    assert server.dropped["low source port"] == 1
+
+
+GARBAGE_SEED = 20261127
+
+
+def test_garbage_datagrams_get_nothing_and_cost_nothing_else(serve):
+    server = serve(NtpServer, NtpHandler, local_stratum=10, burst=None)
+    rng = random.Random(GARBAGE_SEED)
+    with udp_socket() as sock:
+        for batch in range(10):  # small enough for the socket's buffer
+            for _ in range(50):
+                size = rng.choice([0, 1, 47, 48, 49, 68, 200, 511])
+                data = bytearray(rng.randbytes(size))
+                if size == 48:  # a packet's size, but no client's first byte
+                    data[0] = rng.choice([0x00, 0x03, 0x1C, 0x2B, 0x3B, 0x07, 0xE4])
+                sock.sendto(bytes(data), server.server_address)
+            probe = ntp.request_packet(batch * S)
+            sock.sendto(probe, server.server_address)  # answered after the batch
+            assert ntp.check_reply(sock.recv(512), probe).stratum == 10
+        assert replies(sock) == []
+    assert server.dropped["not an NTP client request"] == 500
+
+
+# The command lines
+
+
+def test_the_server_process_serves_every_protocol_asked_for():
+    options = ("--daytime", "0", "--time", "0", "--ntp", "0", "--local-stratum", "10")
+    with server_process("0", *options) as (process, _):
+        lines = [readline_within(process.stdout) for _ in range(3)]
+        ports = {}
+        for line, name, how in zip(
+            lines,
+            ("daytime", r"time \(RFC 868\)", "NTP"),
+            (r"\(TCP, UDP\)", r"\(TCP, UDP\)", r"\(UDP\)"),
+            strict=True,
+        ):
+            found = re.fullmatch(
+                rf"Serving {name} on 127\.0\.0\.1 port (\d+) {how} \.\.\.\n", line
+            )
+            assert found, line
+            ports[name] = int(found[1])
+        for argv in (
+            ["--protocol", "daytime", "--udp"],
+            ["--protocol", "time"],
+            ["--protocol", "ntp"],
+        ):
+            port = ports[
+                {"daytime": "daytime", "time": r"time \(RFC 868\)", "ntp": "NTP"}[
+                    argv[1]
+                ]
+            ]
+            result = run_client(*argv, "127.0.0.1", str(port), "--offset", "--json")
+            assert result.returncode == 0, result.stderr
+            figures = json.loads(result.stdout)
+            assert abs(figures["offset"]) <= figures["error"]
+        process.terminate()
+        assert process.wait(TIMEOUT) == 0
+        log = process.stderr.read()
+    assert "NTP: answering as stratum 10" in log
+    assert "Traceback" not in log
+
+
+def run_client(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "timeservice.client", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+def test_the_server_says_why_a_standard_port_cannot_be_had(capsys):
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        port = taken.getsockname()[1]
+        assert service.main(["0", "--ntp", str(port)]) == 1
+    err = one_line(capsys.readouterr().err)
+    assert f"cannot listen on 127.0.0.1 port {port}: Address already in use" in err
+
+
+@pytest.mark.parametrize(
+    "argv, problem",
+    [
+        (["--local-stratum", "10"], "--local-stratum goes with --ntp"),
+        (["--ntp", "0", "--local-stratum", "16"], "--local-stratum"),
+        (["--daytime", "70000"], "not a port number"),
+    ],
+)
+def test_the_server_rejects_bad_protocol_options(capsys, argv, problem):
+    with pytest.raises(SystemExit) as exited:
+        service.main(argv)
+    assert exited.value.code == 2
+    assert problem in capsys.readouterr().err
+
+
+def test_the_client_rejects_udp_for_the_line_protocol(capsys):
+    with pytest.raises(SystemExit) as exited:
+        client.main(["--udp"])
+    assert exited.value.code == 2
+    assert "--udp goes with --protocol daytime or time" in capsys.readouterr().err
+
+
+def test_the_client_prints_an_unknown_daytime_form_as_it_came(capsys):
+    with oneshot_server(b"Tuesday, the 27th\r\n") as port:
+        assert client.main(["--protocol", "daytime", "127.0.0.1", str(port)]) == 0
+    assert capsys.readouterr().out == "Tuesday, the 27th\n"
+    with oneshot_server(b"Tuesday, the 27th\r\n") as port:
+        assert (
+            client.main(["--protocol", "daytime", "127.0.0.1", str(port), "--offset"])
+            == 1
+        )
+    assert "cannot read the daytime form 'Tuesday, the 27th'" in one_line(
+        capsys.readouterr().err
+    )
+
+
+@contextlib.contextmanager
+def oneshot_server(reply: bytes):
+    """A TCP server that sends `reply` to one connection and closes."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        listener.settimeout(TIMEOUT)
+
+        def serve():
+            conn, _ = listener.accept()
+            with conn:
+                conn.sendall(reply)
+
+        thread = threading.Thread(target=serve)
+        thread.start()
+        try:
+            yield listener.getsockname()[1]
+        finally:
+            thread.join(TIMEOUT)
+
+
+def test_the_client_names_a_kiss_of_death_in_one_line(serve, capsys):
+    server = serve(
+        NtpServer, NtpHandler, local_stratum=10, burst=1, rate=0.0, kiss_every=1
+    )
+    port = str(port_of(server))
+    assert client.main(["--protocol", "ntp", "127.0.0.1", port]) == 0
+    capsys.readouterr()
+    assert client.main(["--protocol", "ntp", "127.0.0.1", port]) == 1
+    err = one_line(capsys.readouterr().err)
+    assert f"127.0.0.1 port {port}: server sent a Kiss-o'-Death, code 'RATE'" in err
+
+
+def test_the_client_says_a_server_is_unsynchronised(serve, capsys, monkeypatch):
+    server = serve(NtpServer, NtpHandler)
+    monkeypatch.setattr(
+        server, "_state", (float("inf"), ntp.server_state(None, None, -20))
+    )
+    assert client.main(["--protocol", "ntp", "127.0.0.1", str(port_of(server))]) == 1
+    assert (
+        "server says its clock is unsynchronised (leap indicator 3, stratum 0)"
+        in one_line(capsys.readouterr().err)
+    )
+
+
+def test_the_client_times_out_on_a_silent_udp_port(capsys):
+    with udp_socket() as silent:
+        port = str(silent.getsockname()[1])
+        assert (
+            client.main(
+                ["--protocol", "time", "--udp", "127.0.0.1", port, "--timeout", "0.2"]
+            )
+            == 1
+        )
+    assert f"no answer from 127.0.0.1 port {port} within 0.2 s" in one_line(
+        capsys.readouterr().err
+    )

@@ -1,0 +1,151 @@
+"""Serving over UDP: socketserver's UDPServer with a limit on every source.
+
+A spoofed datagram makes a server send to a victim, so each source (an IPv4
+address, an IPv6 /64) gets a token bucket of replies; what goes over it is
+dropped and counted. Datagrams are answered in the serving thread: a reply
+costs less than starting a thread.
+"""
+
+from __future__ import annotations
+
+import collections
+import ipaddress
+import logging
+import socket
+import socketserver
+import struct
+import sys
+import time
+from typing import Any
+
+from . import capabilities
+from .protocol import Clock, local_now
+from .server import AnyAddressMixIn, SettingsMixIn, format_address
+
+logger = logging.getLogger(__name__)
+
+# Linux's SO_TIMESTAMPNS and SCM_TIMESTAMPNS, which Python names from 3.14 on.
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
+_TIMESPEC = struct.Struct("@ll")
+
+
+def source_key(address: tuple) -> str:
+    """Who a datagram counts against: its IPv4 address, or its IPv6 /64."""
+    host = ipaddress.ip_address(address[0].split("%")[0])
+    if isinstance(host, ipaddress.IPv6Address):
+        mapped = host.ipv4_mapped
+        if mapped is None:
+            return str(ipaddress.IPv6Network((host, 64), strict=False))
+        host = mapped
+    return str(host)
+
+
+class RateLimiter:
+    """A token bucket per source: `burst` replies at once, `rate` per second after.
+
+    At most `sources` are remembered; the one heard from longest ago goes
+    first, and a forgotten source starts again with a full bucket.
+    """
+
+    def __init__(self, rate: float, burst: int, sources: int = 65536) -> None:
+        self.rate, self.burst, self.sources = rate, burst, sources
+        self._buckets: collections.OrderedDict[str, tuple[float, float]] = (
+            collections.OrderedDict()
+        )
+
+    def allow(self, key: str, now: float) -> bool:
+        """Take a token for `key` if it has one."""
+        tokens, then = self._buckets.pop(key, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - then) * self.rate)
+        allowed = tokens >= 1
+        self._buckets[key] = (tokens - 1 if allowed else tokens, now)
+        if len(self._buckets) > self.sources:
+            self._buckets.popitem(last=False)
+        return allowed
+
+
+class DatagramServer(SettingsMixIn, AnyAddressMixIn, socketserver.UDPServer):
+    """A UDP server that limits replies per source and reads no more than a datagram.
+
+    Methods that may be overridden: over_limit(request, client_address) for
+    a datagram over its source's limit (by default it is dropped).
+    Settings: rate, burst (None turns the limit off), min_source_port
+    (datagrams from lower ports are dropped, as inetd does against loops
+    between services), max_packet_size. The handler's request is
+    ``(data, socket, receive_ns)``: the kernel's receive time where the
+    platform gives it (SO_TIMESTAMPNS), else the time it was read.
+    """
+
+    settings: tuple[str, ...] = ("rate", "burst", "min_source_port", "clock")
+    rate = 1.0  # replies per second per source, after the burst
+    burst: int | None = 16  # replies a source may have at once
+    min_source_port = 0
+    clock: Clock = local_now
+    max_packet_size = 512
+    allow_reuse_address = True
+
+    def __init__(
+        self,
+        server_address: tuple,
+        handler_class: type[socketserver.BaseRequestHandler],
+        bind_and_activate: bool = True,
+        **settings: Any,
+    ) -> None:
+        self.dropped: collections.Counter[str] = collections.Counter()
+        self.kernel_timestamps = False  # set by server_bind() where it can be
+        super().__init__(server_address, handler_class, bind_and_activate, **settings)
+        self.limiter = (
+            None if self.burst is None else RateLimiter(self.rate, self.burst)
+        )
+
+    def server_bind(self) -> None:
+        super().server_bind()
+        if capabilities.RECEIVE_TIMESTAMPS:
+            try:
+                self.socket.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+                self.kernel_timestamps = True
+            except OSError:
+                pass
+
+    def get_request(self) -> tuple:
+        if not self.kernel_timestamps:
+            data, address = self.socket.recvfrom(self.max_packet_size)
+            return (data, self.socket, time.time_ns()), address
+        data, ancillary, _, address = self.socket.recvmsg(
+            self.max_packet_size, socket.CMSG_SPACE(_TIMESPEC.size)
+        )
+        read = time.time_ns()
+        for level, kind, value in ancillary:
+            if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
+                seconds, ns = _TIMESPEC.unpack_from(value)
+                kernel = seconds * 1_000_000_000 + ns
+                # Tools like faketime shift the process's clock, not the
+                # kernel's receive times: then the time it was read is used.
+                if 0 <= read - kernel < 1_000_000_000:
+                    return (data, self.socket, kernel), address
+        return (data, self.socket, read), address
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        if client_address[1] < self.min_source_port:
+            self.dropped["low source port"] += 1
+            return False
+        if self.limiter is None:
+            return True
+        if self.limiter.allow(source_key(client_address), time.monotonic()):
+            return True
+        self.dropped["rate limit"] += 1
+        return self.over_limit(request, client_address)
+
+    def over_limit(self, request: Any, client_address: Any) -> bool:
+        """A datagram over its source's limit: True to answer it anyway."""
+        return False
+
+    def drop(self, reason: str) -> None:
+        """Count a datagram the handler will not answer."""
+        self.dropped[reason] += 1
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """One line in the log, never a traceback: a datagram is never worth one."""
+        exc = sys.exc_info()[1]
+        level = logging.DEBUG if isinstance(exc, OSError) else logging.ERROR
+        logger.log(level, "%s: %r", format_address(client_address), exc)

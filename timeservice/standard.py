@@ -1,0 +1,157 @@
+"""The standard time services: small handlers over the TCP and UDP servers.
+
+Daytime (RFC 867) and Time (RFC 868) answer on TCP connect and to any UDP
+datagram; NTP (RFC 5905, server mode) answers client packets over UDP. The
+wire formats are in daytime, rfc868 and ntp; these classes only move bytes.
+When the clock fails, nothing is sent: RFC 868 says never to send a wrong
+time, and no made-up time goes out on any protocol.
+"""
+
+from __future__ import annotations
+
+import logging
+import socketserver
+import time
+from typing import Any
+
+from . import kernelclock, ntp, rfc868
+from .datagram import DatagramServer
+from .daytime import daytime_line
+from .protocol import nanoseconds_source, reply_source
+from .server import OneShotServer, format_address
+
+logger = logging.getLogger(__name__)
+
+
+def clock_failed(handler: socketserver.BaseRequestHandler, exc: Exception) -> None:
+    logger.error(
+        "%s: cannot read the clock: %r", format_address(handler.client_address), exc
+    )
+
+
+class DaytimeHandler(socketserver.BaseRequestHandler):
+    """RFC 867 over TCP: on connect, the time as one line, then close."""
+
+    server: OneShotServer
+
+    def handle(self) -> None:
+        try:
+            line = daytime_line(reply_source(self.server.clock)())
+        except Exception as exc:
+            clock_failed(self, exc)
+            return
+        self.request.sendall(line)
+
+
+class TimeHandler(socketserver.BaseRequestHandler):
+    """RFC 868 over TCP: on connect, 4 bytes of seconds since 1900, then close."""
+
+    server: OneShotServer
+
+    def handle(self) -> None:
+        try:
+            now = nanoseconds_source(self.server.clock)()
+        except Exception as exc:
+            clock_failed(self, exc)
+            return
+        self.request.sendall(rfc868.encode(now // 1_000_000_000))
+
+
+class DaytimeDatagramHandler(socketserver.BaseRequestHandler):
+    """RFC 867 over UDP: any datagram, empty included, gets the time line."""
+
+    server: DatagramServer
+
+    def handle(self) -> None:
+        _, sock, _ = self.request
+        try:
+            line = daytime_line(reply_source(self.server.clock)())
+        except Exception as exc:
+            clock_failed(self, exc)
+            return
+        sock.sendto(line, self.client_address)
+
+
+class TimeDatagramHandler(socketserver.BaseRequestHandler):
+    """RFC 868 over UDP: any datagram gets the 4 bytes."""
+
+    server: DatagramServer
+
+    def handle(self) -> None:
+        _, sock, _ = self.request
+        try:
+            now = nanoseconds_source(self.server.clock)()
+        except Exception as exc:
+            clock_failed(self, exc)
+            return
+        sock.sendto(rfc868.encode(now // 1_000_000_000), self.client_address)
+
+
+class NtpHandler(socketserver.BaseRequestHandler):
+    """NTP server mode: a 48-byte mode-4 reply to each valid client packet."""
+
+    server: NtpServer
+
+    def handle(self) -> None:
+        data, sock, received = self.request
+        now = self.server.now_ns
+        if now is not time.time_ns:  # an injected clock: both times from it
+            received = now()
+        try:
+            reply = ntp.server_reply(data, self.server.state(), received, now)
+        except Exception as exc:
+            clock_failed(self, exc)
+            return
+        if reply is None:
+            self.server.drop("not an NTP client request")
+            return
+        sock.sendto(reply, self.client_address)
+
+
+class NtpServer(DatagramServer):
+    """An NTP server (RFC 5905 server mode, the SNTP server of RFC 4330).
+
+    It reads the kernel's clock state once a second and never claims a
+    synchronisation the machine does not have (see ntp.server_state()).
+    Over a source's rate limit it answers one datagram in `kiss_every` with
+    a Kiss-o'-Death RATE, as chrony's leak lets some through, and drops the
+    rest. Settings: local_stratum (1-15 serves an unsynchronised clock, as
+    chrony's ``local stratum``), kiss_every, and DatagramServer's.
+    """
+
+    settings: tuple[str, ...] = ("local_stratum", "kiss_every")
+    local_stratum: int | None = None
+    kiss_every = 4
+
+    def __init__(
+        self,
+        server_address: tuple,
+        handler_class: type[socketserver.BaseRequestHandler] = NtpHandler,
+        bind_and_activate: bool = True,
+        **settings: Any,
+    ) -> None:
+        super().__init__(server_address, handler_class, bind_and_activate, **settings)
+        self.now_ns = nanoseconds_source(self.clock)
+        self.precision = kernelclock.precision()
+        self._state: tuple[float, ntp.ServerState] | None = None
+        self._over_limit = 0
+
+    def state(self) -> ntp.ServerState:
+        """The server's clock state, from the kernel's, at most a second old."""
+        now = time.monotonic()
+        if self._state is None or now - self._state[0] >= 1.0:
+            kernel = kernelclock.read()
+            self._state = (
+                now,
+                ntp.server_state(kernel, self.local_stratum, self.precision),
+            )
+        return self._state[1]
+
+    def over_limit(self, request: Any, client_address: Any) -> bool:
+        self._over_limit += 1
+        if self._over_limit % self.kiss_every:
+            return False
+        kiss = ntp.kiss_of_death(request[0])
+        if kiss is not None:
+            request[1].sendto(kiss, client_address)
+        return False
