@@ -5,7 +5,9 @@ Each server runs as its own process on loopback, port 0; the load comes from
 other processes, one closed request/reply loop per connection. Servers take
 turns within every round, so the machine's drift hits all of them alike, and
 the table shows the median over the rounds. Progress goes to stderr, the
-table to stdout.
+table to stdout. Where chronyd is installed, NTP over UDP is measured too:
+this server's NTP service against chronyd serving ``local stratum 10``, both
+with their rate limits off.
 
     python scripts/bench.py [--rounds N] [--seconds S] [--quick] [--json FILE]
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import array
+import contextlib
 import json
 import multiprocessing
 import os
@@ -21,10 +24,12 @@ import platform
 import re
 import resource
 import select
+import shutil
 import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -53,19 +58,26 @@ SERVERS = {
 
 
 class Server:
-    """One server process of ours to benchmark, ended by its pid when done."""
+    """One server process to benchmark, ended by its pid when done."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, command=None, line: str | None = r"port (\d+)"):
         self.name = name
         self.process = subprocess.Popen(
-            SERVERS[name], cwd=ROOT, stdout=subprocess.PIPE, text=True
+            command or SERVERS[name], cwd=ROOT, stdout=subprocess.PIPE, text=True
         )
+        if line is None:  # the caller knows the address and when it is ready
+            return
+        found, text = None, ""
         ready, _, _ = select.select([self.process.stdout], [], [], START_TIMEOUT)
-        line = self.process.stdout.readline() if ready else ""
-        found = re.search(r"port (\d+)", line)
+        # The start-up lines come together: after the first, no more waiting.
+        for _ in range(5 if ready else 0):
+            text = self.process.stdout.readline()
+            found = re.search(line, text)
+            if found or not text:
+                break
         if not found:
             self.stop()
-            raise RuntimeError(f"{name} did not start: {line!r}")
+            raise RuntimeError(f"{name} did not start: {text!r}")
         self.address = ("127.0.0.1", int(found.group(1)))
 
     def __enter__(self) -> Server:
@@ -202,10 +214,55 @@ def many_connections(address, count, start, end, reconnect):
     return latencies, bad
 
 
+NTP_REQUEST = bytes([0x23]) + bytes(39) + bytes(range(1, 9))  # version 4, client
+LOST_AFTER = 10**9  # ns without a reply: the datagram is counted lost, sent again
+
+
+def ntp_clients(address, count, start, end, reconnect=False):
+    """`count` NTP clients on UDP, multiplexed with epoll; latencies (ns), bad."""
+    clock = time.monotonic_ns
+    latencies = array.array("q")
+    record = latencies.append
+    bad = 0
+    poller = select.epoll()
+    sockets, sent = {}, {}
+    for _ in range(count):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.connect(address)
+        sock.setblocking(False)
+        sockets[sock.fileno()] = sock
+        poller.register(sock.fileno(), select.EPOLLIN)
+        sent[sock.fileno()] = clock()
+        sock.send(NTP_REQUEST)
+    while clock() < end:
+        for fd, _ in poller.poll(0.1):
+            reply = sockets[fd].recv(512)
+            t1 = clock()
+            t0 = sent[fd]
+            if len(reply) != 48 or reply[24:32] != NTP_REQUEST[40:] or reply[1] == 0:
+                bad += 1
+            elif t0 >= start:
+                record(t1 - t0)
+            sent[fd] = clock()
+            sockets[fd].send(NTP_REQUEST)
+        now = clock()
+        for fd, t0 in sent.items():
+            if now - t0 > LOST_AFTER:
+                bad += 1
+                sent[fd] = now
+                sockets[fd].send(NTP_REQUEST)
+    for sock in sockets.values():
+        sock.close()
+    poller.close()
+    return latencies, bad
+
+
 def driver(address, count, start, end, reconnect, results):
     before = resource.getrusage(resource.RUSAGE_SELF)
     try:
-        if count == 1:
+        if reconnect == "ntp":
+            latencies, bad = ntp_clients(address, count, start, end)
+        elif count == 1:
             latencies, bad = one_connection(address, start, end, reconnect)
         else:
             latencies, bad = many_connections(address, count, start, end, reconnect)
@@ -306,6 +363,54 @@ WORKLOADS = [
     ("8 clients, connection per request", 8, True),
 ]
 MEMORY = f"{IDLE_CONNECTIONS} idle connections"
+NTP_WORKLOAD = ("NTP over UDP, 8 clients", 8, "ntp")
+NTP_NAMES = {"ours": "timeservice", "chronyd": "chronyd"}
+OURS_NTP = [
+    sys.executable,
+    "-m",
+    "timeservice.server",
+    "-q",
+    "--ntp",
+    "0",
+    "--local-stratum",
+    "10",
+    "--no-rate-limit",
+    "0",
+]
+
+
+def start_ntp_server(name, workdir):
+    """Our NTP service, or chronyd serving its local clock at stratum 10.
+
+    chronyd has no rate limit unless its configuration sets one; -x leaves
+    the system clock alone. It is ready once it answers.
+    """
+    if name == "ours":
+        return Server(name, OURS_NTP, r"Serving NTP on \S+ port (\d+)")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = Path(workdir) / "chrony.conf"
+    config.write_text(
+        f"local stratum 10\nport {port}\nbindaddress 127.0.0.1\nallow 127.0.0.1\n"
+        f"cmdport 0\npidfile {workdir}/chronyd.pid\n"
+    )
+    command = ["chronyd", "-d", "-x", "-u", "root", "-f", str(config)]
+    server = Server(name, command, line=None)
+    server.address = ("127.0.0.1", port)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(0.2)
+        for _ in range(75):  # each try waits on the socket: 15 s at the most
+            sock.sendto(NTP_REQUEST, server.address)
+            try:
+                if sock.recv(512)[1] != 0:  # stratum 10: the local clock is in use
+                    return server
+            except TimeoutError:
+                continue
+            with contextlib.suppress(TimeoutError):
+                sock.recv(512)
+    server.stop()
+    raise RuntimeError("chronyd did not answer as stratum 10")
 
 
 def raise_file_limit(needed):
@@ -344,6 +449,11 @@ def run(args):
         )
     samples = {name: {server: [] for server in servers} for name, _, _ in WORKLOADS}
     memory = {server: [] for server in servers}
+    ntp_servers = list(NTP_NAMES) if shutil.which("chronyd") else []
+    if not ntp_servers:
+        print("chronyd is not installed; no NTP row", file=sys.stderr)
+    ntp = {server: [] for server in ntp_servers}
+    workdir = tempfile.mkdtemp(prefix="bench-chrony-")
     for number in range(args.rounds):
         order = servers[number % len(servers) :] + servers[: number % len(servers)]
         for name, connections, reconnect in WORKLOADS:
@@ -361,7 +471,16 @@ def run(args):
                 progress(number, args.rounds, server_name, MEMORY)
                 with Server(server_name) as server:
                     memory[server_name].append(idle_memory(server, IDLE_CONNECTIONS))
-    return summarise(args, samples, memory)
+        name, clients, kind = NTP_WORKLOAD
+        for server_name in ntp_servers[number % 2 :] + ntp_servers[: number % 2]:
+            round_ = f"round {number + 1} of {args.rounds}"
+            print(f"{round_}: {NTP_NAMES[server_name]}, {name}", file=sys.stderr)
+            with start_ntp_server(server_name, workdir) as server:
+                ntp[server_name].append(
+                    run_load(server, clients, kind, args.seconds, args.warmup)
+                )
+    shutil.rmtree(workdir, ignore_errors=True)
+    return summarise(args, samples, memory, ntp)
 
 
 def progress(number, rounds, server, workload):
@@ -376,7 +495,7 @@ def median_of(runs, key):
     return statistics.median(run[key] for run in runs)
 
 
-def summarise(args, samples, memory):
+def summarise(args, samples, memory, ntp):
     results = {}
     for name, runs_by_server in samples.items():
         results[name] = {
@@ -396,7 +515,17 @@ def summarise(args, samples, memory):
         for server, runs in memory.items()
         if runs
     }
+    ntp_results = {
+        server: {key: median_of(runs, key) for key in runs[0]} | {"rounds": runs}
+        for server, runs in ntp.items()
+    }
     return {
+        "ntp": ntp_results,
+        "ntp_ratio": (
+            ntp_results["ours"]["rps"] / ntp_results["chronyd"]["rps"]
+            if ntp_results
+            else None
+        ),
         "machine": machine(),
         "command": " ".join(["python", "scripts/bench.py"] + args.argv),
         "rounds": args.rounds,
@@ -439,9 +568,20 @@ def table(report):
                 f"{'':<34} {SERVER_NAMES[server]:<12}"
                 f" {r['idle_mib']:>8.1f} {r['held_mib']:>7.1f}"
             )
+    for i, (server, r) in enumerate(report["ntp"].items()):
+        if i == 0:
+            out += ["", f"{NTP_WORKLOAD[0]:<34}"]
+        out.append(
+            f"{'':<34} {NTP_NAMES[server]:<12}"
+            f" {r['rps']:>8,.0f} {r['p50_ms']:>7.3f} {r['p99_ms']:>7.3f}"
+            f" {r['server_cpu']:>10.0%} {r['load_gen_busy']:>8.0%}"
+            f" {r['load_gen_max_rps']:>8,.0f}"
+        )
+    if report["ntp_ratio"] is not None:
+        out.append(f"{'timeservice ÷ chronyd':<34} {report['ntp_ratio']:>11.2f}x")
     bad = sum(
         r["bad_replies"] for by in report["workloads"].values() for r in by.values()
-    )
+    ) + sum(r["bad_replies"] for r in report["ntp"].values())
     if bad:
         out += ["", f"WARNING: {bad} replies were not a timestamp line"]
     out += [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -46,6 +47,12 @@ def test_the_quick_benchmark_reports_every_server_and_workload(tmp_path):
             assert 0 < figures["p50_ms"] <= figures["p99_ms"]
             assert figures["load_gen_max_rps"] > 0
     assert set(report["ratios"]["64 connections, persistent"]) == {"seed", "asyncio"}
+    if shutil.which("chronyd"):  # NTP over UDP: ours against chronyd
+        assert set(report["ntp"]) == {"ours", "chronyd"}
+        for figures in report["ntp"].values():
+            assert figures["rps"] > 0
+            assert figures["bad_replies"] == 0
+        assert report["ntp_ratio"] > 0
     assert set(report["memory"]) == SERVERS
     for figures in report["memory"].values():
         assert figures["idle_mib"] > 0

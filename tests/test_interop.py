@@ -18,6 +18,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
@@ -140,6 +141,20 @@ def test_rdate_reads_our_time_and_sntp():
     for result in outputs:
         assert result.returncode == 0, result.stderr
         assert near_now(ctime_utc(result.stdout)), result.stdout
+
+
+@needs("rdate", "faketime")
+def test_rdate_sntp_sees_a_shifted_server():
+    launcher = ("faketime", "-f", "+2.5s")
+    options = ("--ntp", "0", "--local-stratum", "10")
+    with our_server(*options, launcher=launcher) as ports:
+        before = time.time()
+        result = run("rdate", "-n", "-p", "-o", str(ports["ntp"]), "127.0.0.1")
+        after = time.time()
+    assert result.returncode == 0, result.stderr
+    printed = ctime_utc(result.stdout).timestamp()  # a whole second
+    print(f"rdate -n -p, server at +2.5 s: {result.stdout.strip()}")
+    assert before + 2.5 - 1 <= printed <= after + 2.5
 
 
 @needs_root
