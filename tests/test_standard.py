@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import random
 import re
 import socket
+import socketserver
 import subprocess
 import sys
 import threading
@@ -16,7 +18,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from conftest import ROOT, TIMEOUT, bounded, one_line, readline_within, server_process
 
-from timeservice import client, ntp, rfc868, service
+from timeservice import client, kernelclock, ntp, rfc868, service
 from timeservice.datagram import DatagramServer, RateLimiter, source_key
 from timeservice.daytime import parse_daytime
 from timeservice.offset import Sample
@@ -611,3 +613,160 @@ def test_the_client_times_out_on_a_silent_udp_port(capsys):
     assert f"no answer from 127.0.0.1 port {port} within 0.2 s" in one_line(
         capsys.readouterr().err
     )
+
+
+# What is left when things go wrong
+
+
+def test_a_failing_clock_sends_no_daytime_and_no_ntp(serve, caplog):
+    tcp = serve(OneShotServer, DaytimeHandler, clock=failing_clock)
+    udp = serve(DatagramServer, DaytimeDatagramHandler, clock=failing_clock)
+    ntp_server = serve(NtpServer, NtpHandler, local_stratum=10, clock=failing_clock)
+    with pytest.raises(ReplyError, match="no time"):
+        client.ask_daytime("127.0.0.1", port_of(tcp))
+    with pytest.raises(TimeoutError):
+        client.ask_daytime("127.0.0.1", port_of(udp), udp=True, timeout=0.3)
+    with pytest.raises(TimeoutError):
+        client.ask_ntp("127.0.0.1", port_of(ntp_server), timeout=0.3)
+    assert caplog.text.count("cannot read the clock") == 3
+    caplog.clear()  # expected errors, one line each
+
+
+class Exploding(socketserver.BaseRequestHandler):
+    def handle(self) -> None:
+        raise (OSError if self.request[0] == b"os" else ValueError)("boom")
+
+
+def test_a_datagram_handler_that_fails_logs_one_line(serve, caplog):
+    server = serve(DatagramServer, Exploding, burst=None)
+    with udp_socket() as sock:
+        for data in (b"os", b"value", b"probe"):
+            sock.sendto(data, server.server_address)
+    bounded(server.shutdown)  # after the three datagrams were handled
+    records = [r for r in caplog.records if "boom" in r.getMessage()]
+    assert [r.levelno for r in records][:2] == [logging.DEBUG, logging.ERROR]
+    assert all(r.exc_info is None for r in records)  # no traceback
+    caplog.clear()
+
+
+def test_over_the_limit_a_plain_datagram_server_drops(serve):
+    server = serve(DatagramServer, TimeDatagramHandler, burst=1, rate=0.0)
+    with udp_socket() as sock:
+        sock.sendto(b"", server.server_address)
+        assert len(sock.recv(16)) == 4
+        sock.sendto(b"", server.server_address)
+        assert replies(sock) == []
+    assert server.dropped["rate limit"] == 1
+
+
+def test_the_client_passes_over_a_stray_datagram():
+    with udp_socket() as fake:
+
+        def answer():
+            request, peer = fake.recvfrom(512)
+            fake.sendto(b"stray", peer)
+            fake.sendto(reply_to(request, stratum=4), peer)
+
+        thread = threading.Thread(target=answer)
+        thread.start()
+        sample = client.ask_ntp("127.0.0.1", fake.getsockname()[1], timeout=TIMEOUT)
+        thread.join(TIMEOUT)
+    assert sample.t3 is not None
+
+
+@pytest.mark.parametrize(
+    "reply, ask, problem",
+    [
+        (b"", client.ask_daytime, "server sent no time"),
+        (b"\x00\x01\x02", client.ask_time, "a Time reply is 4 bytes, not 3"),
+        (b"", client.ask_time, "server sent no time"),
+    ],
+)
+def test_the_client_refuses_a_short_answer(reply, ask, problem):
+    with oneshot_server(reply) as port:
+        with pytest.raises(ReplyError, match=problem):
+            ask("127.0.0.1", port)
+
+
+def test_a_udp_port_taken_for_daytime_is_one_line(capsys):
+    with socket.create_server(("127.0.0.1", 0)) as tcp:
+        port = tcp.getsockname()[1]  # free for TCP; now take it for UDP
+        try:
+            taken = udp_socket(port=port)
+        except OSError:
+            pytest.skip("the UDP port of the same number is in use")
+    with taken:
+        assert service.main(["0", "--daytime", str(port)]) == 1
+    err = one_line(capsys.readouterr().err)
+    assert f"cannot listen on 127.0.0.1 port {port}: Address already in use" in err
+
+
+def test_port_0_tries_again_when_udp_is_taken(monkeypatch, capsys):
+    def taken(*args, **kwargs):
+        raise OSError(errno.EADDRINUSE, "Address already in use")
+
+    monkeypatch.setattr(service, "DatagramServer", taken)
+    assert service.main(["0", "--time", "0"]) == 1
+    assert "no port free for both TCP and UDP on 127.0.0.1" in one_line(
+        capsys.readouterr().err
+    )
+
+
+def test_when_one_service_cannot_listen_the_others_are_closed(monkeypatch, capsys):
+    opened = []
+    real = service.OneShotServer
+
+    def recording(*args, **kwargs):
+        server = real(*args, **kwargs)
+        opened.append(server)
+        return server
+
+    monkeypatch.setattr(service, "OneShotServer", recording)
+    with udp_socket() as taken:
+        port = str(taken.getsockname()[1])
+        assert service.main(["0", "--daytime", "0", "--ntp", port]) == 1
+    assert opened and all(server.socket.fileno() == -1 for server in opened)
+    assert "cannot listen" in one_line(capsys.readouterr().err)
+
+
+# The kernel's clock state, with the call faked
+
+
+def fake_adjtimex(result: int, status: int, maxerror: int = 250_000):
+    def call(timex):
+        timex._obj.status, timex._obj.maxerror = status, maxerror
+        return result
+
+    return call
+
+
+@pytest.mark.parametrize(
+    "result, status, expected",
+    [
+        (0, 0, ntp.KernelState(True, ntp.LEAP_NONE, 0.25)),
+        (1, kernelclock.STA_INS, ntp.KernelState(True, ntp.LEAP_INSERT, 0.25)),
+        (2, kernelclock.STA_DEL, ntp.KernelState(True, ntp.LEAP_DELETE, 0.25)),
+        (0, kernelclock.STA_UNSYNC, ntp.KernelState(False, ntp.LEAP_NONE, 0.25)),
+        (kernelclock.TIME_ERROR, 0, ntp.KernelState(False, ntp.LEAP_NONE, 0.25)),
+        (-1, 0, None),
+    ],
+)
+def test_the_kernel_state_read_from_adjtimex(monkeypatch, result, status, expected):
+    monkeypatch.setattr(kernelclock, "_call", fake_adjtimex(result, status))
+    assert kernelclock.read() == expected
+
+
+def test_no_kernel_state_where_there_is_no_call(monkeypatch):
+    monkeypatch.setattr(kernelclock, "_call", None)
+    assert kernelclock.read() is None
+    monkeypatch.setattr(kernelclock.capabilities, "PORTABLE", True)
+    assert kernelclock._find_call() is None
+    monkeypatch.setattr(kernelclock.capabilities, "PORTABLE", False)
+
+    def no_library(*args, **kwargs):
+        raise OSError("no C library")
+
+    monkeypatch.setattr(kernelclock.ctypes, "CDLL", no_library)
+    assert kernelclock._find_call() is None
+    monkeypatch.setattr(kernelclock.ctypes, "CDLL", lambda *a, **k: object())
+    assert kernelclock._find_call() is None

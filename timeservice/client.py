@@ -127,10 +127,7 @@ class TimeClient:
         while b"\n" not in self._buffer:
             if len(self._buffer) > MAX_REPLY_BYTES:
                 raise ReplyError(f"reply too long: {self._buffer[:40]!r}...")
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError("timed out")
-            sock.settimeout(remaining)
+            sock.settimeout(remaining(deadline))
             chunk = sock.recv(4096)
             if not chunk:
                 raise ReplyError("server closed the connection")

@@ -95,9 +95,9 @@ class NtpHandler(socketserver.BaseRequestHandler):
     def handle(self) -> None:
         data, sock, received = self.request
         now = self.server.now_ns
-        if now is not time.time_ns:  # an injected clock: both times from it
-            received = now()
         try:
+            if now is not time.time_ns:  # an injected clock: both times from it
+                received = now()
             reply = ntp.server_reply(data, self.server.state(), received, now)
         except Exception as exc:
             clock_failed(self, exc)
