@@ -74,9 +74,14 @@ def listen(prog: str, host: str, port: int, make: Callable[[tuple], T]) -> T | N
     try:
         return make((host, port))
     except OSError as exc:
-        reason = exc.strerror or str(exc)
-        print(f"{prog}: cannot listen on {host} port {port}: {reason}", file=sys.stderr)
+        cannot_listen(prog, host, port, exc)
         return None
+
+
+def cannot_listen(prog: str, host: str, port: int, exc: OSError) -> None:
+    """The one line that says why a server cannot listen."""
+    reason = exc.strerror or str(exc)
+    print(f"{prog}: cannot listen on {host} port {port}: {reason}", file=sys.stderr)
 
 
 def open_server(

@@ -20,6 +20,7 @@ from . import __version__, capabilities, kernelclock, ntp
 from .cli import (
     add_address_arguments,
     announce,
+    cannot_listen,
     choose_cpu,
     configure_logging,
     cpu_choice,
@@ -117,11 +118,7 @@ def open_pair(
             tcp.server_close()
             if port == 0 and exc.errno == errno.EADDRINUSE:
                 continue
-            reason = exc.strerror or str(exc)
-            print(
-                f"{prog}: cannot listen on {host} port {bound}: {reason}",
-                file=sys.stderr,
-            )
+            cannot_listen(prog, host, bound, exc)
             return None
         return [tcp, udp]
     print(f"{prog}: no port free for both TCP and UDP on {host}", file=sys.stderr)
