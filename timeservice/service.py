@@ -82,10 +82,10 @@ class Service:
         self.servers[0].shutdown()
 
 
-# The standard protocols: option, name in the start-up line, TCP and UDP handlers.
+# Daytime and Time: option, name in the start-up line, standard port, handlers.
 STANDARD = {
-    "daytime": ("daytime", DaytimeHandler, DaytimeDatagramHandler),
-    "time": ("time (RFC 868)", TimeHandler, TimeDatagramHandler),
+    "daytime": ("daytime", 13, DaytimeHandler, DaytimeDatagramHandler),
+    "time": ("time (RFC 868)", 37, TimeHandler, TimeDatagramHandler),
 }
 INETD_PORTS = 1024  # Daytime and Time drop datagrams from lower source ports
 PORT_TRIES = 10  # port 0: tries to find a port free for both TCP and UDP
@@ -134,7 +134,7 @@ def open_standard(
     if args.no_rate_limit:
         datagrams["burst"] = None
     opened: list[tuple[str, str, list[socketserver.BaseServer]]] = []
-    for option, (name, tcp_handler, udp_handler) in STANDARD.items():
+    for option, (name, _, tcp_handler, udp_handler) in STANDARD.items():
         port = getattr(args, option)
         if port is None:
             continue
@@ -189,7 +189,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     prog = program_name("timeservice.server")
     parser = argparse.ArgumentParser(
         prog=prog,
-        description="Answer 'send time' with the current date and time over TCP.",
+        description="Answer 'send time' with the current date and time over TCP; "
+        "serve Daytime, Time and NTP too when asked.",
         epilog=f"example: {prog} -b 0.0.0.0 {DEFAULT_PORT}",
     )
     add_address_arguments(parser, DEFAULT_PORT)
@@ -217,13 +218,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--utc", action="store_true", help="answer in UTC instead of local time"
     )
-    for option, (name, _, _) in STANDARD.items():
+    for option, (name, usual, _, _) in STANDARD.items():
         parser.add_argument(
             f"--{option}",
             type=port_number,
             metavar="PORT",
             help=f"serve {name} on this port too, over TCP and UDP "
-            "(standard: %s; 0 for any free port)" % {"daytime": 13, "time": 37}[option],
+            f"(standard: {usual}; 0 for any free port)",
         )
     parser.add_argument(
         "--ntp",
