@@ -88,12 +88,26 @@ def server_process(
         assert match, line
         yield process, int(match[2])
     finally:
-        if process.poll() is None:  # still running: end its group
-            if hasattr(os, "killpg"):
-                os.killpg(process.pid, signal.SIGKILL)
-            else:
-                process.kill()
+        if process.poll() is None:  # still running
+            signal_launched(process, signal.SIGKILL)
         process.communicate(timeout=TIMEOUT)
+
+
+def signal_launched(process: subprocess.Popen, signum: int) -> None:
+    """Signal what `process` runs: its children if it is a launcher, else itself.
+
+    faketime passes no signal on, and a launcher that died before its child
+    would leave the child unreaped; signalled first, the child ends, and the
+    launcher reaps it and exits with its status.
+    """
+    try:
+        with open(f"/proc/{process.pid}/task/{process.pid}/children") as children:
+            pids = [int(pid) for pid in children.read().split()]
+    except OSError:  # no /proc: not Linux, where these launchers are not used
+        pids = []
+    for pid in pids or [process.pid]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signum)
 
 
 class RecordingServer(TimeServer):

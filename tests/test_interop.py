@@ -24,7 +24,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, TIMEOUT, readline_within, server_process
+from conftest import (
+    ROOT,
+    TIMEOUT,
+    readline_within,
+    server_process,
+    signal_launched,
+)
 
 from timeservice import kernelclock, ntp
 
@@ -75,10 +81,8 @@ def our_server(*options: str, launcher: tuple = ()) -> Iterator[dict[str, int]]:
             name, port = SERVICE.match(readline_within(process.stdout)).groups()
             ports[SERVICES_BY_LABEL[name]] = int(port)
         yield ports
-        # The whole group: a launcher such as faketime runs the server as its child.
-        os.killpg(process.pid, signal.SIGTERM)
-        status = process.wait(TIMEOUT)
-        assert launcher or status == 0
+        signal_launched(process, signal.SIGTERM)
+        assert process.wait(TIMEOUT) == 0
 
 
 SERVICES = ("daytime", "time", "ntp")
@@ -237,18 +241,18 @@ def test_chronyd_refuses_our_ntp_when_the_kernel_clock_is_unsynchronised(tmp_pat
 
 @contextlib.contextmanager
 def started(*command: str) -> Iterator[subprocess.Popen]:
-    """A daemon in the foreground, ended by its pid whatever happens."""
+    """A daemon in the foreground, ended whatever happens (see signal_launched)."""
     process = subprocess.Popen(
         command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
     try:
         yield process
     finally:
-        process.send_signal(signal.SIGTERM)
+        signal_launched(process, signal.SIGTERM)
         try:
             process.wait(TIMEOUT)
         except subprocess.TimeoutExpired:
-            process.kill()
+            signal_launched(process, signal.SIGKILL)
             process.wait(TIMEOUT)
         process.stdout.close()
 
