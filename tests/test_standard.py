@@ -24,14 +24,7 @@ from timeservice.daytime import parse_daytime
 from timeservice.offset import Sample
 from timeservice.protocol import ReplyError
 from timeservice.server import OneShotServer
-from timeservice.standard import (
-    DaytimeDatagramHandler,
-    DaytimeHandler,
-    NtpHandler,
-    NtpServer,
-    TimeDatagramHandler,
-    TimeHandler,
-)
+from timeservice.standard import DaytimeHandler, NtpHandler, NtpServer, TimeHandler
 
 S = 1_000_000_000
 WRAP = 2_085_978_496  # 2036-02-07T06:28:16Z, when the 32-bit count wraps
@@ -321,7 +314,7 @@ def port_of(server) -> int:
 
 def test_daytime_over_tcp_and_udp(serve):
     tcp = serve(OneShotServer, DaytimeHandler)
-    udp = serve(DatagramServer, DaytimeDatagramHandler, min_source_port=1024)
+    udp = serve(DatagramServer, DaytimeHandler, min_source_port=1024)
     for udp_flag, server in ((False, tcp), (True, udp)):
         text, sample = client.ask_daytime("127.0.0.1", port_of(server), udp=udp_flag)
         assert sample is not None and sample.resolution == 1000
@@ -330,7 +323,7 @@ def test_daytime_over_tcp_and_udp(serve):
 
 def test_time_over_tcp_and_udp(serve):
     tcp = serve(OneShotServer, TimeHandler)
-    udp = serve(DatagramServer, TimeDatagramHandler, min_source_port=1024)
+    udp = serve(DatagramServer, TimeHandler, min_source_port=1024)
     for udp_flag, server in ((False, tcp), (True, udp)):
         sample = client.ask_time("127.0.0.1", port_of(server), udp=udp_flag)
         assert sample.answer.endswith(".000000" + sample.answer[-6:])
@@ -378,7 +371,7 @@ def failing_clock():
 
 def test_a_failing_clock_sends_nothing(serve, caplog):
     tcp = serve(OneShotServer, TimeHandler, clock=failing_clock)
-    udp = serve(DatagramServer, TimeDatagramHandler, clock=failing_clock)
+    udp = serve(DatagramServer, TimeHandler, clock=failing_clock)
     with pytest.raises(ReplyError, match="no time"):
         client.ask_time("127.0.0.1", port_of(tcp))
     with pytest.raises(TimeoutError):
@@ -429,7 +422,7 @@ def test_a_flood_from_one_source_gets_no_more_than_its_limit(serve):
 
 
 def test_daytime_and_time_drop_datagrams_from_low_ports(serve):
-    server = serve(DatagramServer, TimeDatagramHandler, min_source_port=1024)
+    server = serve(DatagramServer, TimeHandler, min_source_port=1024)
     try:
         low = udp_socket(port=1001)  # needs root or CAP_NET_BIND_SERVICE
     except PermissionError:
@@ -620,7 +613,7 @@ def test_the_client_times_out_on_a_silent_udp_port(capsys):
 
 def test_a_failing_clock_sends_no_daytime_and_no_ntp(serve, caplog):
     tcp = serve(OneShotServer, DaytimeHandler, clock=failing_clock)
-    udp = serve(DatagramServer, DaytimeDatagramHandler, clock=failing_clock)
+    udp = serve(DatagramServer, DaytimeHandler, clock=failing_clock)
     ntp_server = serve(NtpServer, NtpHandler, local_stratum=10, clock=failing_clock)
     with pytest.raises(ReplyError, match="no time"):
         client.ask_daytime("127.0.0.1", port_of(tcp))
@@ -650,7 +643,7 @@ def test_a_datagram_handler_that_fails_logs_one_line(serve, caplog):
 
 
 def test_over_the_limit_a_plain_datagram_server_drops(serve):
-    server = serve(DatagramServer, TimeDatagramHandler, burst=1, rate=0.0)
+    server = serve(DatagramServer, TimeHandler, burst=1, rate=0.0)
     with udp_socket() as sock:
         sock.sendto(b"", server.server_address)
         assert len(sock.recv(16)) == 4

@@ -35,13 +35,7 @@ from .cli import (
 from .datagram import DatagramServer
 from .protocol import COMMAND, DEFAULT_PORT, MAX_LINE_BYTES, local_now, utc_now
 from .server import IDLE_TIMEOUT, MAX_CONNECTIONS, OneShotServer
-from .standard import (
-    DaytimeDatagramHandler,
-    DaytimeHandler,
-    NtpServer,
-    TimeDatagramHandler,
-    TimeHandler,
-)
+from .standard import DaytimeHandler, NtpServer, TimeHandler
 
 logger = logging.getLogger(__name__)
 
@@ -82,38 +76,39 @@ class Service:
         self.servers[0].shutdown()
 
 
-# Daytime and Time: option, name in the start-up line, standard port, handlers.
+# Daytime and Time: option, name in the start-up line, standard port, handler.
 STANDARD = {
-    "daytime": ("daytime", 13, DaytimeHandler, DaytimeDatagramHandler),
-    "time": ("time (RFC 868)", 37, TimeHandler, TimeDatagramHandler),
+    "daytime": ("daytime", 13, DaytimeHandler),
+    "time": ("time (RFC 868)", 37, TimeHandler),
 }
 INETD_PORTS = 1024  # Daytime and Time drop datagrams from lower source ports
 PORT_TRIES = 10  # port 0: tries to find a port free for both TCP and UDP
 
 
 def open_pair(
-    prog: str, host: str, port: int, handlers: tuple, **settings: Any
+    prog: str,
+    host: str,
+    port: int,
+    handler: type[socketserver.BaseRequestHandler],
+    **settings: Any,
 ) -> list[socketserver.BaseServer] | None:
     """A one-shot TCP server and a UDP server on the same port, or None.
 
     With port 0 the TCP port is free but the same UDP port may not be; then
     both are tried again on another.
     """
-    tcp_handler, udp_handler = handlers
     for _ in range(PORT_TRIES):
         tcp = listen(
             prog,
             host,
             port,
-            lambda address: OneShotServer(
-                address, tcp_handler, clock=settings["clock"]
-            ),
+            lambda address: OneShotServer(address, handler, clock=settings["clock"]),
         )
         if tcp is None:
             return None
         bound = tcp.server_address[1]
         try:
-            udp = DatagramServer((host, bound), udp_handler, **settings)
+            udp = DatagramServer((host, bound), handler, **settings)
         except OSError as exc:
             tcp.server_close()
             if port == 0 and exc.errno == errno.EADDRINUSE:
@@ -134,7 +129,7 @@ def open_standard(
     if args.no_rate_limit:
         datagrams["burst"] = None
     opened: list[tuple[str, str, list[socketserver.BaseServer]]] = []
-    for option, (name, _, tcp_handler, udp_handler) in STANDARD.items():
+    for option, (name, _, handler) in STANDARD.items():
         port = getattr(args, option)
         if port is None:
             continue
@@ -142,7 +137,7 @@ def open_standard(
             prog,
             args.bind,
             port,
-            (tcp_handler, udp_handler),
+            handler,
             min_source_port=INETD_PORTS,
             **datagrams,
         )
@@ -218,7 +213,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--utc", action="store_true", help="answer in UTC instead of local time"
     )
-    for option, (name, usual, _, _) in STANDARD.items():
+    for option, (name, usual, _) in STANDARD.items():
         parser.add_argument(
             f"--{option}",
             type=port_number,

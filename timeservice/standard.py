@@ -1,10 +1,11 @@
 """The standard time services: small handlers over the TCP and UDP servers.
 
 Daytime (RFC 867) and Time (RFC 868) answer on TCP connect and to any UDP
-datagram; NTP (RFC 5905, server mode) answers client packets over UDP. The
-wire formats are in daytime, rfc868 and ntp; these classes only move bytes.
-When the clock fails, nothing is sent: RFC 868 says never to send a wrong
-time, and no made-up time goes out on any protocol.
+datagram, one handler each for both transports; NTP (RFC 5905, server mode)
+answers client packets over UDP. The wire formats are in daytime, rfc868 and
+ntp; these classes only move bytes. When the clock fails, nothing is sent:
+RFC 868 says never to send a wrong time, and no made-up time goes out on any
+protocol.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ from typing import Any
 from . import kernelclock, ntp, rfc868
 from .datagram import DatagramServer
 from .daytime import daytime_line
-from .protocol import nanoseconds_source, reply_source
-from .server import OneShotServer, format_address
+from .protocol import Clock, nanoseconds_source, reply_source
+from .server import format_address
 
 logger = logging.getLogger(__name__)
 
@@ -29,62 +30,40 @@ def clock_failed(handler: socketserver.BaseRequestHandler, exc: Exception) -> No
     )
 
 
-class DaytimeHandler(socketserver.BaseRequestHandler):
-    """RFC 867 over TCP: on connect, the time as one line, then close."""
+class AnswerHandler(socketserver.BaseRequestHandler):
+    """Sends answer(clock): on a TCP connection, which the server then closes,
+    or to a datagram's sender. Nothing at all if the clock fails."""
 
-    server: OneShotServer
-
-    def handle(self) -> None:
-        try:
-            line = daytime_line(reply_source(self.server.clock)())
-        except Exception as exc:
-            clock_failed(self, exc)
-            return
-        self.request.sendall(line)
-
-
-class TimeHandler(socketserver.BaseRequestHandler):
-    """RFC 868 over TCP: on connect, 4 bytes of seconds since 1900, then close."""
-
-    server: OneShotServer
+    @staticmethod
+    def answer(clock: Clock) -> bytes:
+        raise NotImplementedError
 
     def handle(self) -> None:
         try:
-            now = nanoseconds_source(self.server.clock)()
+            data = self.answer(self.server.clock)  # type: ignore[attr-defined]
         except Exception as exc:
             clock_failed(self, exc)
             return
-        self.request.sendall(rfc868.encode(now // 1_000_000_000))
+        if isinstance(self.request, tuple):  # a datagram: (data, socket, time)
+            self.request[1].sendto(data, self.client_address)
+        else:
+            self.request.sendall(data)
 
 
-class DaytimeDatagramHandler(socketserver.BaseRequestHandler):
-    """RFC 867 over UDP: any datagram, empty included, gets the time line."""
+class DaytimeHandler(AnswerHandler):
+    """RFC 867: the time as one line, in the line protocol's form, ending in CRLF."""
 
-    server: DatagramServer
-
-    def handle(self) -> None:
-        _, sock, _ = self.request
-        try:
-            line = daytime_line(reply_source(self.server.clock)())
-        except Exception as exc:
-            clock_failed(self, exc)
-            return
-        sock.sendto(line, self.client_address)
+    @staticmethod
+    def answer(clock: Clock) -> bytes:
+        return daytime_line(reply_source(clock)())
 
 
-class TimeDatagramHandler(socketserver.BaseRequestHandler):
-    """RFC 868 over UDP: any datagram gets the 4 bytes."""
+class TimeHandler(AnswerHandler):
+    """RFC 868: 4 bytes, the seconds since 1900 modulo 2**32."""
 
-    server: DatagramServer
-
-    def handle(self) -> None:
-        _, sock, _ = self.request
-        try:
-            now = nanoseconds_source(self.server.clock)()
-        except Exception as exc:
-            clock_failed(self, exc)
-            return
-        sock.sendto(rfc868.encode(now // 1_000_000_000), self.client_address)
+    @staticmethod
+    def answer(clock: Clock) -> bytes:
+        return rfc868.encode(nanoseconds_source(clock)() // 1_000_000_000)
 
 
 class NtpHandler(socketserver.BaseRequestHandler):
