@@ -149,14 +149,14 @@ def bounded(action, *args) -> None:
 
 
 @pytest.fixture
-def start_server(caplog):
-    """Serve in threads; at teardown, stop and check that nothing logged an error."""
+def serving(caplog):
+    """Serve any server in a thread; at teardown, stop and close each, and check
+    that its socket is closed, no thread is left and nothing logged an error."""
     caplog.set_level(logging.DEBUG, logger="timeservice")
     threads_before = threading.active_count()
     running = []
 
-    def start(host: str = "127.0.0.1", **options) -> RecordingServer:
-        server = RecordingServer((host, 0), **options)
+    def start(server):
         thread = threading.Thread(
             target=server.serve_forever, kwargs={"poll_interval": 0.01}
         )
@@ -173,6 +173,16 @@ def start_server(caplog):
     assert threading.active_count() == threads_before
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert not errors, errors
+
+
+@pytest.fixture
+def start_server(serving):
+    """Start RecordingServers on port 0, served as `serving` serves them."""
+
+    def start(host: str = "127.0.0.1", **options) -> RecordingServer:
+        return serving(RecordingServer((host, 0), **options))
+
+    return start
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ import threading
 from datetime import datetime, timedelta, timezone
 
 import pytest
-from conftest import ROOT, TIMEOUT, bounded, one_line, readline_within, server_process
+from conftest import ROOT, TIMEOUT, one_line, readline_within, server_process
 
 from timeservice import client, kernelclock, ntp, rfc868, service
 from timeservice.datagram import DatagramServer, RateLimiter, source_key
@@ -287,25 +287,13 @@ def test_sources_are_ipv4_addresses_and_ipv6_slash_64s(address, key):
 
 
 @pytest.fixture
-def serve(caplog):
-    """Start a server class in a thread; stop and close it at teardown."""
-    caplog.set_level(logging.DEBUG, logger="timeservice")
-    running = []
+def serve(serving):
+    """Start a server class on loopback port 0; conftest's `serving` stops it."""
 
     def start(server_class, handler, **settings):
-        server = server_class(("127.0.0.1", 0), handler, **settings)
-        thread = threading.Thread(target=server.serve_forever, args=(0.01,))
-        thread.start()
-        running.append((server, thread))
-        return server
+        return serving(server_class(("127.0.0.1", 0), handler, **settings))
 
-    yield start
-    for server, thread in running:
-        bounded(server.shutdown)
-        thread.join(TIMEOUT)
-        server.server_close()
-    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
-    assert not errors, errors
+    return start
 
 
 def port_of(server) -> int:
