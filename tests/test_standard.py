@@ -405,7 +405,7 @@ def test_a_flood_from_one_source_gets_no_more_than_its_limit(serve):
     assert 16 <= len(answers) <= 16 + 2
     assert len(kisses) <= (200 - 16) // 4 + 1
     assert kisses and all(ntp.Packet.unpack(k).reference_id == b"RATE" for k in kisses)
-    assert server.dropped["rate limit"] >= 200 - 18
+    assert server.refused["rate_limited"] >= 200 - 18
 
 
 def test_daytime_and_time_drop_datagrams_from_low_ports(serve):
@@ -419,7 +419,7 @@ def test_daytime_and_time_drop_datagrams_from_low_ports(serve):
         high.sendto(b"", server.server_address)
         assert len(high.recv(16)) == 4
         assert replies(low) == []
-    assert server.dropped["low source port"] == 1
+    assert server.refused["low_source_port"] == 1
 
 
 GARBAGE_SEED = 20261127
@@ -643,7 +643,7 @@ def test_over_the_limit_a_plain_datagram_server_drops(serve):
         probe.sendto(b"", server.server_address)  # its own bucket; answered after
         assert len(probe.recv(16)) == 4
         assert replies(sock, quiet=0.05) == []
-    assert server.dropped["rate limit"] == 1
+    assert server.refused["rate_limited"] == 1
 
 
 def test_the_client_passes_over_a_stray_datagram():

@@ -9,7 +9,6 @@ costs less than starting a thread.
 from __future__ import annotations
 
 import collections
-import ipaddress
 import logging
 import socket
 import socketserver
@@ -19,24 +18,17 @@ import time
 from typing import Any
 
 from . import capabilities
+from .access import host_key as source_key
 from .protocol import Clock, local_now
-from .server import AnyAddressMixIn, SettingsMixIn, format_address
+from .server import AdmissionMixIn, AnyAddressMixIn, SettingsMixIn, format_address
+
+__all__ = ["DatagramServer", "RateLimiter", "source_key"]
 
 logger = logging.getLogger(__name__)
 
 # Linux's SO_TIMESTAMPNS and SCM_TIMESTAMPNS, which Python names from 3.14 on.
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
 _TIMESPEC = struct.Struct("@ll")
-
-
-def source_key(address: tuple) -> str:
-    """Who a datagram counts against: its IPv4 address, or its IPv6 /64."""
-    if ":" not in address[0]:  # IPv4 as the kernel wrote it: no parsing needed
-        return address[0]
-    host = ipaddress.IPv6Address(address[0].split("%")[0])
-    if host.ipv4_mapped is not None:
-        return str(host.ipv4_mapped)
-    return str(ipaddress.IPv6Network((host, 64), strict=False))
 
 
 class RateLimiter:
@@ -63,14 +55,18 @@ class RateLimiter:
         return allowed
 
 
-class DatagramServer(SettingsMixIn, AnyAddressMixIn, socketserver.UDPServer):
+class DatagramServer(
+    SettingsMixIn, AdmissionMixIn, AnyAddressMixIn, socketserver.UDPServer
+):
     """A UDP server that limits replies per source and reads no more than a datagram.
 
     Methods that may be overridden: over_limit(request, client_address) for
     a datagram over its source's limit (by default it is dropped).
     Settings: rate, burst (None turns the limit off), min_source_port
     (datagrams from lower ports are dropped, as inetd does against loops
-    between services), max_packet_size. The handler's request is
+    between services), max_packet_size, and AdmissionMixIn's (a denied
+    source gets nothing). Handlers call drop(reason) for a datagram they
+    do not answer and add to `answered`. The handler's request is
     ``(data, socket, receive_ns)``: the kernel's receive time where the
     platform gives it (SO_TIMESTAMPNS), else the time it was read.
     """
@@ -97,8 +93,8 @@ class DatagramServer(SettingsMixIn, AnyAddressMixIn, socketserver.UDPServer):
             None if self.burst is None else RateLimiter(self.rate, self.burst)
         )
 
-    def server_bind(self) -> None:
-        super().server_bind()
+    def socket_options(self) -> None:
+        super().socket_options()
         if capabilities.RECEIVE_TIMESTAMPS:
             try:
                 self.socket.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
@@ -125,14 +121,16 @@ class DatagramServer(SettingsMixIn, AnyAddressMixIn, socketserver.UDPServer):
         return (data, self.socket, read), address
 
     def verify_request(self, request: Any, client_address: Any) -> bool:
+        if not super().verify_request(request, client_address):
+            return False
         if client_address[1] < self.min_source_port:
-            self.dropped["low source port"] += 1
+            self.count_refusal("low_source_port", client_address)
             return False
         if self.limiter is None:
             return True
         if self.limiter.allow(source_key(client_address), time.monotonic()):
             return True
-        self.dropped["rate limit"] += 1
+        self.count_refusal("rate_limited", client_address)
         return self.over_limit(request, client_address)
 
     def over_limit(self, request: Any, client_address: Any) -> bool:
@@ -141,7 +139,14 @@ class DatagramServer(SettingsMixIn, AnyAddressMixIn, socketserver.UDPServer):
 
     def drop(self, reason: str) -> None:
         """Count a datagram the handler will not answer."""
-        self.dropped[reason] += 1
+        with self._count_lock:
+            self.dropped[reason] += 1
+
+    def statistics(self) -> dict[str, Any]:
+        counts = super().statistics()
+        with self._count_lock:
+            counts["errors"] = dict(self.dropped)
+        return counts
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """One line in the log, never a traceback: a datagram is never worth one."""

@@ -10,6 +10,7 @@ The command line (``python -m timeservice.server``) is timeservice.service.
 
 from __future__ import annotations
 
+import collections
 import errno
 import io
 import logging
@@ -23,6 +24,7 @@ import time
 from typing import Any, cast
 
 from . import capabilities
+from .access import AccessList, RefusalLog, host_key
 from .protocol import (
     MAX_LINE_BYTES,
     REQUEST,
@@ -38,6 +40,7 @@ logger = logging.getLogger(__name__)
 
 IDLE_TIMEOUT = 60.0
 MAX_CONNECTIONS = 512
+MAX_PER_HOST = 64  # an eighth of the default cap: one host alone cannot fill it
 MIN_CONNECTIONS = 128
 RESERVED_FILES = 32  # for the listening socket, standard streams, logging
 CONNECTION_THREAD = "timeservice connection"  # the name of the threads that serve
@@ -121,6 +124,7 @@ class TimeRequestHandler(socketserver.StreamRequestHandler):
     """
 
     server: TimeServer
+    protocol = "line"  # for the metrics
     disable_nagle_algorithm = True  # replies are small and must not wait for an ACK
     fd_reader = capabilities.SOCKETS_ARE_FILES  # C reader; else makefile()'s
     read_buffer = 4096
@@ -177,7 +181,11 @@ class TimeRequestHandler(socketserver.StreamRequestHandler):
 
     def line_received(self, request: bytes) -> None:
         """Answer one request line (its line ending dropped) with one reply line."""
-        reply = request_error(request) or self.time_reply()
+        reply = request_error(request)
+        if reply is None:
+            reply = self.time_reply()
+        else:
+            self.server.count_error(reply)
         if self.debug:
             logger.debug("%s: %r -> %r", self.peer, request, reply)
         self.connection.sendall(reply)
@@ -196,6 +204,7 @@ class TimeRequestHandler(socketserver.StreamRequestHandler):
             return self.reply()
         except Exception as exc:
             logger.error("%s: cannot read the clock: %r", self.peer, exc)
+            self.server.count_error(CLOCK_UNAVAILABLE)
             return CLOCK_UNAVAILABLE
 
     def close_with(self, line: bytes) -> None:
@@ -205,6 +214,7 @@ class TimeRequestHandler(socketserver.StreamRequestHandler):
         overtake the line, so the input is drained first, for a bounded time.
         """
         logger.debug("%s: closing with %r", self.peer, line)
+        self.server.count_error(line)
         self.wfile.write(line)
         self.connection.shutdown(socket.SHUT_WR)
         drain(self.connection, self.server.linger)
@@ -257,13 +267,69 @@ class SettingsMixIn(socketserver.BaseServer):
         super().__init__(server_address, handler_class, bind_and_activate)  # type: ignore[call-arg]
 
 
-class ConnectionRegistry(socketserver.TCPServer):
-    """Knows every open connection: the cap, the idle deadlines, a clean close.
+class AdmissionMixIn(socketserver.BaseServer):
+    """Who may ask: the access list, checked before anything is spent on a
+    client, and a count and a summarised log of the clients refused.
 
+    Methods that may be overridden: denied(request, client_address) for a
+    client the access list refuses (by default nothing is sent, and a TCP
+    connection is closed at once). Subclasses and handlers call
+    count_refusal(cause, client_address) and add to `answered`; statistics()
+    gives the counts. Settings: access (an AccessList, None for everyone),
+    log_interval (seconds over which refusals are summarised).
+    """
+
+    settings: tuple[str, ...] = ("access", "log_interval")
+    access: AccessList | None = None
+    log_interval = 60.0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.answered = 0  # requests answered, as far as the handlers have said
+        self.refused: collections.Counter[str] = collections.Counter()
+        self.refusals = RefusalLog(self.log_interval)
+        self._count_lock = threading.Lock()
+        super().__init__(*args, **kwargs)
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        if self.access is None or self.access.allows(client_address[0]):
+            return super().verify_request(request, client_address)
+        self.count_refusal("denied", client_address)
+        self.denied(request, client_address)
+        return False
+
+    def denied(self, request: Any, client_address: Any) -> None:
+        """A client the access list refuses; the server then drops or closes it."""
+
+    def count_refusal(self, cause: str, client_address: Any) -> None:
+        """Count a refused client, and log it (in a summary if there are many)."""
+        with self._count_lock:
+            self.refused[cause] += 1
+        self.refusals.note(cause, format_address(client_address))
+
+    def statistics(self) -> dict[str, Any]:
+        """Counts for the metrics: requests answered, clients refused by cause."""
+        with self._count_lock:
+            return {"requests": self.answered, "refused": dict(self.refused)}
+
+    def service_actions(self) -> None:
+        super().service_actions()
+        self.refusals.flush()
+
+    def server_close(self) -> None:
+        super().server_close()
+        self.refusals.flush(force=True)
+
+
+class ConnectionRegistry(AdmissionMixIn, socketserver.TCPServer):
+    """Knows every open connection: the caps, the idle deadlines, a clean close.
+
+    At most `max_connections` are open at once, and at most `max_per_host`
+    from one host (an IPv4 address, an IPv6 /64; None for no such limit).
     Methods that may be overridden: refuse(request, client_address, reason)
     answers a connection that cannot be served; sweep(now) keeps the
     deadlines. It extends verify_request(), shutdown_request() and
-    server_close(), and handlers call track(handler) once they run.
+    server_close(), and handlers call track(handler) once they run and
+    count_error(line) for each ERR line they send.
 
     The deadlines are kept by a watchdog thread that runs while any
     connection is open, so they hold however the program serves:
@@ -273,12 +339,14 @@ class ConnectionRegistry(socketserver.TCPServer):
 
     settings: tuple[str, ...] = (
         "max_connections",
+        "max_per_host",
         "idle_timeout",
         "linger",
         "shutdown_grace",
         "sweep_interval",
     )
     max_connections = MAX_CONNECTIONS  # one more gets ERR busy
+    max_per_host: int | None = MAX_PER_HOST  # one more from the host gets ERR busy
     idle_timeout = IDLE_TIMEOUT  # seconds a client has for each request line
     linger = 0.5  # seconds a closing connection is drained, then reset
     shutdown_grace = 1.0  # seconds handlers have to finish after server_close()
@@ -295,6 +363,9 @@ class ConnectionRegistry(socketserver.TCPServer):
             )
         self._lock = threading.Lock()
         self._connections: dict[socket.socket, Any] = {}  # the handler, once it runs
+        self._host_of: dict[socket.socket, str] = {}  # with max_per_host
+        self._per_host: collections.Counter[str] = collections.Counter()
+        self.errors: collections.Counter[str] = collections.Counter()
         self._draining: dict[socket.socket, float] = {}  # refused, until EOF or then
         self._watchdog: threading.Thread | None = None
         self._wake = threading.Event()
@@ -302,18 +373,48 @@ class ConnectionRegistry(socketserver.TCPServer):
         super().__init__(*args, **kwargs)
 
     def verify_request(self, request: Any, client_address: Any) -> bool:
-        """Admit a connection while under the cap; refuse it with ``ERR busy``."""
+        """Admit a connection while under the caps; refuse it with ``ERR busy``."""
+        if not super().verify_request(request, client_address):
+            return False
+        per_host = self.max_per_host
+        host = None if per_host is None else host_key(client_address)
         with self._lock:
-            if len(self._connections) < self.max_connections and self._watch():
+            if len(self._connections) >= self.max_connections:
+                cause = "busy"
+            elif host is not None and self._per_host[host] >= per_host:  # type: ignore[operator]
+                cause = "per_host"
+            elif not self._watch():
+                cause = "busy"
+            else:
                 self._connections[request] = None
+                if host is not None:
+                    self._host_of[request] = host
+                    self._per_host[host] += 1
                 return True
-        logger.info(
-            "%s: refused, %d connections open",
-            format_address(client_address),
-            self.max_connections,
-        )
+        self.count_refusal(cause, client_address)
         self.refuse(request, client_address, "busy")
         return False
+
+    def denied(self, request: Any, client_address: Any) -> None:
+        """The line protocol says why: ``ERR not allowed``."""
+        self.refuse(request, client_address, "not allowed")
+
+    def count_error(self, line: bytes) -> None:
+        """Count an ERR line sent, by its reason."""
+        with self._lock:
+            self.errors[line[4:-1].decode()] += 1
+
+    def statistics(self) -> dict[str, Any]:
+        with self._lock:  # answered and the open handlers' counts together
+            counts = super().statistics()
+            counts["requests"] += sum(
+                handler.requests
+                for handler in self._connections.values()
+                if handler is not None
+            )
+            counts["errors"] = dict(self.errors)
+            counts["open_connections"] = len(self._connections)
+        return counts
 
     def refuse(self, request: Any, client_address: Any, reason: str) -> None:
         """Answer ``ERR reason`` and close, without the serving loop waiting.
@@ -329,7 +430,7 @@ class ConnectionRegistry(socketserver.TCPServer):
         except OSError:
             pass
         with self._lock:
-            self._connections.pop(request, None)
+            self._forget(request)
             if len(self._draining) < self.max_connections and self._watch():
                 self._draining[request] = time.monotonic() + self.linger
                 return
@@ -345,7 +446,7 @@ class ConnectionRegistry(socketserver.TCPServer):
 
     def shutdown_request(self, request: Any) -> None:
         with self._lock:  # after this, no other thread touches the socket
-            self._connections.pop(request, None)
+            self._forget(request)
             if request in self._draining:
                 return  # the watchdog closes it
         super().shutdown_request(request)
@@ -385,6 +486,17 @@ class ConnectionRegistry(socketserver.TCPServer):
         if watchdog is not None and getattr(self, "block_on_close", True):
             self._wake.set()
             watchdog.join()
+
+    def _forget(self, request: Any) -> None:
+        """Take a connection out of the counts (the lock is held)."""
+        handler = self._connections.pop(request, None)
+        if handler is not None:
+            self.answered += handler.requests
+        host = self._host_of.pop(request, None)
+        if host is not None:
+            self._per_host[host] -= 1
+            if not self._per_host[host]:
+                del self._per_host[host]
 
     def _watch(self) -> bool:
         """Make sure the watchdog runs (the lock is held); False if it cannot."""
@@ -547,8 +659,24 @@ class AnyAddressMixIn(socketserver.TCPServer):
     The family comes from getaddrinfo(), so a host name, an IPv4 or an IPv6
     address all work; ``""`` means every IPv4 interface, as in socketserver,
     and ``"::"`` every IPv6 and IPv4 one at once, as in http.server. Comes
-    before TCPServer or UDPServer in the bases.
+    before TCPServer or UDPServer in the bases. on_socket() makes a server
+    on a socket bound elsewhere (systemd's socket activation); the options
+    a server sets on its socket go in socket_options(), for both.
     """
+
+    @classmethod
+    def on_socket(cls, sock: socket.socket, *args: Any, **kwargs: Any) -> Any:
+        """A server on `sock`, which is already bound (and listening, for TCP)."""
+        address = sock.getsockname()
+        server = cls(address, *args, bind_and_activate=False, **kwargs)
+        server.socket.close()
+        server.socket = sock
+        server.server_address = address
+        server.socket_options()
+        return server
+
+    def socket_options(self) -> None:
+        """Set options on the listening socket; called before it is bound."""
 
     def __init__(self, server_address: tuple, *args: Any, **kwargs: Any) -> None:
         host, port = server_address[:2]
@@ -560,6 +688,7 @@ class AnyAddressMixIn(socketserver.TCPServer):
         super().__init__(cast(tuple, address), *args, **kwargs)
 
     def server_bind(self) -> None:
+        self.socket_options()
         if self.address_family == socket.AF_INET6:
             try:  # "::" serves IPv4 too
                 self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
@@ -600,10 +729,10 @@ class TimeServer(
     ) -> None:
         super().__init__(server_address, handler_class, bind_and_activate, **settings)
 
-    def server_bind(self) -> None:
+    def socket_options(self) -> None:
         # Accepted connections inherit the listening socket's buffer size.
         self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.send_buffer)
-        super().server_bind()
+        super().socket_options()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """Log a failed connection; a client that resets or vanishes is ordinary."""
@@ -615,13 +744,17 @@ class TimeServer(
 
 
 class OneShotServer(
-    SettingsMixIn, AcceptBackoffMixIn, AnyAddressMixIn, socketserver.TCPServer
+    SettingsMixIn,
+    AdmissionMixIn,
+    AcceptBackoffMixIn,
+    AnyAddressMixIn,
+    socketserver.TCPServer,
 ):
     """A TCP server for protocols that answer on connect, then close: Daytime, Time.
 
     The answer is a few bytes into a new socket's empty buffer, which cannot
     block, so the serving thread sends it itself: no thread per connection
-    and no connection left open to cap. Settings: clock.
+    and no connection left open to cap. Settings: clock, and AdmissionMixIn's.
     """
 
     settings: tuple[str, ...] = ("clock",)

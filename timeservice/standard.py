@@ -44,6 +44,7 @@ class AnswerHandler(socketserver.BaseRequestHandler):
         except Exception as exc:
             clock_failed(self, exc)
             return
+        self.server.answered += 1  # type: ignore[attr-defined]
         if isinstance(self.request, tuple):  # a datagram: (data, socket, time)
             self.request[1].sendto(data, self.client_address)
         else:
@@ -53,6 +54,8 @@ class AnswerHandler(socketserver.BaseRequestHandler):
 class DaytimeHandler(AnswerHandler):
     """RFC 867: the time as one line, in the line protocol's form, ending in CRLF."""
 
+    protocol = "daytime"
+
     @staticmethod
     def answer(clock: Clock) -> bytes:
         return daytime_line(reply_source(clock)())
@@ -61,6 +64,8 @@ class DaytimeHandler(AnswerHandler):
 class TimeHandler(AnswerHandler):
     """RFC 868: 4 bytes, the seconds since 1900 modulo 2**32."""
 
+    protocol = "time"
+
     @staticmethod
     def answer(clock: Clock) -> bytes:
         return rfc868.encode(nanoseconds_source(clock)() // 1_000_000_000)
@@ -68,6 +73,8 @@ class TimeHandler(AnswerHandler):
 
 class NtpHandler(socketserver.BaseRequestHandler):
     """NTP server mode: a 48-byte mode-4 reply to each valid client packet."""
+
+    protocol = "ntp"
 
     server: NtpServer
 
@@ -84,6 +91,7 @@ class NtpHandler(socketserver.BaseRequestHandler):
         if reply is None:
             self.server.drop("not an NTP client request")
             return
+        self.server.answered += 1  # before: a client may ask the count at once
         sock.sendto(reply, self.client_address)
 
 

@@ -1,0 +1,146 @@
+"""Who may ask, and how refusals are logged: pure code, no sockets.
+
+An access list decides as chrony's ``allow`` and ``deny`` do: the most
+specific subnet that holds the address wins. A flood of refused clients is
+logged as a count per interval with a few examples, so that an attack
+cannot fill the log.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import threading
+import time
+from collections.abc import Iterable
+
+logger = logging.getLogger("timeservice.server")
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def host_key(address: tuple) -> str:
+    """Who a client counts as: its IPv4 address, or its IPv6 /64.
+
+    An IPv6 host usually has a whole /64 to pick addresses from, so one
+    address is no limit; an IPv4-mapped IPv6 address is the IPv4 one.
+    """
+    if ":" not in address[0]:  # IPv4 as the kernel wrote it: no parsing needed
+        return address[0]
+    host = ipaddress.IPv6Address(address[0].split("%")[0])
+    if host.ipv4_mapped is not None:
+        return str(host.ipv4_mapped)
+    return str(ipaddress.IPv6Network((host, 64), strict=False))
+
+
+def parse_subnet(text: str) -> Network:
+    """``ADDRESS`` or ``ADDRESS/PREFIX``, IPv4 or IPv6; host bits are ignored."""
+    try:
+        return ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        raise ValueError(f"not an IPv4 or IPv6 subnet: {text!r}") from None
+
+
+class AccessList:
+    """Allowed and denied subnets; the most specific subnet holding an address wins.
+
+    For the same subnet given twice, the later rule wins. An address no
+    subnet holds is denied if any subnet is allowed (``allow`` on its own
+    means "only these"), and allowed otherwise.
+    """
+
+    def __init__(self, rules: Iterable[tuple[Network, bool]]) -> None:
+        latest: dict[Network, bool] = {}
+        for network, allowed in rules:
+            latest.pop(network, None)
+            latest[network] = allowed
+        # Most specific first; a stable sort keeps the given order otherwise.
+        self.rules = sorted(latest.items(), key=lambda rule: -rule[0].prefixlen)
+        self.default = not any(allowed for _, allowed in self.rules)
+
+    @classmethod
+    def from_options(cls, allow: Iterable[str], deny: Iterable[str]) -> AccessList:
+        """The list that ``--allow`` and ``--deny`` give, allows before denies.
+
+        Only the same subnet in both could depend on the order: then the
+        deny wins, as the safer reading.
+        """
+        return cls(
+            [(parse_subnet(text), True) for text in allow]
+            + [(parse_subnet(text), False) for text in deny]
+        )
+
+    def allows(self, host: str) -> bool:
+        """Whether the client at `host` (as the kernel wrote it) may ask."""
+        address = ipaddress.ip_address(host.split("%")[0])
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+            address = address.ipv4_mapped
+        for network, allowed in self.rules:
+            if address in network:
+                return allowed
+        return self.default
+
+
+# What a cause of refusal means, for the log; "busy" is a capacity problem.
+CAUSES = {
+    "busy": "the server is at its connection limit",
+    "per_host": "too many connections from this host",
+    "denied": "not allowed by the access list",
+    "rate_limited": "over its rate limit",
+    "low_source_port": "source port below 1024",
+}
+WARNINGS = {"busy", "per_host"}
+
+
+class RefusalLog:
+    """Logs refused clients in a few lines however many there are.
+
+    The first refusal of each cause is logged at once; the others within
+    `interval` seconds are counted, and flush() then logs one line with the
+    count and a few of their addresses. Thread-safe.
+    """
+
+    def __init__(self, interval: float = 60.0, examples: int = 3) -> None:
+        self.interval, self.examples = interval, examples
+        self._lock = threading.Lock()
+        self._windows: dict[str, tuple[float, int, list[str]]] = {}
+
+    def note(self, cause: str, who: str, now: float | None = None) -> None:
+        """Log or count one refused client."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            window = self._windows.get(cause)
+            if window is not None and now - window[0] < self.interval:
+                start, count, examples = window
+                if len(examples) < self.examples and who not in examples:
+                    examples.append(who)
+                self._windows[cause] = (start, count + 1, examples)
+                return
+            self._summarise(cause, now)
+            self._windows[cause] = (now, 0, [])
+        level = logging.WARNING if cause in WARNINGS else logging.INFO
+        logger.log(level, "%s: refused, %s", who, CAUSES.get(cause, cause))
+
+    def flush(self, now: float | None = None, force: bool = False) -> None:
+        """Log the counts of the intervals that are over (every one if `force`)."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            for cause, (start, _, _) in list(self._windows.items()):
+                if force or now - start >= self.interval:
+                    self._summarise(cause, now)
+                    del self._windows[cause]
+
+    def _summarise(self, cause: str, now: float) -> None:
+        window = self._windows.get(cause)
+        if window is None or not window[1]:
+            return
+        start, count, examples = window
+        level = logging.WARNING if cause in WARNINGS else logging.INFO
+        logger.log(
+            level,
+            "refused %d more client(s) in %.0f s, %s; e.g. %s",
+            count,
+            min(now - start, self.interval),
+            CAUSES.get(cause, cause),
+            ", ".join(examples),
+        )
