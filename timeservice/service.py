@@ -10,31 +10,45 @@ from __future__ import annotations
 import argparse
 import errno
 import logging
+import os
+import socket
 import socketserver
 import sys
 import threading
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
-from . import __version__, capabilities, kernelclock, ntp
+from . import __version__, capabilities, kernelclock, ntp, systemd
+from .access import AccessList, parse_subnet
 from .cli import (
+    Account,
     add_address_arguments,
     announce,
+    become,
     cannot_listen,
     choose_cpu,
     configure_logging,
     cpu_choice,
+    find_account,
     kept_on_cpu,
     listen,
-    open_server,
     port_number,
     positive,
     program_name,
+    running_as_root,
     stop_on_signals,
 )
 from .datagram import DatagramServer
+from .metrics import MetricsServer, metrics_address
 from .protocol import COMMAND, DEFAULT_PORT, MAX_LINE_BYTES, local_now, utc_now
-from .server import IDLE_TIMEOUT, MAX_CONNECTIONS, OneShotServer
+from .server import (
+    IDLE_TIMEOUT,
+    MAX_CONNECTIONS,
+    MAX_PER_HOST,
+    OneShotServer,
+    TimeServer,
+    format_address,
+)
 from .standard import DaytimeHandler, NtpServer, TimeHandler
 
 logger = logging.getLogger(__name__)
@@ -84,13 +98,45 @@ STANDARD = {
 INETD_PORTS = 1024  # Daytime and Time drop datagrams from lower source ports
 PORT_TRIES = 10  # port 0: tries to find a port free for both TCP and UDP
 
+# What the start-up lines call each: the service's name, then its servers.
+Opened = list[tuple[str, str, list[socketserver.BaseServer]]]
+
+
+class Settings(NamedTuple):
+    """The constructor keywords of each kind of server, from the arguments."""
+
+    line: dict[str, Any]  # TimeServer
+    one_shot: dict[str, Any]  # OneShotServer: Daytime and Time over TCP
+    datagrams: dict[str, Any]  # DatagramServer and NtpServer
+    local_stratum: int | None
+
+    @classmethod
+    def from_arguments(cls, args: argparse.Namespace) -> Settings:
+        common: dict[str, Any] = {
+            "clock": utc_now if args.utc else local_now,
+            "access": (
+                AccessList.from_options(args.allow, args.deny)
+                if args.allow or args.deny
+                else None
+            ),
+        }
+        line = dict(
+            common,
+            max_line=args.max_line,
+            idle_timeout=args.idle_timeout,
+            max_connections=args.max_connections,
+            max_per_host=args.max_per_host or None,
+        )
+        datagrams = dict(common, burst=None) if args.no_rate_limit else common
+        return cls(line, common, datagrams, args.local_stratum)
+
 
 def open_pair(
     prog: str,
     host: str,
     port: int,
     handler: type[socketserver.BaseRequestHandler],
-    **settings: Any,
+    settings: Settings,
 ) -> list[socketserver.BaseServer] | None:
     """A one-shot TCP server and a UDP server on the same port, or None.
 
@@ -102,13 +148,18 @@ def open_pair(
             prog,
             host,
             port,
-            lambda address: OneShotServer(address, handler, clock=settings["clock"]),
+            lambda address: OneShotServer(address, handler, **settings.one_shot),
         )
         if tcp is None:
             return None
         bound = tcp.server_address[1]
         try:
-            udp = DatagramServer((host, bound), handler, **settings)
+            udp = DatagramServer(
+                (host, bound),
+                handler,
+                min_source_port=INETD_PORTS,
+                **settings.datagrams,
+            )
         except OSError as exc:
             tcp.server_close()
             if port == 0 and exc.errno == errno.EADDRINUSE:
@@ -120,27 +171,25 @@ def open_pair(
     return None
 
 
-def open_standard(
-    prog: str, args: argparse.Namespace, clock: Callable
-) -> list[tuple[str, str, list[socketserver.BaseServer]]] | None:
-    """The standard protocols' servers the arguments ask for, or None if one
-    cannot listen (those already open are closed again)."""
-    datagrams: dict[str, Any] = {"clock": clock}
-    if args.no_rate_limit:
-        datagrams["burst"] = None
-    opened: list[tuple[str, str, list[socketserver.BaseServer]]] = []
+def open_bound(
+    prog: str, args: argparse.Namespace, settings: Settings
+) -> Opened | None:
+    """Bind every server the arguments ask for, or None if one cannot listen
+    (those already open are closed again)."""
+    line = listen(
+        prog,
+        args.bind,
+        args.port,
+        lambda address: TimeServer(address, **settings.line),
+    )
+    if line is None:
+        return None
+    opened: Opened = [("time", "", [line])]
     for option, (name, _, handler) in STANDARD.items():
         port = getattr(args, option)
         if port is None:
             continue
-        pair = open_pair(
-            prog,
-            args.bind,
-            port,
-            handler,
-            min_source_port=INETD_PORTS,
-            **datagrams,
-        )
+        pair = open_pair(prog, args.bind, port, handler, settings)
         if pair is None:
             break
         opened.append((name, " (TCP, UDP)", pair))
@@ -152,15 +201,77 @@ def open_standard(
             args.bind,
             args.ntp,
             lambda address: NtpServer(
-                address, local_stratum=args.local_stratum, **datagrams
+                address, local_stratum=settings.local_stratum, **settings.datagrams
             ),
         )
         if ntp_server is not None:
             return [*opened, ("NTP", " (UDP)", [ntp_server])]
+    close_all(opened)
+    return None
+
+
+# Socket activation: the names a .socket unit gives its sockets
+# (FileDescriptorName=), and the socket types each protocol is served over.
+ACTIVATED = {
+    "line": (socket.SOCK_STREAM,),
+    "daytime": (socket.SOCK_STREAM, socket.SOCK_DGRAM),
+    "time": (socket.SOCK_STREAM, socket.SOCK_DGRAM),
+    "ntp": (socket.SOCK_DGRAM,),
+}
+TRANSPORTS = {socket.SOCK_STREAM: "TCP", socket.SOCK_DGRAM: "UDP"}
+
+
+def open_inherited(
+    sockets: list[tuple[str, socket.socket]], settings: Settings
+) -> Opened:
+    """A server on each socket systemd passed, as its name says; ActivationError
+    if a name or a socket does not fit."""
+    for number, (name, sock) in enumerate(sockets, systemd.FIRST_DESCRIPTOR):
+        if name not in ACTIVATED:
+            raise systemd.ActivationError(
+                f"socket {number} is named {name!r}; the names are "
+                f"{', '.join(ACTIVATED)} (FileDescriptorName=)"
+            )
+        if sock.family not in (socket.AF_INET, socket.AF_INET6):
+            raise systemd.ActivationError(
+                f"socket {number} ({name}) is not an IPv4 or IPv6 socket"
+            )
+        if sock.type not in ACTIVATED[name] or not (
+            sock.type != socket.SOCK_STREAM or systemd.is_listening(sock)
+        ):
+            kinds = " or ".join(TRANSPORTS[kind] for kind in ACTIVATED[name])
+            raise systemd.ActivationError(
+                f"socket {number} ({name}) must be a listening {kinds} socket"
+            )
+    opened: Opened = []
+    for name, sock in sockets:
+        how = f" ({TRANSPORTS[sock.type]}, from systemd)"
+        server: socketserver.BaseServer
+        if name == "line":
+            server = TimeServer.on_socket(sock, **settings.line)
+            opened.append(("time", how, [server]))
+            continue
+        if name == "ntp":
+            server = NtpServer.on_socket(
+                sock, local_stratum=settings.local_stratum, **settings.datagrams
+            )
+            opened.append(("NTP", how, [server]))
+            continue
+        title, _, handler = STANDARD[name]
+        if sock.type == socket.SOCK_STREAM:
+            server = OneShotServer.on_socket(sock, handler, **settings.one_shot)
+        else:
+            server = DatagramServer.on_socket(
+                sock, handler, min_source_port=INETD_PORTS, **settings.datagrams
+            )
+        opened.append((title, how, [server]))
+    return opened
+
+
+def close_all(opened: Opened) -> None:
     for _, _, servers in opened:
         for server in servers:
             server.server_close()
-    return None
 
 
 def ntp_state_line(server: NtpServer) -> str:
@@ -179,9 +290,17 @@ def ntp_state_line(server: NtpServer) -> str:
     return f"NTP: answering as stratum {state.stratum}"
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the time server from the command line."""
-    prog = program_name("timeservice.server")
+def subnet(text: str) -> str:
+    """An argparse type for --allow and --deny: checked here, parsed later."""
+    try:
+        parse_subnet(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def parse_arguments(prog: str, argv: Sequence[str] | None) -> argparse.Namespace:
+    """The server's command line, checked."""
     parser = argparse.ArgumentParser(
         prog=prog,
         description="Answer 'send time' with the current date and time over TCP; "
@@ -209,6 +328,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=MAX_CONNECTIONS,
         metavar="N",
         help="connections served at once; more get 'ERR busy' (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-per-host",
+        type=int,
+        default=MAX_PER_HOST,
+        metavar="N",
+        help="connections one host (an IPv4 address, an IPv6 /64) may have open; "
+        "more get 'ERR busy'; 0 for no such limit (default: %(default)s)",
     )
     parser.add_argument(
         "--utc", action="store_true", help="answer in UTC instead of local time"
@@ -242,6 +369,40 @@ def main(argv: Sequence[str] | None = None) -> int:
         "gets 16 replies at once and 1 a second after that",
     )
     parser.add_argument(
+        "--allow",
+        action="append",
+        default=[],
+        type=subnet,
+        metavar="SUBNET",
+        help="let clients in SUBNET ask (e.g. 192.0.2.0/24, 2001:db8::/32); "
+        "alone, it denies everyone else; the most specific subnet wins",
+    )
+    parser.add_argument(
+        "--deny",
+        action="append",
+        default=[],
+        type=subnet,
+        metavar="SUBNET",
+        help="refuse clients in SUBNET; by default everyone may ask",
+    )
+    parser.add_argument(
+        "--user",
+        metavar="NAME",
+        help="once every socket is bound, serve as this user, without root",
+    )
+    parser.add_argument(
+        "--group",
+        metavar="NAME",
+        help="with --user: serve in this group (default: the user's)",
+    )
+    parser.add_argument(
+        "--metrics",
+        type=metrics_address,
+        metavar="[ADDRESS:]PORT",
+        help="serve Prometheus metrics over HTTP at /metrics "
+        "(on 127.0.0.1 unless an address is given)",
+    )
+    parser.add_argument(
         "--cpu",
         type=cpu_choice,
         default="auto",
@@ -263,12 +424,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.max_line < len(COMMAND):
         parser.error(f"--max-line must leave room for {COMMAND!r}")
-    if args.local_stratum is not None and args.ntp is None:
+    if args.max_per_host < 0:
+        parser.error("--max-per-host must be 0 or more")
+    args.activated = "LISTEN_FDS" in os.environ
+    if args.activated:
+        given = [f"--{o}" for o in ("daytime", "time", "ntp") if getattr(args, o)]
+        if given:
+            parser.error(
+                f"{', '.join(given)}: the sockets come from systemd (LISTEN_FDS); "
+                "name them in the .socket unit instead"
+            )
+    elif args.local_stratum is not None and args.ntp is None:
         parser.error("--local-stratum goes with --ntp")
+    if args.group is not None and args.user is None:
+        parser.error("--group goes with --user")
     cpus = capabilities.allowed_cpus()
     if isinstance(args.cpu, int) and cpus and args.cpu not in cpus:
         parser.error(f"--cpu {args.cpu}: this process may use CPUs {sorted(cpus)}")
+    return args
 
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the time server from the command line."""
+    prog = program_name("timeservice.server")
+    args = parse_arguments(prog, argv)
+    try:
+        account = None if args.user is None else find_account(args.user, args.group)
+        inherited = systemd.inherited_sockets()
+    except (LookupError, systemd.ActivationError) as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return 1
     configure_logging(
         logging.DEBUG
         if args.verbose
@@ -277,30 +462,61 @@ def main(argv: Sequence[str] | None = None) -> int:
         else logging.INFO
     )
     logger.debug("platform: %s", capabilities.describe())
-    clock = utc_now if args.utc else local_now
-    server = open_server(
-        prog,
-        args,
-        max_line=args.max_line,
-        idle_timeout=args.idle_timeout,
-        max_connections=args.max_connections,
-        clock=clock,
-    )
-    if server is None:
-        return 1
-    standard = open_standard(prog, args, clock)
-    if standard is None:
-        server.server_close()
-        return 1
-    service = Service([server, *(s for _, _, pair in standard for s in pair)])
-    with stop_on_signals(service.stop), kept_on_cpu(choose_cpu(args.cpu)):
-        announce(server)
-        for name, how, (first, *_) in standard:
+    settings = Settings.from_arguments(args)
+    if inherited is None:
+        opened = open_bound(prog, args, settings)
+        if opened is None:
+            return 1
+    else:
+        try:
+            opened = open_inherited(inherited, settings)
+        except systemd.ActivationError as exc:
+            print(f"{prog}: {exc}", file=sys.stderr)
+            return 1
+    servers = [server for _, _, group in opened for server in group]
+    if args.metrics is not None:
+        host, port = args.metrics
+        metrics = listen(prog, host, port, lambda a: MetricsServer(a, servers))
+        if metrics is None:
+            close_all(opened)
+            return 1
+        opened.append(("metrics", " (HTTP, /metrics)", [metrics]))
+    notifier = systemd.Notifier()
+    if account is not None:
+        become(account)
+    elif running_as_root():
+        logger.warning(
+            "serving as root; --user NAME serves as NAME once the ports are bound"
+        )
+    service = Service([server for _, _, group in opened for server in group])
+
+    def stop() -> None:
+        notifier.notify("STOPPING=1", "STATUS=Shutting down")
+        service.stop()
+
+    with stop_on_signals(stop), kept_on_cpu(choose_cpu(args.cpu)):
+        for name, how, (first, *_) in opened:
             announce(first, name, how)
             if isinstance(first, NtpServer):
                 logger.info("%s", ntp_state_line(first))
-        service.serve_forever()
+        if account is not None:
+            print(f"Serving as user {account.user}, group {account.group}.", flush=True)
+        notifier.notify("READY=1", f"STATUS={status_line(opened, account)}")
+        try:
+            service.serve_forever()
+        finally:
+            notifier.close()
     return 0
+
+
+def status_line(opened: Opened, account: Account | None) -> str:
+    """What systemctl status shows: the services and where they listen."""
+    parts = []
+    for name, _, servers in opened:
+        where = format_address(servers[0].server_address)  # type: ignore[arg-type]
+        parts.append(f"{name} on {where}")
+    user = "" if account is None else f", as {account.user}"
+    return f"Serving {'; '.join(parts)}{user}"
 
 
 if __name__ == "__main__":
