@@ -35,7 +35,7 @@ from conftest import (
     timestamp,
 )
 
-from timeservice import client, ntp, service
+from timeservice import cli, client, ntp, service, systemd
 from timeservice.access import AccessList, RefusalLog, host_key, parse_subnet
 from timeservice.datagram import DatagramServer
 from timeservice.metrics import collect, metrics_address, render
@@ -616,6 +616,29 @@ def test_an_unknown_account_is_one_line_before_anything_listens(options, problem
     assert problem in one_line(result.stderr)
 
 
+def test_root_drops_its_groups_then_its_group_then_itself(monkeypatch):
+    calls = []
+    for name in ("setgroups", "setgid", "setuid"):
+        monkeypatch.setattr(
+            os, name, lambda value, name=name: calls.append((name, value))
+        )
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    cli.become(cli.Account("nobody", 65534, "nogroup", 65533))
+    assert calls == [("setgroups", []), ("setgid", 65533), ("setuid", 65534)]
+    calls.clear()
+    monkeypatch.setattr(os, "geteuid", lambda: 65534)  # already that user
+    cli.become(cli.Account("nobody", 65534, "nogroup", 65533))
+    assert calls == [("setuid", 65534)]
+
+
+def test_only_root_becomes_another_user(monkeypatch):
+    if not hasattr(os, "geteuid"):
+        pytest.skip("POSIX accounts")
+    monkeypatch.setattr(os, "geteuid", lambda: 12345)
+    with pytest.raises(LookupError, match="only root can serve as another user"):
+        cli.find_account("root")
+
+
 def test_group_goes_with_user(capsys):
     with pytest.raises(SystemExit) as exit_info:
         service.main(["--group", "nogroup"])
@@ -677,16 +700,22 @@ def wait_for_ntp(port: int) -> None:
 def test_systemd_passes_named_tcp_and_udp_sockets(tmp_path):
     line, daytime, time_, ntp_port = (free_port() for _ in range(4))
     at = "127.0.0.1:{}".format
-    notify_path = f"NOTIFY_SOCKET={tmp_path / 'notify'}"  # it passes on only -E's
+    # It passes on no environment but its -E's; coverage's, if it measures.
+    passed = [f"NOTIFY_SOCKET={tmp_path / 'notify'}"] + [
+        f"{name}={os.environ[name]}"
+        for name in ("COVERAGE_PROCESS_CONFIG", "COVERAGE_RUN")
+        if name in os.environ
+    ]
+    environment = [word for setting in passed for word in ("-E", setting)]
     # It listens on datagram or stream sockets, not both; it passes on the
     # sockets it got, so one runs the other, which runs the server.
     command = [
         *("systemd-socket-activate", "--datagram", "-l", at(ntp_port)),
         *("-l", at(daytime), "-l", at(time_), "--fdname=ntp:daytime:time"),
-        *("-E", notify_path),
+        *environment,
         *("systemd-socket-activate", "-l", at(line), "-l", at(daytime)),
         *("-l", at(time_), "--fdname=ntp:daytime:time:line:daytime:time"),
-        *("-E", notify_path),
+        *environment,
         *(sys.executable, "-m", "timeservice.server", "--local-stratum", "10"),
     ]
     with notify_socket(tmp_path) as notify:
@@ -727,11 +756,17 @@ def test_systemd_passes_named_tcp_and_udp_sockets(tmp_path):
 ACTIVATE = """
 import os, socket, sys
 kinds = {"tcp": socket.SOCK_STREAM, "udp": socket.SOCK_DGRAM}
-sockets = [socket.socket(type=kinds[kind]) for kind in sys.argv[1].split(",")]
+sockets = [
+    open(os.devnull) if kind == "file"
+    else socket.socket(socket.AF_UNIX) if kind == "unix"
+    else socket.socket(type=kinds[kind])
+    for kind in sys.argv[1].split(",")
+]
 for sock in sockets:
-    sock.bind(("127.0.0.1", 0))
-    if sock.type == socket.SOCK_STREAM:
-        sock.listen()
+    if getattr(sock, "family", None) == socket.AF_INET:
+        sock.bind(("127.0.0.1", 0))
+        if sock.type == socket.SOCK_STREAM:
+            sock.listen()
 spare = [os.dup(sock.fileno()) for sock in sockets]  # above 3, 4, ...
 for sock in sockets:
     sock.close()
@@ -751,6 +786,9 @@ os.execv(sys.executable, [sys.executable, "-m", "timeservice.server", *sys.argv[
         ("tcp,udp", "line:line", "", "socket 4 (line) must be a listening TCP socket"),
         ("tcp", "line", "1", "LISTEN_PID=1 is another process"),
         ("tcp,tcp", "line", "", "names 1 socket(s), LISTEN_FDS=2"),
+        ("tcp,file", "line:ntp", "", "descriptor 4 (ntp) is not a socket"),
+        ("unix", "line", "", "socket 3 (line) is not an IPv4 or IPv6 socket"),
+        ("tcp", "line", "x", "LISTEN_FDS='1' and LISTEN_PID='x' must be numbers"),
     ],
 )
 def test_sockets_that_do_not_fit_are_one_line(kinds, names, pid, problem):
@@ -766,6 +804,81 @@ def test_sockets_that_do_not_fit_are_one_line(kinds, names, pid, problem):
     assert result.returncode == 1
     assert result.stdout == ""
     assert problem in one_line(result.stderr)
+
+
+def test_passed_sockets_are_served_as_their_names_say(serving):
+    """In-process, the way main() serves them, with the descriptors elsewhere."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("LISTEN_FDS", "4")  # --local-stratum needs no --ntp then
+        arguments = service.parse_arguments("test", ["--local-stratum", "10", "--utc"])
+    kinds = [("line", socket.SOCK_STREAM), ("time", socket.SOCK_STREAM)]
+    kinds += [("time", socket.SOCK_DGRAM), ("ntp", socket.SOCK_DGRAM)]
+    sockets = []
+    for _, kind in kinds:
+        sock = socket.socket(type=kind)
+        sock.bind(("127.0.0.1", 0))
+        if kind == socket.SOCK_STREAM:
+            sock.listen()
+        sockets.append(sock)
+    first = 1000  # where no descriptor is open
+    for number, sock in enumerate(sockets, first):
+        os.dup2(sock.fileno(), number)
+        sock.close()
+    environ = {
+        "LISTEN_FDS": str(len(kinds)),
+        "LISTEN_PID": str(os.getpid()),
+        "LISTEN_FDNAMES": ":".join(name for name, _ in kinds),
+        "OTHER": "kept",
+    }
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(systemd, "FIRST_DESCRIPTOR", first)
+        inherited = systemd.inherited_sockets(environ)
+    assert environ == {"OTHER": "kept"}  # no child takes the sockets for its own
+    settings = service.Settings.from_arguments(arguments)
+    opened = service.open_inherited(inherited, settings)
+    assert [(name, how) for name, how, _ in opened] == [
+        ("time", " (TCP, from systemd)"),
+        ("time (RFC 868)", " (TCP, from systemd)"),
+        ("time (RFC 868)", " (UDP, from systemd)"),
+        ("NTP", " (UDP, from systemd)"),
+    ]
+    line, time_tcp, time_udp, ntp_server = (servers[0] for _, _, servers in opened)
+    for server in (line, time_tcp, time_udp, ntp_server):
+        serving(server)
+    with client.TimeClient("127.0.0.1", line.server_address[1]) as line_client:
+        assert line_client.get_time().endswith("+00:00")  # --utc reached it
+    for udp, server in ((False, time_tcp), (True, time_udp)):
+        assert client.ask_time("127.0.0.1", server.server_address[1], udp=udp).error < 1
+    assert abs(client.ask_ntp("127.0.0.1", ntp_server.server_address[1]).offset) < 1
+
+
+def test_the_notices_reach_the_service_manager(tmp_path, caplog):
+    if not hasattr(socket, "AF_UNIX"):
+        pytest.skip("Unix sockets")
+    with notify_socket(tmp_path) as manager:
+        notifier = systemd.Notifier({"NOTIFY_SOCKET": str(tmp_path / "notify")})
+        notifier.notify("READY=1", "STATUS=Serving")
+        assert notices(manager) == {"READY": "1", "STATUS": "Serving"}
+    notifier.notify("STOPPING=1")  # the manager is gone: one warning
+    notifier.close()
+    assert "cannot notify the service manager" in caplog.text
+    nowhere = systemd.Notifier({"NOTIFY_SOCKET": str(tmp_path / "nowhere")})
+    assert nowhere.sock is None
+    assert "cannot reach NOTIFY_SOCKET" in caplog.text
+    nowhere.notify("READY=1")  # does nothing
+    nowhere.close()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="abstract sockets")
+def test_an_abstract_notify_socket_is_reached(tmp_path):
+    name = f"timeservice-test-{os.getpid()}"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as manager:
+        manager.bind("\0" + name)
+        manager.settimeout(TIMEOUT)
+        notifier = systemd.Notifier({"NOTIFY_SOCKET": "@" + name})
+        notifier.notify("READY=1")
+        notifier.close()
+        assert notices(manager) == {"READY": "1"}
 
 
 def test_binding_options_do_not_go_with_passed_sockets(monkeypatch, capsys):
