@@ -37,8 +37,9 @@ from conftest import (
 
 from timeservice import cli, client, ntp, service, systemd
 from timeservice.access import AccessList, RefusalLog, host_key, parse_subnet
+from timeservice.cli import metrics_address
 from timeservice.datagram import DatagramServer
-from timeservice.metrics import collect, metrics_address, render
+from timeservice.metrics import collect, render
 from timeservice.server import CONNECTION_THREAD, OneShotServer
 from timeservice.standard import DaytimeHandler, NtpServer, TimeHandler
 

@@ -123,6 +123,8 @@ class RefusalLog:
 
     def flush(self, now: float | None = None, force: bool = False) -> None:
         """Log the counts of the intervals that are over (every one if `force`)."""
+        if not self._windows:  # the usual case, called on every request
+            return
         now = time.monotonic() if now is None else now
         with self._lock:
             for cause, (start, _, _) in list(self._windows.items()):

@@ -50,6 +50,20 @@ def port_number(text: str) -> int:
     return int(text)
 
 
+def metrics_address(text: str) -> tuple[str, int]:
+    """An argparse type for ``[ADDRESS:]PORT``; loopback when no address is given."""
+    host, colon, port = text.rpartition(":")
+    if not colon:
+        host = "127.0.0.1"
+    elif host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise argparse.ArgumentTypeError(f"put an IPv6 address in brackets: {text!r}")
+    if not (port.isascii() and port.isdigit()) or int(port) > 65535 or not host:
+        raise argparse.ArgumentTypeError(f"not [ADDRESS:]PORT: {text!r}")
+    return host, int(port)
+
+
 def add_address_arguments(parser: argparse.ArgumentParser, port: int) -> None:
     """The -b ADDRESS and PORT arguments, as http.server has them."""
     parser.add_argument(

@@ -8,7 +8,6 @@ read when a scrape asks, so serving pays nothing for them.
 
 from __future__ import annotations
 
-import argparse
 import http.server
 import logging
 import socket
@@ -27,20 +26,6 @@ PATH = "/metrics"
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 Sample = tuple[dict[str, str], float]
 Family = tuple[str, str, str, list[Sample]]  # name, type, help, samples
-
-
-def metrics_address(text: str) -> tuple[str, int]:
-    """An argparse type for ``[ADDRESS:]PORT``; loopback when no address is given."""
-    host, colon, port = text.rpartition(":")
-    if not colon:
-        host = "127.0.0.1"
-    elif host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    elif ":" in host:
-        raise argparse.ArgumentTypeError(f"put an IPv6 address in brackets: {text!r}")
-    if not (port.isascii() and port.isdigit()) or int(port) > 65535 or not host:
-        raise argparse.ArgumentTypeError(f"not [ADDRESS:]PORT: {text!r}")
-    return host, int(port)
 
 
 def _escape(value: str) -> str:

@@ -364,7 +364,7 @@ class ConnectionRegistry(AdmissionMixIn, socketserver.TCPServer):
         self._lock = threading.Lock()
         self._connections: dict[socket.socket, Any] = {}  # the handler, once it runs
         self._host_of: dict[socket.socket, str] = {}  # with max_per_host
-        self._per_host: collections.Counter[str] = collections.Counter()
+        self._per_host: dict[str, int] = {}
         self.errors: collections.Counter[str] = collections.Counter()
         self._draining: dict[socket.socket, float] = {}  # refused, until EOF or then
         self._watchdog: threading.Thread | None = None
@@ -381,7 +381,7 @@ class ConnectionRegistry(AdmissionMixIn, socketserver.TCPServer):
         with self._lock:
             if len(self._connections) >= self.max_connections:
                 cause = "busy"
-            elif host is not None and self._per_host[host] >= per_host:  # type: ignore[operator]
+            elif host is not None and self._per_host.get(host, 0) >= per_host:  # type: ignore[operator]
                 cause = "per_host"
             elif not self._watch():
                 cause = "busy"
@@ -389,7 +389,7 @@ class ConnectionRegistry(AdmissionMixIn, socketserver.TCPServer):
                 self._connections[request] = None
                 if host is not None:
                     self._host_of[request] = host
-                    self._per_host[host] += 1
+                    self._per_host[host] = self._per_host.get(host, 0) + 1
                 return True
         self.count_refusal(cause, client_address)
         self.refuse(request, client_address, "busy")
@@ -494,8 +494,10 @@ class ConnectionRegistry(AdmissionMixIn, socketserver.TCPServer):
             self.answered += handler.requests
         host = self._host_of.pop(request, None)
         if host is not None:
-            self._per_host[host] -= 1
-            if not self._per_host[host]:
+            left = self._per_host[host] - 1
+            if left:
+                self._per_host[host] = left
+            else:
                 del self._per_host[host]
 
     def _watch(self) -> bool:

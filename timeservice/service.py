@@ -32,6 +32,7 @@ from .cli import (
     find_account,
     kept_on_cpu,
     listen,
+    metrics_address,
     port_number,
     positive,
     program_name,
@@ -39,7 +40,6 @@ from .cli import (
     stop_on_signals,
 )
 from .datagram import DatagramServer
-from .metrics import MetricsServer, metrics_address
 from .protocol import COMMAND, DEFAULT_PORT, MAX_LINE_BYTES, local_now, utc_now
 from .server import (
     IDLE_TIMEOUT,
@@ -475,6 +475,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
     servers = [server for _, _, group in opened for server in group]
     if args.metrics is not None:
+        from .metrics import MetricsServer  # http.server: only when asked for
+
         host, port = args.metrics
         metrics = listen(prog, host, port, lambda a: MetricsServer(a, servers))
         if metrics is None:
