@@ -8,17 +8,27 @@ import json
 import logging
 import random
 import re
+import shutil
 import socket
 import socketserver
 import subprocess
 import sys
 import threading
+import time
 from datetime import datetime, timedelta, timezone
 
 import pytest
 from conftest import ROOT, TIMEOUT, one_line, readline_within, server_process
 
-from timeservice import client, kernelclock, ntp, rfc868, service
+from timeservice import (
+    capabilities,
+    client,
+    datagram,
+    kernelclock,
+    ntp,
+    rfc868,
+    service,
+)
 from timeservice.datagram import DatagramServer, RateLimiter, source_key
 from timeservice.daytime import parse_daytime
 from timeservice.offset import Sample
@@ -659,6 +669,44 @@ def test_the_client_passes_over_a_stray_datagram():
         sample = client.ask_ntp("127.0.0.1", fake.getsockname()[1], timeout=TIMEOUT)
         thread.join(TIMEOUT)
     assert sample.t3 is not None
+
+
+def test_a_receive_time_on_another_clock_is_passed_over():
+    """A server whose T3 - T2 is longer than the whole round trip has its
+    receive time from another clock: its transmit time alone is used."""
+    with udp_socket() as fake:
+
+        def answer():
+            request, peer = fake.recvfrom(512)
+            now = time.time_ns()
+            fields = {
+                "receive": ntp.to_timestamp(now - 50_000_000),  # 50 ms before
+                "transmit": ntp.to_timestamp(now),
+            }
+            fake.sendto(reply_to(request, **fields), peer)
+
+        thread = threading.Thread(target=answer)
+        thread.start()
+        sample = client.ask_ntp("127.0.0.1", fake.getsockname()[1], timeout=TIMEOUT)
+        thread.join(TIMEOUT)
+    assert sample.t3 is None  # read as any server's answer
+    assert 0 < sample.round_trip == sample.delay
+    assert abs(sample.offset) <= sample.error  # one machine's clock
+
+
+def test_kernel_receive_times_are_used_only_on_the_same_clock():
+    if not capabilities.RECEIVE_TIMESTAMPS:
+        pytest.skip("no kernel receive times on this platform")
+    assert datagram.kernel_stamps_agree()
+    if shutil.which("faketime") is None:
+        pytest.skip("needs faketime (Debian: faketime) for a shifted clock")
+    for shift in ("+0.003s", "-0.002s", "+5s"):
+        shifted = subprocess.run(
+            ["faketime", "-f", shift, sys.executable, "-c",
+             "from timeservice import datagram; print(datagram.kernel_stamps_agree())"],
+            cwd=ROOT, capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        assert shifted.stdout == "False\n", (shift, shifted.stderr)
 
 
 @pytest.mark.parametrize(

@@ -254,6 +254,18 @@ def ask_ntp(
     reply = ntp.check_reply(data, request)
     t2 = ntp.from_timestamp(reply.receive, near_ns=t1)
     t3 = ntp.from_timestamp(reply.transmit, near_ns=t1)
+    if t3 - t2 > end - start:
+        # Held longer than the whole round trip: its receive time is on
+        # another clock (a kernel's, under a tool like faketime). Its
+        # transmit time alone is read as any server's answer is.
+        return Sample(
+            t1,
+            t3,
+            t4,
+            end - start,
+            local_timestamp(t3),
+            root_distance=reply.root_distance,
+        )
     return Sample(
         t1,
         t2,

@@ -31,6 +31,40 @@ SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
 _TIMESPEC = struct.Struct("@ll")
 
 
+def stamp_of(ancillary: list[tuple[int, int, bytes]]) -> int | None:
+    """The kernel's receive time in recvmsg()'s ancillary data, if it is there."""
+    for level, kind, value in ancillary:
+        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
+            seconds, ns = _TIMESPEC.unpack_from(value)
+            return seconds * 1_000_000_000 + ns
+    return None
+
+
+def kernel_stamps_agree() -> bool:
+    """Whether the kernel's receive times are on this process's clock.
+
+    Tools like faketime shift the process's clock, not the kernel's, by any
+    amount; a datagram sent to this process itself must be stamped between
+    the clock's reads before and after it.
+    """
+    try:
+        sender, receiver = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    except (OSError, AttributeError):  # no Unix datagram sockets here
+        return False
+    with sender, receiver:
+        try:
+            receiver.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+            receiver.settimeout(1.0)  # it is there at once; never wait long
+            before = time.time_ns()
+            sender.send(b"?")
+            _, ancillary, _, _ = receiver.recvmsg(1, socket.CMSG_SPACE(_TIMESPEC.size))
+            after = time.time_ns()
+        except OSError:
+            return False
+    stamp = stamp_of(ancillary)
+    return stamp is not None and before <= stamp <= after
+
+
 class RateLimiter:
     """A token bucket per source: `burst` replies at once, `rate` per second after.
 
@@ -95,7 +129,7 @@ class DatagramServer(
 
     def socket_options(self) -> None:
         super().socket_options()
-        if capabilities.RECEIVE_TIMESTAMPS:
+        if capabilities.RECEIVE_TIMESTAMPS and kernel_stamps_agree():
             try:
                 self.socket.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
                 self.kernel_timestamps = True
@@ -110,14 +144,10 @@ class DatagramServer(
             self.max_packet_size, socket.CMSG_SPACE(_TIMESPEC.size)
         )
         read = time.time_ns()
-        for level, kind, value in ancillary:
-            if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
-                seconds, ns = _TIMESPEC.unpack_from(value)
-                kernel = seconds * 1_000_000_000 + ns
-                # Tools like faketime shift the process's clock, not the
-                # kernel's receive times: then the time it was read is used.
-                if 0 <= read - kernel < 1_000_000_000:
-                    return (data, self.socket, kernel), address
+        kernel = stamp_of(ancillary)
+        # A clock stepped since the start makes the kernel's time a lie too.
+        if kernel is not None and 0 <= read - kernel < 1_000_000_000:
+            return (data, self.socket, kernel), address
         return (data, self.socket, read), address
 
     def verify_request(self, request: Any, client_address: Any) -> bool:
