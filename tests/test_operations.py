@@ -107,6 +107,15 @@ def test_for_the_same_subnet_the_later_rule_wins():
     assert AccessList([(net, False), (net, True)]).allows("192.0.2.1")
 
 
+def test_answers_are_remembered_for_a_bounded_number_of_addresses():
+    rules = access(["192.0.2.0/24"])
+    rules.remembered = 3
+    hosts = [f"192.0.2.{n}" for n in range(5)] + ["198.51.100.1"]
+    assert [rules.allows(h) for h in hosts] == [True] * 5 + [False]
+    assert len(rules._answers) <= 3
+    assert [rules.allows(h) for h in hosts] == [True] * 5 + [False]  # the same
+
+
 def test_a_subnet_that_is_not_one_is_refused():
     with pytest.raises(ValueError, match="not an IPv4 or IPv6 subnet: '192.0.2.0/33'"):
         parse_subnet("192.0.2.0/33")
