@@ -662,7 +662,7 @@ def test_the_client_passes_over_a_stray_datagram():
         def answer():
             request, peer = fake.recvfrom(512)
             fake.sendto(b"stray", peer)
-            fake.sendto(reply_to(request, stratum=4), peer)
+            fake.sendto(reply_to(request, stratum=4, receive=2 << 32), peer)
 
         thread = threading.Thread(target=answer)
         thread.start()
