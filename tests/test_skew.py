@@ -16,7 +16,15 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from conftest import ROOT, TIMEOUT, readline_within, server_process, signal_launched
+from conftest import (
+    FAKETIME_LIBRARY,
+    ROOT,
+    TIMEOUT,
+    faketime,
+    readline_within,
+    server_process,
+    signal_launched,
+)
 
 from timeservice import skew
 from timeservice.server import TimeServer
@@ -315,7 +323,7 @@ def test_two_hundred_targets_in_a_few_seconds(line_servers):
 # Shifted with faketime, with programs nobody here wrote among them
 
 needs_faketime = pytest.mark.skipif(
-    shutil.which("faketime") is None,
+    shutil.which("faketime") is None and FAKETIME_LIBRARY is None,
     reason="needs faketime (Debian: faketime; scripts/test installs it as root)",
 )
 SERVING_NTP = re.compile(r"Serving NTP on \S+ port (\d+)")
@@ -324,7 +332,7 @@ SERVING_NTP = re.compile(r"Serving NTP on \S+ port (\d+)")
 @contextlib.contextmanager
 def shifted_server(shift: str) -> Iterator[dict[str, int]]:
     """Our server, line and NTP, its clock shifted by faketime; ports by protocol."""
-    launcher = ("faketime", "-f", shift)
+    launcher = faketime(shift)
     options = ("-q", "--ntp", "0", "--local-stratum", "10")
     with server_process("0", *options, launcher=launcher) as (process, line):
         ntp_port = int(SERVING_NTP.match(readline_within(process.stdout))[1])
@@ -401,8 +409,9 @@ def test_chronyd_and_xinetd_among_ours(tmp_path):
         "bindaddress 127.0.0.1", "allow 127.0.0.1",
     )  # fmt: skip
     (tmp_path / "xinetd.conf").write_text(xinetd_config({"time": time_port}))
+    # Preloaded without the wrapper, chronyd answered unshifted here.
     chronyd = ("faketime", "-f", "+0.001s", "chronyd", "-d", "-x", "-u", "root")
-    xinetd = ("faketime", "-f", "-0.001s", "xinetd", "-dontfork", "-stayalive")
+    xinetd = (*faketime("-0.001s"), "xinetd", "-dontfork", "-stayalive")
     xinetd += ("-pidfile", str(tmp_path / "xinetd.pid"))
     with contextlib.ExitStack() as stack:
         stack.enter_context(started(*chronyd, "-f", str(config)))

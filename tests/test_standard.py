@@ -18,7 +18,14 @@ import time
 from datetime import datetime, timedelta, timezone
 
 import pytest
-from conftest import ROOT, TIMEOUT, one_line, readline_within, server_process
+from conftest import (
+    ROOT,
+    TIMEOUT,
+    faketime,
+    one_line,
+    readline_within,
+    server_process,
+)
 
 from timeservice import (
     capabilities,
@@ -702,7 +709,7 @@ def test_kernel_receive_times_are_used_only_on_the_same_clock():
         pytest.skip("needs faketime (Debian: faketime) for a shifted clock")
     for shift in ("+0.003s", "-0.002s", "+5s"):
         shifted = subprocess.run(
-            ["faketime", "-f", shift, sys.executable, "-c",
+            [*faketime(shift), sys.executable, "-c",
              "from timeservice import datagram; print(datagram.kernel_stamps_agree())"],
             cwd=ROOT, capture_output=True, text=True, timeout=30,
         )  # fmt: skip
