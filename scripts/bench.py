@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Benchmark timeservice against the assignment's sketch and an asyncio server.
+"""Benchmark timeservice against the assignment's sketch, an asyncio server and
+a minimal C server on epoll (built with the system's C compiler, if any).
 
 Each server runs as its own process on loopback, port 0; the load comes from
 other processes, one closed request/reply loop per connection. Servers take
@@ -40,7 +41,12 @@ REPLY = re.compile(rb"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}[+-]\d\d:\d\d\n")
 REPLY_BYTES = len(b"2026-11-27T10:15:42.000000+01:00\n")  # every timestamp line
 IDLE_CONNECTIONS = 1000
 START_TIMEOUT = 10.0
-SERVER_NAMES = {"ours": "timeservice", "seed": "seed sketch", "asyncio": "asyncio"}
+SERVER_NAMES = {
+    "ours": "timeservice",
+    "seed": "seed sketch",
+    "asyncio": "asyncio",
+    "c": "C epoll",
+}
 SERVERS = {
     # Ours as shipped, but for caps above the idle connections, which all
     # come from this one host (defaults: 512 in all, 64 per host).
@@ -443,7 +449,28 @@ def machine():
     }
 
 
+def build_c_server(workdir):
+    """The C epoll peer, compiled with the system's C compiler; None without one."""
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        print("no C compiler (cc); no C epoll server", file=sys.stderr)
+        return None
+    binary = os.path.join(workdir, "epoll_server")
+    source = str(PEERS / "epoll_server.c")
+    built = subprocess.run(
+        [compiler, "-O2", "-o", binary, source], capture_output=True, text=True
+    )
+    if built.returncode != 0:
+        print(f"the C epoll server did not build:\n{built.stderr}", file=sys.stderr)
+        return None
+    return binary
+
+
 def run(args):
+    workdir = tempfile.mkdtemp(prefix="bench-")
+    c_server = build_c_server(workdir)
+    if c_server is not None:
+        SERVERS["c"] = [c_server]
     servers = list(SERVERS)
     memory_ok = raise_file_limit(IDLE_CONNECTIONS + 200)
     if not memory_ok:
@@ -456,7 +483,6 @@ def run(args):
     if not ntp_servers:
         print("chronyd is not installed; no NTP row", file=sys.stderr)
     ntp = {server: [] for server in ntp_servers}
-    workdir = tempfile.mkdtemp(prefix="bench-chrony-")
     for number in range(args.rounds):
         order = servers[number % len(servers) :] + servers[: number % len(servers)]
         for name, connections, reconnect in WORKLOADS:
@@ -557,12 +583,11 @@ def table(report):
                 f" {r['server_cpu']:>10.0%} {r['load_gen_busy']:>8.0%}"
                 f" {r['load_gen_max_rps']:>8,.0f}"
             )
-    out += [
-        "",
-        f"{'timeservice req/s ÷ peer req/s':<34} {'seed sketch':>12} {'asyncio':>8}",
-    ]
+    peers = list(next(iter(report["ratios"].values())))
+    heading = "".join(f" {SERVER_NAMES[peer]:>12}" for peer in peers)
+    out += ["", f"{'timeservice req/s ÷ peer req/s':<34}{heading}"]
     for name, ratio in report["ratios"].items():
-        out.append(f"{name:<34} {ratio['seed']:>11.2f}x {ratio['asyncio']:>7.2f}x")
+        out.append(f"{name:<34}" + "".join(f" {ratio[p]:>11.2f}x" for p in peers))
     if report["memory"]:
         heading = f"{MEMORY}, RSS"
         out += ["", f"{heading:<34} {'server':<12} {'idle MiB':>8} {'+ MiB':>7}"]
