@@ -89,8 +89,9 @@ def server_process(
         assert match, line
         yield process, int(match[2])
     finally:
-        if process.poll() is None:  # still running
-            signal_launched(process, signal.SIGKILL)
+        if process.poll() is None:  # still running: end its whole group
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)  # its own session
         process.communicate(timeout=TIMEOUT)
 
 

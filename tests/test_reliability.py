@@ -321,8 +321,17 @@ def test_out_of_files_the_server_pauses_then_serves_again():
 
 @needs_sigterm
 @slow
-def test_sigterm_under_pipelined_load_answers_whole_lines_and_exits():
-    with server_process("0") as (process, port):
+@pytest.mark.parametrize(
+    "workers",
+    [
+        "1",
+        pytest.param(
+            "2", marks=pytest.mark.skipif(not hasattr(os, "fork"), reason="fork")
+        ),
+    ],
+)
+def test_sigterm_under_pipelined_load_answers_whole_lines_and_exits(workers):
+    with server_process("0", "--workers", workers) as (process, port):
         results = {}
         stop = threading.Event()
 
@@ -372,8 +381,8 @@ def test_sigterm_under_pipelined_load_answers_whole_lines_and_exits():
         assert len(stamps) == counted[port_]  # every answer the server counted
         total += len(stamps)
     print(
-        f"SIGTERM under 8 pipelining clients: exit 0 after {took:.2f} s, "
-        f"{total} whole answers, none lost"
+        f"SIGTERM under 8 pipelining clients, {workers} worker(s): exit 0 after "
+        f"{took:.2f} s, {total} whole answers, none lost"
     )
 
 

@@ -15,10 +15,10 @@ import socket
 import socketserver
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
-from . import __version__, capabilities, kernelclock, ntp, systemd
+from . import __version__, capabilities, kernelclock, ntp, prefork, systemd
 from .access import AccessList, parse_subnet
 from .cli import (
     Account,
@@ -403,6 +403,14 @@ def parse_arguments(prog: str, argv: Sequence[str] | None) -> argparse.Namespace
         "(on 127.0.0.1 unless an address is given)",
     )
     parser.add_argument(
+        "--workers",
+        type=positive(int),
+        default=1,
+        metavar="N",
+        help="serve from N processes on the same sockets, to use more than one "
+        "core; every limit holds per worker (default: %(default)s)",
+    )
+    parser.add_argument(
         "--cpu",
         type=cpu_choice,
         default="auto",
@@ -438,6 +446,15 @@ def parse_arguments(prog: str, argv: Sequence[str] | None) -> argparse.Namespace
         parser.error("--local-stratum goes with --ntp")
     if args.group is not None and args.user is None:
         parser.error("--group goes with --user")
+    if args.workers > 1:
+        if not hasattr(os, "fork"):
+            parser.error("--workers needs a system with fork()")
+        if isinstance(args.cpu, int):
+            parser.error(
+                "--cpu N keeps one process on one CPU; with --workers, use auto or off"
+            )
+        if args.metrics is not None:
+            parser.error("--metrics reports one process; not with --workers yet")
     cpus = capabilities.allowed_cpus()
     if isinstance(args.cpu, int) and cpus and args.cpu not in cpus:
         parser.error(f"--cpu {args.cpu}: this process may use CPUs {sorted(cpus)}")
@@ -490,25 +507,75 @@ def main(argv: Sequence[str] | None = None) -> int:
         logger.warning(
             "serving as root; --user NAME serves as NAME once the ports are bound"
         )
-    service = Service([server for _, _, group in opened for server in group])
+    servers = [server for _, _, group in opened for server in group]
 
-    def stop() -> None:
-        notifier.notify("STOPPING=1", "STATUS=Shutting down")
-        service.stop()
-
-    with stop_on_signals(stop), kept_on_cpu(choose_cpu(args.cpu)):
-        for name, how, (first, *_) in opened:
-            announce(first, name, how)
+    def ready(how: str = "") -> None:
+        """Say so once the signals are handled: a stop from now on is clean."""
+        for name, where, (first, *_) in opened:
+            announce(first, name, where)
             if isinstance(first, NtpServer):
                 logger.info("%s", ntp_state_line(first))
         if account is not None:
             print(f"Serving as user {account.user}, group {account.group}.", flush=True)
+        if how:
+            print(how, flush=True)
         notifier.notify("READY=1", f"STATUS={status_line(opened, account)}")
-        try:
+
+    try:
+        if args.workers > 1:
+            return serve_in_workers(servers, args, notifier, ready)
+        service = Service(servers)
+
+        def stop() -> None:
+            notifier.notify("STOPPING=1", "STATUS=Shutting down")
+            service.stop()
+
+        with stop_on_signals(stop), kept_on_cpu(choose_cpu(args.cpu)):
+            ready()
             service.serve_forever()
-        finally:
-            notifier.close()
+    finally:
+        notifier.close()
     return 0
+
+
+def serve_in_workers(
+    servers: list[socketserver.BaseServer],
+    args: argparse.Namespace,
+    notifier: systemd.Notifier,
+    ready: Callable[[str], None],
+) -> int:
+    """Serve the bound sockets from `args.workers` processes, each on a CPU
+    of its own where --cpu allows; the limits hold in each worker."""
+    for server in servers:
+        # Every worker waits on every socket; those that lose the race for
+        # a connection or a datagram go back to waiting instead of blocking.
+        server.socket.setblocking(False)  # type: ignore[attr-defined]
+    cpus = worker_cpus(args.cpu, args.workers)
+
+    def work(number: int) -> int:
+        service = Service(servers)
+        with stop_on_signals(service.stop), kept_on_cpu(cpus[number]):
+            service.serve_forever()
+        return 0
+
+    supervisor = prefork.Supervisor(args.workers, work)
+    supervisor.on_stop = lambda: notifier.notify("STOPPING=1", "STATUS=Shutting down")
+    try:
+        return supervisor.serve(
+            lambda: ready(f"Serving from {args.workers} worker processes.")
+        )
+    finally:
+        for server in servers:
+            server.server_close()
+
+
+def worker_cpus(choice: str | int, count: int) -> list[int | None]:
+    """The CPU of each worker: with ``auto``, one each in turn where there
+    are several CPUs and a GIL; with ``off``, none."""
+    cpus = sorted(capabilities.allowed_cpus())
+    if choice == "off" or len(cpus) < 2 or not capabilities.gil_enabled():
+        return [None] * count
+    return [cpus[number % len(cpus)] for number in range(count)]
 
 
 def status_line(opened: Opened, account: Account | None) -> str:

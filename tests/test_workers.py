@@ -1,0 +1,146 @@
+"""--workers N: several server processes on the same sockets, supervised."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+
+import pytest
+from conftest import TIMEOUT, needs_sigterm, readline_within, server_process, timestamp
+
+from timeservice import capabilities, client, service
+
+pytestmark = [
+    needs_sigterm,
+    pytest.mark.skipif(not hasattr(os, "fork"), reason="workers are forked (POSIX)"),
+]
+STARTED = re.compile(r"worker (\d+) started, pid (\d+)")
+
+
+def children(pid: int) -> set[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as listed:
+        return {int(child) for child in listed.read().split()}
+
+
+def cpus_of(pid: int) -> str:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("Cpus_allowed_list:"):
+                return line.split()[1]
+    raise AssertionError("no Cpus_allowed_list")
+
+
+def until(stream, pattern: re.Pattern, lines: int = 50) -> re.Match:
+    """The first of the next `lines` lines that matches, each read with a timeout."""
+    for _ in range(lines):
+        found = pattern.search(readline_within(stream))
+        if found:
+            return found
+    raise AssertionError(f"no line like {pattern.pattern}")
+
+
+def ask_many(port: int, count: int) -> None:
+    for _ in range(count):
+        with client.TimeClient("127.0.0.1", port) as asking:
+            timestamp(asking.get_time().encode() + b"\n")
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/task"), reason="reads /proc")
+def test_two_workers_serve_every_protocol_and_stop_together():
+    options = (
+        "--workers",
+        "2",
+        "--daytime",
+        "0",
+        "--ntp",
+        "0",
+        "--local-stratum",
+        "10",
+    )
+    cpus = sorted(capabilities.allowed_cpus())
+    pinning = len(cpus) >= 2 and capabilities.gil_enabled()  # --cpu auto: one each
+    with server_process("0", "-v", *options) as (process, port):
+        pids, pinned = set(), []
+        for _ in range(60):  # the parent's and the workers' lines, interleaved
+            if len(pids) == 2 and (len(pinned) == 2 or not pinning):
+                break
+            line = readline_within(process.stderr)
+            if started := STARTED.search(line):
+                pids.add(int(started[2]))
+            if on_cpu := re.search(r"serving on CPU (\d+)", line):
+                pinned.append(int(on_cpu[1]))
+        daytime = int(
+            until(process.stdout, re.compile(r"daytime on \S+ port (\d+)"))[1]
+        )
+        ntp_port = int(until(process.stdout, re.compile(r"NTP on \S+ port (\d+)"))[1])
+        assert readline_within(process.stdout) == "Serving from 2 worker processes.\n"
+        assert children(process.pid) == pids
+        if pinning:
+            assert sorted(pinned) == cpus[:2]
+            assert sorted(cpus_of(pid) for pid in pids) == [str(c) for c in cpus[:2]]
+        ask_many(port, 20)
+        assert client.ask_daytime("127.0.0.1", daytime, udp=True)[1] is not None
+        assert client.ask_ntp("127.0.0.1", ntp_port).error < 1
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(TIMEOUT) == 0
+        log = process.stderr.read()
+    assert "SIGTERM received, stopping 2 worker(s)" in log
+    assert "Traceback" not in log
+    for pid in pids:  # reaped by the parent, gone
+        assert not os.path.exists(f"/proc/{pid}")
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/task"), reason="reads /proc")
+def test_a_worker_that_dies_is_replaced_and_logged():
+    with server_process("0", "-v", "--workers", "2") as (process, port):
+        pids = {int(until(process.stderr, STARTED)[2]) for _ in range(2)}
+        victim = min(pids)
+        os.kill(victim, signal.SIGKILL)  # ours: a child of the server we started
+        ended = until(process.stderr, re.compile(r"worker (\d+) \(pid (\d+)\) ended"))
+        assert int(ended[2]) == victim
+        replacement = int(until(process.stderr, STARTED)[2])
+        assert children(process.pid) == pids - {victim} | {replacement}
+        ask_many(port, 10)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(TIMEOUT) == 0
+        log = process.stderr.read()
+    assert "Traceback" not in log
+
+
+def test_one_connection_is_served_by_one_worker_only():
+    """The workers share one listening socket, set non-blocking: those that
+    lose the race go back to waiting. Pipelined lines all come back."""
+    with server_process("0", "-q", "--workers", "2") as (process, port):
+        with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as sock:
+            sock.sendall(b"send time\n" * 200)
+            reader = sock.makefile("rb")
+            for _ in range(200):
+                timestamp(reader.readline())
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(TIMEOUT) == 0
+
+
+@pytest.mark.parametrize(
+    "argv, problem",
+    [
+        (["--workers", "0"], "must be above 0"),
+        (["--workers", "2", "--cpu", "0"], "use auto or off"),
+        (["--workers", "2", "--metrics", "0"], "not with --workers"),
+    ],
+)
+def test_worker_options_that_do_not_fit(argv, problem, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        service.main(argv)
+    assert exit_info.value.code == 2
+    assert problem in capsys.readouterr().err
+
+
+def test_worker_cpus():
+    cpus = sorted(capabilities.allowed_cpus())
+    assert service.worker_cpus("off", 3) == [None, None, None]
+    if len(cpus) >= 2 and capabilities.gil_enabled():
+        assert service.worker_cpus("auto", 3) == [cpus[0], cpus[1], cpus[2 % len(cpus)]]
+    else:
+        assert service.worker_cpus("auto", 2) == [None, None]
