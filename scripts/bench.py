@@ -43,6 +43,7 @@ IDLE_CONNECTIONS = 1000
 START_TIMEOUT = 10.0
 SERVER_NAMES = {
     "ours": "timeservice",
+    "workers": "2 workers",
     "seed": "seed sketch",
     "asyncio": "asyncio",
     "c": "C epoll",
@@ -59,6 +60,16 @@ SERVERS = {
         str(IDLE_CONNECTIONS + 100),
         "--max-per-host",
         "0",
+        "0",
+    ],
+    # The same with two worker processes (--workers 2), where there is fork().
+    "workers": [
+        sys.executable,
+        "-m",
+        "timeservice.server",
+        "-q",
+        "--workers",
+        "2",
         "0",
     ],
     "seed": [sys.executable, str(PEERS / "seed.py")],
@@ -471,6 +482,8 @@ def run(args):
     c_server = build_c_server(workdir)
     if c_server is not None:
         SERVERS["c"] = [c_server]
+    if not hasattr(os, "fork"):
+        SERVERS.pop("workers")
     servers = list(SERVERS)
     memory_ok = raise_file_limit(IDLE_CONNECTIONS + 200)
     if not memory_ok:
@@ -496,7 +509,7 @@ def run(args):
                         )
                     )
         if memory_ok:
-            for server_name in order:
+            for server_name in [s for s in order if s != "workers"]:  # one process
                 progress(number, args.rounds, server_name, MEMORY)
                 with Server(server_name) as server:
                     memory[server_name].append(idle_memory(server, IDLE_CONNECTIONS))
