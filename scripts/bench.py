@@ -124,10 +124,16 @@ class Server:
         raise RuntimeError("no VmRSS")
 
     def cpu(self) -> float:
-        """CPU seconds used so far, user and system."""
-        with open(f"/proc/{self.process.pid}/stat") as stat:
-            fields = stat.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        """CPU seconds used so far, user and system, its worker processes' too."""
+        pid = self.process.pid
+        with open(f"/proc/{pid}/task/{pid}/children") as listed:
+            pids = [pid, *(int(child) for child in listed.read().split())]
+        ticks = 0
+        for each in pids:
+            with open(f"/proc/{each}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])
+        return ticks / os.sysconf("SC_CLK_TCK")
 
 
 # The load: the cheapest loops this can be written as in Python.
