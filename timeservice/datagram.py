@@ -121,7 +121,7 @@ class DatagramServer(
         **settings: Any,
     ) -> None:
         self.dropped: collections.Counter[str] = collections.Counter()
-        self.kernel_timestamps = False  # set by server_bind() where it can be
+        self.kernel_timestamps = False  # set by socket_options() where it can be
         super().__init__(server_address, handler_class, bind_and_activate, **settings)
         self.limiter = (
             None if self.burst is None else RateLimiter(self.rate, self.burst)
