@@ -26,7 +26,7 @@ from conftest import (
     signal_launched,
 )
 
-from timeservice import skew
+from timeservice import ntp, skew
 from timeservice.server import TimeServer
 from timeservice.skew import (
     CRITICAL,
@@ -418,7 +418,7 @@ def test_chronyd_and_xinetd_among_ours(tmp_path):
         stack.enter_context(started(*xinetd, "-f", str(tmp_path / "xinetd.conf")))
         shifts = ("+0s", "+0.003s", "-0.002s", "+5s")
         ours = [stack.enter_context(shifted_server(s)) for s in shifts]
-        request = skew.ntp.request_packet(0)
+        request = ntp.request_packet(0)
         wait_for_udp(chrony_port, request, synchronised_reply(request))
         wait_for_udp(time_port, b"")  # xinetd opens every service at once
         targets = {

@@ -19,18 +19,19 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from . import __version__, daytime, ntp, rfc868
+from . import __version__
 from .cli import positive, program_name
-from .client import DEFAULT_TIMEOUT, TimeClient, ask_daytime, ask_ntp, ask_time
+from .client import (
+    DEFAULT_TIMEOUT,
+    PORTS,
+    TimeClient,
+    ask_daytime,
+    ask_ntp,
+    ask_time,
+)
 from .offset import Estimate, estimate
-from .protocol import DEFAULT_PORT, ReplyError
+from .protocol import ReplyError
 
-PORTS = {
-    "line": DEFAULT_PORT,
-    "daytime": daytime.DEFAULT_PORT,
-    "time": rfc868.DEFAULT_PORT,
-    "ntp": ntp.DEFAULT_PORT,
-}
 # The narrowest interval: a round trip of microseconds makes a bound of
 # microseconds, and clocks that close do not need telling apart. 10 ms is
 # RFC 5905's MINDISP, the least dispersion NTP ever allows a sample.
