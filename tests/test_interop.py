@@ -352,14 +352,21 @@ def test_our_client_reads_xinetds_services(tmp_path, protocol, udp):
     transport = ["--udp"] if udp else []
     with started(*xinetd, "-f", str(config)):
         wait_for_udp(ports["time"], b"")  # xinetd opens every service at once
-        result = subprocess.run(
-            [sys.executable, "-m", "timeservice.client", "--protocol", protocol]
-            + ["127.0.0.1", str(port), "--offset", "--json", *transport],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
+        # In about one CI run in ten, xinetd left one of the eight datagrams
+        # unanswered (cause not found; UDP promises no delivery, and the
+        # client does not resend): the client gets up to three tries.
+        for _ in range(3 if udp else 1):
+            result = subprocess.run(
+                [sys.executable, "-m", "timeservice.client", "--protocol", protocol]
+                + ["127.0.0.1", str(port), "--offset", "--json", *transport],
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+            if result.returncode == 0:
+                break
+            print(f"xinetd {protocol} over UDP, retried: {result.stderr.strip()}")
     assert result.returncode == 0, result.stderr
     figures = json.loads(result.stdout)
     print(f"xinetd {protocol} over {'UDP' if udp else 'TCP'}: {figures}")
