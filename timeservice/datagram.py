@@ -29,6 +29,8 @@ logger = logging.getLogger(__name__)
 # Linux's SO_TIMESTAMPNS and SCM_TIMESTAMPNS, which Python names from 3.14 on.
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
 _TIMESPEC = struct.Struct("@ll")
+# Room for the receive time in recvmsg()'s ancillary data (no CMSG_SPACE on Windows).
+_STAMP_SPACE = socket.CMSG_SPACE(_TIMESPEC.size) if hasattr(socket, "CMSG_SPACE") else 0
 
 
 def stamp_of(ancillary: list[tuple[int, int, bytes]]) -> int | None:
@@ -57,7 +59,7 @@ def kernel_stamps_agree() -> bool:
             receiver.settimeout(1.0)  # it is there at once; never wait long
             before = time.time_ns()
             sender.send(b"?")
-            _, ancillary, _, _ = receiver.recvmsg(1, socket.CMSG_SPACE(_TIMESPEC.size))
+            _, ancillary, _, _ = receiver.recvmsg(1, _STAMP_SPACE)
             after = time.time_ns()
         except OSError:
             return False
@@ -141,7 +143,7 @@ class DatagramServer(
             data, address = self.socket.recvfrom(self.max_packet_size)
             return (data, self.socket, time.time_ns()), address
         data, ancillary, _, address = self.socket.recvmsg(
-            self.max_packet_size, socket.CMSG_SPACE(_TIMESPEC.size)
+            self.max_packet_size, _STAMP_SPACE
         )
         read = time.time_ns()
         kernel = stamp_of(ancillary)

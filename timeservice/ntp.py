@@ -9,6 +9,7 @@ accepts only a reply whose origin is what it sent, as chrony does.
 
 from __future__ import annotations
 
+import functools
 import math
 import struct
 from collections.abc import Callable
@@ -20,6 +21,9 @@ from .rfc868 import from_1900, to_1900
 DEFAULT_PORT = 123
 PACKET = struct.Struct("!BBbbII4sQQQQ")
 PACKET_BYTES = PACKET.size  # 48
+# A reply up to its transmit timestamp, which is packed last.
+_REPLY_HEAD = struct.Struct("!BBcbII4sQ8sQ")
+_TIMESTAMP = struct.Struct("!Q")
 MODE_CLIENT, MODE_SERVER = 3, 4
 LEAP_NONE, LEAP_INSERT, LEAP_DELETE, LEAP_UNSYNCHRONISED = 0, 1, 2, 3
 MAX_STRATUM = 15  # 16 is "unsynchronised", sent as 0 on the wire
@@ -47,6 +51,7 @@ def from_timestamp(value: int, near_ns: int) -> int:
     return seconds * NANOSECONDS + fraction
 
 
+@functools.lru_cache(maxsize=256)  # the server sends the same few values
 def to_short(seconds: float) -> int:
     """Seconds in NTP's 16.16 short format, rounded up: a bound never shrinks."""
     return min(0xFFFF_FFFF, max(0, math.ceil(seconds * 65536)))
@@ -184,28 +189,29 @@ def server_reply(
     """The 48-byte answer to a client's packet, or None to drop it.
 
     `receive_ns` is when the packet arrived; `now_ns` is read last, just
-    before the reply goes out, for the transmit timestamp.
+    before the reply goes out, for the transmit timestamp. The request's
+    poll and transmit fields are copied as bytes: a server answers every
+    datagram it is sent, so this is packed at once rather than field by field.
     """
-    request = client_request(packet)
-    if request is None:
+    if len(packet) != PACKET_BYTES:
+        return None
+    version = packet[0] >> 3 & 7
+    if packet[0] & 7 != MODE_CLIENT or version not in VERSIONS:
         return None
     receive = to_timestamp(receive_ns)
-    head = Packet(
-        state.leap,
-        request.version,
-        MODE_SERVER,
+    head = _REPLY_HEAD.pack(
+        state.leap << 6 | version << 3 | MODE_SERVER,
         state.stratum,
-        request.poll,
+        packet[2:3],  # poll
         state.precision,
         0,  # root delay: this clock is its own reference
         to_short(state.root_dispersion),
         state.reference_id,
         receive & ~0xFFFF_FFFF,  # the reference time: this second
-        request.transmit,
+        packet[40:],  # origin: the request's transmit timestamp
         receive,
-        0,
-    ).pack()[:-8]
-    return head + to_timestamp(now_ns()).to_bytes(8, "big")
+    )
+    return head + _TIMESTAMP.pack(to_timestamp(now_ns()))
 
 
 def kiss_of_death(packet: bytes, code: bytes = b"RATE") -> bytes | None:
