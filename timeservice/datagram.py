@@ -29,6 +29,8 @@ logger = logging.getLogger(__name__)
 # Linux's SO_TIMESTAMPNS and SCM_TIMESTAMPNS, which Python names from 3.14 on.
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
 _TIMESPEC = struct.Struct("@ll")
+# Reads that return at once when nothing is waiting (not on Windows).
+_DONT_WAIT = getattr(socket, "MSG_DONTWAIT", 0)
 # Room for the receive time in recvmsg()'s ancillary data (no CMSG_SPACE on Windows).
 _STAMP_SPACE = socket.CMSG_SPACE(_TIMESPEC.size) if hasattr(socket, "CMSG_SPACE") else 0
 
@@ -101,7 +103,8 @@ class DatagramServer(
     Settings: rate, burst (None turns the limit off), min_source_port
     (datagrams from lower ports are dropped, as inetd does against loops
     between services), max_packet_size, and AdmissionMixIn's (a denied
-    source gets nothing). Handlers call drop(reason) for a datagram they
+    source gets nothing). Class variable: batch, the datagrams already
+    waiting that one wake-up answers. Handlers call drop(reason) for a datagram they
     do not answer and add to `answered`. The handler's request is
     ``(data, socket, receive_ns)``: the kernel's receive time where the
     platform gives it (SO_TIMESTAMPNS), else the time it was read.
@@ -113,6 +116,7 @@ class DatagramServer(
     min_source_port = 0
     clock: Clock = local_now
     max_packet_size = 512
+    batch = 16  # datagrams answered per wake-up, at most
     allow_reuse_address = True
 
     def __init__(
@@ -139,11 +143,14 @@ class DatagramServer(
                 pass
 
     def get_request(self) -> tuple:
+        return self._receive(0)
+
+    def _receive(self, flags: int) -> tuple:
         if not self.kernel_timestamps:
-            data, address = self.socket.recvfrom(self.max_packet_size)
+            data, address = self.socket.recvfrom(self.max_packet_size, flags)
             return (data, self.socket, time.time_ns()), address
         data, ancillary, _, address = self.socket.recvmsg(
-            self.max_packet_size, _STAMP_SPACE
+            self.max_packet_size, _STAMP_SPACE, flags
         )
         read = time.time_ns()
         kernel = stamp_of(ancillary)
@@ -151,6 +158,22 @@ class DatagramServer(
         if kernel is not None and 0 <= read - kernel < 1_000_000_000:
             return (data, self.socket, kernel), address
         return (data, self.socket, read), address
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """Answer the datagram, then those already waiting behind it, up to
+        `batch` in all: one wake-up of serve_forever() then answers them all."""
+        super().process_request(request, client_address)
+        for _ in range(self.batch - 1 if _DONT_WAIT else 0):
+            try:
+                request, client_address = self._receive(_DONT_WAIT)
+            except OSError:  # none left; any other failure, serve_forever() sees
+                return
+            if not self.verify_request(request, client_address):
+                continue
+            try:
+                super().process_request(request, client_address)
+            except Exception:
+                self.handle_error(request, client_address)
 
     def verify_request(self, request: Any, client_address: Any) -> bool:
         if not super().verify_request(request, client_address):
