@@ -188,6 +188,22 @@ def test_deadlines_hold_under_handle_request(connect):
         server.wait_finished()
 
 
+def test_one_wake_up_accepts_the_connections_already_waiting(connect):
+    """Up to `batch` of them; the rest stay in the backlog for the next."""
+    with RecordingServer(("127.0.0.1", 0)) as server:
+        server.batch = 2
+        # A connection is in the backlog once connect() returns (loopback).
+        waiting = [connect(server) for _ in range(3)]
+        bounded(server.handle_request)  # one wake-up: the first two
+        for connection in waiting[:2]:
+            timestamp(connection.ask())
+            connection.close()
+        left, _ = server.socket.accept()  # the third, still waiting
+        left.close()
+        assert waiting[2].line() == b""
+        server.wait_finished(2)
+
+
 def test_deadlines_hold_between_shutdown_and_server_close(start_server, connect):
     server = start_server(idle_timeout=0.2)
     connection = connect(server)

@@ -21,6 +21,7 @@ import pytest
 from conftest import (
     ROOT,
     TIMEOUT,
+    bounded,
     faketime,
     one_line,
     readline_within,
@@ -437,6 +438,30 @@ def test_daytime_and_time_drop_datagrams_from_low_ports(serve):
         assert len(high.recv(16)) == 4
         assert replies(low) == []
     assert server.refused["low_source_port"] == 1
+
+
+def test_one_wake_up_answers_the_datagrams_already_waiting():
+    """Up to `batch` of them, each on its own: a malformed one is dropped."""
+    with NtpServer(("127.0.0.1", 0), local_stratum=10, burst=None) as server:
+        server.batch = 3
+        with udp_socket() as sock:
+            probes = [ntp.request_packet(n * S) for n in range(1, 5)]
+            # All five are in the server's buffer before it reads one.
+            for data in (probes[0], b"garbage", *probes[1:]):
+                sock.sendto(data, server.server_address)
+            bounded(server.handle_request)  # one wake-up: the first three
+            for probe in probes[:2]:
+                assert ntp.check_reply(sock.recv(512), probe).stratum == 10
+            assert server.dropped["not an NTP client request"] == 1
+            # Replies over loopback arrive before sendto() returns: none
+            # more has been sent.
+            sock.setblocking(False)
+            with pytest.raises(BlockingIOError):
+                sock.recv(512)
+            sock.settimeout(TIMEOUT)
+            bounded(server.handle_request)  # the two left
+            for probe in probes[2:]:
+                assert ntp.check_reply(sock.recv(512), probe).stratum == 10
 
 
 GARBAGE_SEED = 20261127

@@ -20,7 +20,13 @@ from typing import Any
 from . import capabilities
 from .access import host_key as source_key
 from .protocol import Clock, local_now
-from .server import AdmissionMixIn, AnyAddressMixIn, SettingsMixIn, format_address
+from .server import (
+    AdmissionMixIn,
+    AnyAddressMixIn,
+    SettingsMixIn,
+    format_address,
+    serve_waiting,
+)
 
 __all__ = ["DatagramServer", "RateLimiter", "source_key"]
 
@@ -163,17 +169,13 @@ class DatagramServer(
         """Answer the datagram, then those already waiting behind it, up to
         `batch` in all: one wake-up of serve_forever() then answers them all."""
         super().process_request(request, client_address)
-        for _ in range(self.batch - 1 if _DONT_WAIT else 0):
-            try:
-                request, client_address = self._receive(_DONT_WAIT)
-            except OSError:  # none left; any other failure, serve_forever() sees
-                return
-            if not self.verify_request(request, client_address):
-                continue
-            try:
-                super().process_request(request, client_address)
-            except Exception:
-                self.handle_error(request, client_address)
+        if _DONT_WAIT:
+            serve_waiting(
+                self,
+                lambda: self._receive(_DONT_WAIT),
+                super().process_request,
+                self.batch - 1,
+            )
 
     def verify_request(self, request: Any, client_address: Any) -> bool:
         if not super().verify_request(request, client_address):

@@ -21,6 +21,7 @@ import struct
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import Any, cast
 
 from . import capabilities
@@ -108,6 +109,31 @@ def drained(sock: socket.socket, most: int = 16, chunk: int = 4096) -> bool:
         except OSError:
             return True
     return False
+
+
+def serve_waiting(
+    server: socketserver.BaseServer,
+    receive: Callable[[], tuple],
+    serve: Callable[[Any, Any], None],
+    most: int,
+) -> None:
+    """Serve the requests already waiting, up to `most`, after the one that
+    woke serve_forever(): one wake-up then serves them all. Each is verified
+    and its errors handled as serve_forever() does; `receive` takes the next
+    and raises OSError (BlockingIOError) when none is waiting."""
+    for _ in range(most):
+        try:
+            request, client_address = receive()
+        except OSError:
+            return
+        if not server.verify_request(request, client_address):
+            server.shutdown_request(request)
+            continue
+        try:
+            serve(request, client_address)
+        except Exception:
+            server.handle_error(request, client_address)
+            server.shutdown_request(request)
 
 
 class TimeRequestHandler(socketserver.StreamRequestHandler):
@@ -540,6 +566,7 @@ class ThreadPoolMixIn(socketserver.ThreadingMixIn, socketserver.TCPServer):
     settings: tuple[str, ...] = ("thread_idle",)
     thread_idle = 10.0  # seconds a thread waits for another connection, then ends
     thread_name = CONNECTION_THREAD
+    batch = 8  # connections accepted per wake-up of serve_forever(), at most
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._pool_lock = threading.Lock()
@@ -549,7 +576,14 @@ class ThreadPoolMixIn(socketserver.ThreadingMixIn, socketserver.TCPServer):
         super().__init__(*args, **kwargs)
 
     def process_request(self, request: Any, client_address: Any) -> None:
-        """Hand the connection to an idle thread, or start a thread for it."""
+        """Hand the connection to an idle thread, or start a thread for it;
+        then the same for those already waiting, up to `batch` in all, where
+        the listening socket does not block (TimeServer's does not)."""
+        self._hand_off(request, client_address)
+        if self.socket.gettimeout() == 0:
+            serve_waiting(self, self.get_request, self._hand_off, self.batch - 1)
+
+    def _hand_off(self, request: Any, client_address: Any) -> None:
         with self._pool_lock:
             claimed = self._threads_idle > 0
             if claimed:
@@ -734,6 +768,10 @@ class TimeServer(
     def socket_options(self) -> None:
         # Accepted connections inherit the listening socket's buffer size.
         self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.send_buffer)
+        # Connections already waiting are accepted in the same wake-up, until
+        # accept() would block (ThreadPoolMixIn); each handler makes its own
+        # socket blocking.
+        self.socket.setblocking(False)
         super().socket_options()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
