@@ -188,6 +188,10 @@ def test_deadlines_hold_under_handle_request(connect):
         server.wait_finished()
 
 
+@pytest.mark.skipif(
+    not capabilities.SOCKETS_ARE_FILES,
+    reason="the listening socket blocks where its descriptor is not a file's",
+)
 def test_one_wake_up_accepts_the_connections_already_waiting(connect):
     """Up to `batch` of them; the rest stay in the backlog for the next."""
     with RecordingServer(("127.0.0.1", 0)) as server:

@@ -14,6 +14,7 @@ import collections
 import errno
 import io
 import logging
+import os
 import queue
 import socket
 import socketserver
@@ -109,6 +110,18 @@ def drained(sock: socket.socket, most: int = 16, chunk: int = 4096) -> bool:
         except OSError:
             return True
     return False
+
+
+def accepts_at_once(sock: socket.socket) -> bool:
+    """Whether accept() on `sock` fails at once when no connection is waiting.
+
+    Not with a timeout (socket.setdefaulttimeout() gives every socket one):
+    accept() would wait that long for the next connection.
+    """
+    timeout = sock.gettimeout()
+    if timeout is not None:
+        return timeout == 0
+    return capabilities.SOCKETS_ARE_FILES and not os.get_blocking(sock.fileno())
 
 
 def serve_waiting(
@@ -578,9 +591,9 @@ class ThreadPoolMixIn(socketserver.ThreadingMixIn, socketserver.TCPServer):
     def process_request(self, request: Any, client_address: Any) -> None:
         """Hand the connection to an idle thread, or start a thread for it;
         then the same for those already waiting, up to `batch` in all, where
-        the listening socket does not block (TimeServer's does not)."""
+        accept() does not wait for them (TimeServer's does not)."""
         self._hand_off(request, client_address)
-        if self.socket.gettimeout() == 0:
+        if accepts_at_once(self.socket):
             serve_waiting(self, self.get_request, self._hand_off, self.batch - 1)
 
     def _hand_off(self, request: Any, client_address: Any) -> None:
@@ -768,10 +781,12 @@ class TimeServer(
     def socket_options(self) -> None:
         # Accepted connections inherit the listening socket's buffer size.
         self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.send_buffer)
-        # Connections already waiting are accepted in the same wake-up, until
-        # accept() would block (ThreadPoolMixIn); each handler makes its own
-        # socket blocking.
-        self.socket.setblocking(False)
+        if capabilities.SOCKETS_ARE_FILES:
+            # Connections already waiting are accepted in the same wake-up,
+            # until accept() fails (ThreadPoolMixIn). Only the descriptor
+            # stops blocking: the socket object keeps no timeout, so that
+            # handle_request() still waits; handlers make theirs blocking.
+            os.set_blocking(self.socket.fileno(), False)
         super().socket_options()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
