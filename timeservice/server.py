@@ -11,7 +11,9 @@ The command line (``python -m timeservice.server``) is timeservice.service.
 from __future__ import annotations
 
 import collections
+import contextlib
 import errno
+import functools
 import io
 import logging
 import os
@@ -23,7 +25,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any, BinaryIO, cast
 
 from . import capabilities
 from .access import AccessList, RefusalLog, host_key
@@ -167,22 +169,24 @@ class TimeRequestHandler(socketserver.StreamRequestHandler):
     disable_nagle_algorithm = True  # replies are small and must not wait for an ACK
     fd_reader = capabilities.SOCKETS_ARE_FILES  # C reader; else makefile()'s
     read_buffer = 4096
-    rbufsize = 0  # socketserver's reader is replaced in setup()
 
     def setup(self) -> None:
-        super().setup()
+        # StreamRequestHandler.setup() makes a reader with makefile(), whose
+        # reads run Python code; a buffered reader over the file descriptor
+        # reads in C. The writer is made only if a subclass asks for wfile:
+        # the handler itself sends with sendall().
+        self.connection = sock = self.request
         # Blocking, whatever socket.setdefaulttimeout() the program has set:
         # a socket with a timeout is non-blocking underneath, and a reader
         # over its descriptor would take "no byte yet" for EOF.
-        self.connection.settimeout(None)
-        # socket.makefile()'s reader runs Python code on every read; a
-        # buffered reader over the file descriptor reads in C.
-        self.rfile.close()
+        sock.settimeout(None)
+        if self.disable_nagle_algorithm:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
         if self.fd_reader:
-            raw = io.FileIO(self.connection.fileno(), "rb", closefd=False)
+            raw = io.FileIO(sock.fileno(), "rb", closefd=False)
             self.rfile = io.BufferedReader(raw, self.read_buffer)
         else:
-            self.rfile = self.connection.makefile("rb", self.read_buffer)
+            self.rfile = sock.makefile("rb", self.read_buffer)
         self.peer = format_address(self.client_address)
         self.debug = logger.isEnabledFor(logging.DEBUG)
         self.reply = reply_source(self.server.clock)
@@ -213,8 +217,19 @@ class TimeRequestHandler(socketserver.StreamRequestHandler):
                 # A last request without its LF is still answered; EOF follows.
             line_received(request)
 
+    @functools.cached_property
+    def wfile(self) -> BinaryIO:  # type: ignore[override]
+        """The connection as a file to write to, for subclasses; flushed and
+        closed at the end."""
+        return self.connection.makefile("wb")
+
     def finish(self) -> None:
-        super().finish()
+        wfile = self.__dict__.get("wfile")  # None unless a subclass made one
+        if wfile is not None:
+            with contextlib.suppress(OSError):  # as StreamRequestHandler does
+                wfile.flush()
+            wfile.close()
+        self.rfile.close()
         why = f" ({self.stop_reason})" if self.stop_reason else ""
         logger.info("%s: closed after %d request(s)%s", self.peer, self.requests, why)
 
@@ -254,7 +269,7 @@ class TimeRequestHandler(socketserver.StreamRequestHandler):
         """
         logger.debug("%s: closing with %r", self.peer, line)
         self.server.count_error(line)
-        self.wfile.write(line)
+        self.connection.sendall(line)
         self.connection.shutdown(socket.SHUT_WR)
         drain(self.connection, self.server.linger)
 
