@@ -388,6 +388,20 @@ def test_the_makefile_reader_serves_the_protocol(start_server, connect):
     assert connection.line() == b""
 
 
+def test_a_subclass_may_write_to_wfile_and_finish_flushes_it(start_server, connect):
+    class Greeter(TimeRequestHandler):
+        def line_received(self, request: bytes) -> None:
+            self.wfile.write(b"hello " + request + b"\n")  # buffered, not flushed
+
+    server = start_server(handler_class=Greeter)
+    connection = connect(server)
+    connection.send(b"one\ntwo\n")
+    connection.sock.shutdown(socket.SHUT_WR)  # EOF: the handler finishes
+    assert connection.line() == b"hello one\n"
+    assert connection.line() == b"hello two\n"
+    assert connection.line() == b""
+
+
 def test_without_a_watchdog_a_connection_is_refused(start_server, connect, monkeypatch):
     server = start_server()
     no_threads_named(monkeypatch, WATCHDOG_THREAD)

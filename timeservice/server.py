@@ -226,9 +226,8 @@ class TimeRequestHandler(socketserver.StreamRequestHandler):
     def finish(self) -> None:
         wfile = self.__dict__.get("wfile")  # None unless a subclass made one
         if wfile is not None:
-            with contextlib.suppress(OSError):  # as StreamRequestHandler does
-                wfile.flush()
-            wfile.close()
+            with contextlib.suppress(OSError):  # the client may be gone
+                wfile.close()  # flushes first
         self.rfile.close()
         why = f" ({self.stop_reason})" if self.stop_reason else ""
         logger.info("%s: closed after %d request(s)%s", self.peer, self.requests, why)
