@@ -318,10 +318,8 @@ def test_out_of_files_the_server_pauses_then_serves_again():
 
 # Shutdown and soak, on a server process
 
-
-@needs_sigterm
-@slow
-@pytest.mark.parametrize(
+# One process, and two worker processes forked where they can be.
+one_or_two_workers = pytest.mark.parametrize(
     "workers",
     [
         "1",
@@ -330,6 +328,11 @@ def test_out_of_files_the_server_pauses_then_serves_again():
         ),
     ],
 )
+
+
+@needs_sigterm
+@slow
+@one_or_two_workers
 def test_sigterm_under_pipelined_load_answers_whole_lines_and_exits(workers):
     with server_process("0", "--workers", workers) as (process, port):
         results = {}
@@ -496,24 +499,27 @@ while True:
 
 @slow
 @needs_netns
-def test_two_hosts_over_ipv4_and_ipv6():
+@one_or_two_workers
+def test_two_hosts_over_ipv4_and_ipv6(workers):
+    options = ("0", "-q", "--workers", workers)
     with two_hosts() as (server_ns, client_ns):
         in_server_ns = ("ip", "netns", "exec", server_ns)
-        with server_process("-b", "0.0.0.0", "0", "-q", launcher=in_server_ns) as (
+        with server_process("-b", "0.0.0.0", *options, launcher=in_server_ns) as (
             _,
             port,
         ):
             answer = client_in(client_ns, SERVER_V4, str(port))
             assert answer.returncode == 0, answer.stderr
             timestamp(answer.stdout.encode())
-        with server_process("-b", "::", "0", "-q", launcher=in_server_ns) as (_, port):
+        with server_process("-b", "::", *options, launcher=in_server_ns) as (_, port):
             for address in (SERVER_V6, SERVER_V4):
                 answer = client_in(client_ns, address, str(port), "--offset", "--json")
                 assert answer.returncode == 0, answer.stderr
                 figures = json.loads(answer.stdout)
                 assert abs(figures["offset"]) <= figures["error"]  # one machine's clock
             print(
-                f"two namespaces: answers over {SERVER_V4} and {SERVER_V6}; "
+                f"two namespaces, {workers} worker(s): answers over {SERVER_V4} and "
+                f"{SERVER_V6}; "
                 f"delay over the veth pair {figures['delay'] * 1e6:.0f} us"
             )
 
