@@ -109,11 +109,11 @@ class DatagramServer(
     Settings: rate, burst (None turns the limit off), min_source_port
     (datagrams from lower ports are dropped, as inetd does against loops
     between services), max_packet_size, and AdmissionMixIn's (a denied
-    source gets nothing). Class variable: batch, the datagrams already
-    waiting that one wake-up answers. Handlers call drop(reason) for a datagram they
-    do not answer and add to `answered`. The handler's request is
-    ``(data, socket, receive_ns)``: the kernel's receive time where the
-    platform gives it (SO_TIMESTAMPNS), else the time it was read.
+    source gets nothing). Class variable: batch, the most datagrams one
+    wake-up answers of those already waiting. Handlers call drop(reason)
+    for a datagram they do not answer and add to `answered`. The handler's
+    request is ``(data, socket, receive_ns)``: the kernel's receive time
+    where the platform gives it (SO_TIMESTAMPNS), else the time it was read.
     """
 
     settings: tuple[str, ...] = ("rate", "burst", "min_source_port", "clock")

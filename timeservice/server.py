@@ -587,7 +587,9 @@ class ThreadPoolMixIn(socketserver.ThreadingMixIn, socketserver.TCPServer):
     `thread_idle` seconds without one. A connection that no thread can be
     started for goes to refuse(request, client_address, "busy"), which may be
     overridden (by default it is closed). Class variables: thread_idle,
-    thread_name, and ThreadingMixIn's daemon_threads and block_on_close.
+    thread_name, batch (the most connections one wake-up of serve_forever()
+    takes of those already waiting), and ThreadingMixIn's daemon_threads and
+    block_on_close.
     """
 
     settings: tuple[str, ...] = ("thread_idle",)
