@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import json
 import logging
@@ -233,6 +234,19 @@ def test_a_whole_second_reading_widens_the_bound_by_that_second():
     )
     assert sample.offset == pytest.approx(2.4999, abs=1e-12)
     assert sample.error == pytest.approx(0.5001, abs=1e-12)
+
+
+def test_a_whole_second_from_a_clock_that_moves_once_a_tick_is_in_the_bound(serve):
+    # glibc's time() on Linux (xinetd's Daytime and Time) moves once a tick:
+    # 1.7 ms into second 10 it may still say 9. One machine: offset 0.
+    t1 = 10 * S + 1_700_000
+    exact = Sample(t1=t1, ts=9 * S, t4=t1 + 150_000, delay=150_000, resolution=S)
+    assert abs(exact.offset) > exact.error  # the second alone misses it
+    widened = dataclasses.replace(exact, resolution=S + client.COARSE_CLOCK)
+    assert abs(widened.offset) <= widened.error
+    # The client allows the tick for every reading in whole seconds.
+    tcp = serve(OneShotServer, TimeHandler)
+    assert client.ask_time("127.0.0.1", port_of(tcp)).resolution == widened.resolution
 
 
 # Daytime forms

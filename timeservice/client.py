@@ -33,6 +33,11 @@ from .protocol import (
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_TIMEOUT = 5.0
+# A server that names whole seconds may read them from a clock that moves
+# once a tick, as glibc's time() on Linux does (xinetd's Daytime and Time):
+# it can name the second that ended up to a tick ago. 10 ms is the longest
+# Linux tick (HZ=100).
+COARSE_CLOCK = 10_000_000  # ns
 OFFSET_SAMPLES = 8
 PORTS = {
     "line": DEFAULT_PORT,
@@ -203,6 +208,8 @@ def ask_daytime(
         return text, None
     ts = timestamp_ns(reading.moment)
     resolution = round(reading.resolution * NANOSECONDS)
+    if resolution >= NANOSECONDS:
+        resolution += COARSE_CLOCK
     answer = format_timestamp(reading.moment)
     return answer, Sample(t1, ts, t4, delay, answer, resolution)
 
@@ -223,7 +230,7 @@ def ask_time(
     except ValueError as exc:
         raise ReplyError(str(exc)) from None
     ts = seconds * NANOSECONDS
-    return Sample(t1, ts, t4, delay, local_timestamp(ts), NANOSECONDS)
+    return Sample(t1, ts, t4, delay, local_timestamp(ts), NANOSECONDS + COARSE_CLOCK)
 
 
 def ask_ntp(
