@@ -169,18 +169,24 @@ def server_state(
     return ServerState(LEAP_UNSYNCHRONISED, 0, b"INIT", precision, max_error)
 
 
-def client_request(packet: bytes) -> Packet | None:
-    """The request a server answers, or None: a 48-byte client packet, version 1-4.
+def request_version(packet: bytes) -> int | None:
+    """The version of a request a server answers, or None: a 48-byte client
+    packet, version 1-4.
 
     Anything else (short, another mode, extension fields or a MAC, which
     this server does not implement) is dropped.
     """
     if len(packet) != PACKET_BYTES:
         return None
-    request = Packet.unpack(packet)
-    if request.mode != MODE_CLIENT or request.version not in VERSIONS:
+    version = packet[0] >> 3 & 7
+    if packet[0] & 7 != MODE_CLIENT or version not in VERSIONS:
         return None
-    return request
+    return version
+
+
+def client_request(packet: bytes) -> Packet | None:
+    """The request a server answers (see request_version()), or None."""
+    return None if request_version(packet) is None else Packet.unpack(packet)
 
 
 def server_reply(
@@ -193,10 +199,8 @@ def server_reply(
     poll and transmit fields are copied as bytes: a server answers every
     datagram it is sent, so this is packed at once rather than field by field.
     """
-    if len(packet) != PACKET_BYTES:
-        return None
-    version = packet[0] >> 3 & 7
-    if packet[0] & 7 != MODE_CLIENT or version not in VERSIONS:
+    version = request_version(packet)
+    if version is None:
         return None
     receive = to_timestamp(receive_ns)
     head = _REPLY_HEAD.pack(
