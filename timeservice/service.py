@@ -521,13 +521,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(how, flush=True)
         notifier.notify("READY=1", f"STATUS={status_line(opened, account)}")
 
+    def stopping() -> None:
+        notifier.notify("STOPPING=1", "STATUS=Shutting down")
+
     try:
         if args.workers > 1:
-            return serve_in_workers(servers, args, notifier, ready)
+            return serve_in_workers(servers, args, stopping, ready)
         service = Service(servers)
 
         def stop() -> None:
-            notifier.notify("STOPPING=1", "STATUS=Shutting down")
+            stopping()
             service.stop()
 
         with stop_on_signals(stop), kept_on_cpu(choose_cpu(args.cpu)):
@@ -541,7 +544,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def serve_in_workers(
     servers: list[socketserver.BaseServer],
     args: argparse.Namespace,
-    notifier: systemd.Notifier,
+    stopping: Callable[[], None],
     ready: Callable[[str], None],
 ) -> int:
     """Serve the bound sockets from `args.workers` processes, each on a CPU
@@ -559,7 +562,7 @@ def serve_in_workers(
         return 0
 
     supervisor = prefork.Supervisor(args.workers, work)
-    supervisor.on_stop = lambda: notifier.notify("STOPPING=1", "STATUS=Shutting down")
+    supervisor.on_stop = stopping
     try:
         return supervisor.serve(
             lambda: ready(f"Serving from {args.workers} worker processes.")
@@ -572,9 +575,9 @@ def serve_in_workers(
 def worker_cpus(choice: str | int, count: int) -> list[int | None]:
     """The CPU of each worker: with ``auto``, one each in turn where there
     are several CPUs and a GIL; with ``off``, none."""
-    cpus = sorted(capabilities.allowed_cpus())
-    if choice == "off" or len(cpus) < 2 or not capabilities.gil_enabled():
+    if choose_cpu(choice) is None:  # off, or nothing to gain from keeping
         return [None] * count
+    cpus = sorted(capabilities.allowed_cpus())
     return [cpus[number % len(cpus)] for number in range(count)]
 
 
