@@ -2,13 +2,22 @@
 """Benchmark timeservice against the assignment's sketch, an asyncio server and
 a minimal C server on epoll (built with the system's C compiler, if any).
 
-Each server runs as its own process on loopback, port 0; the load comes from
-other processes, one closed request/reply loop per connection. Servers take
-turns within every round, so the machine's drift hits all of them alike, and
-the table shows the median over the rounds. Progress goes to stderr, the
-table to stdout. Where chronyd is installed, NTP over UDP is measured too:
-this server's NTP service against chronyd serving ``local stratum 10``, both
-with their rate limits off.
+Each server runs as its own process on loopback, port 0. The load comes from
+a generator written in C (scripts/peers/load.c, built like the C server): a
+thread per connection, each in a closed request/reply loop, so that it can
+drive more than any server here can take. Where there is no C compiler, the
+load comes from Python processes instead, and the rows say so. For every
+workload the server's CPU time per reply (user and system, its whole process
+tree, from /proc) stands beside its rate, and so does the generator's: a row
+where the generator used most of the CPU the server left it is marked
+generator-bound, and no rate ratio is made of it.
+
+A round starts every server afresh for every workload, the servers taking
+turns, so that the machine's drift hits all of them alike; the table shows
+the median over the rounds and the spread between them. Progress goes to
+stderr, the table to stdout. Where chronyd is installed, NTP over UDP is
+measured too: this server's NTP service against chronyd serving ``local
+stratum 10``, both with their rate limits off.
 
     python scripts/bench.py [--rounds N] [--seconds S] [--quick] [--json FILE]
 """
@@ -41,6 +50,12 @@ REPLY = re.compile(rb"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}[+-]\d\d:\d\d\n")
 REPLY_BYTES = len(b"2026-11-27T10:15:42.000000+01:00\n")  # every timestamp line
 IDLE_CONNECTIONS = 1000
 START_TIMEOUT = 10.0
+# A row is generator-bound when the generator was on a CPU for this share of
+# the time it could have been: of its threads' (or processes') time, at most
+# the cores the server left free.
+GENERATOR_BOUND = 0.8
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+CORES = len(os.sched_getaffinity(0))
 SERVER_NAMES = {
     "ours": "timeservice",
     "workers": "2 workers",
@@ -123,17 +138,59 @@ class Server:
                     return int(line.split()[1]) * 1024
         raise RuntimeError("no VmRSS")
 
-    def cpu(self) -> float:
+    def cpu(self) -> tuple[float, float]:
         """CPU seconds used so far, user and system, its worker processes' too."""
-        pid = self.process.pid
-        with open(f"/proc/{pid}/task/{pid}/children") as listed:
-            pids = [pid, *(int(child) for child in listed.read().split())]
-        ticks = 0
-        for each in pids:
-            with open(f"/proc/{each}/stat") as stat:
-                fields = stat.read().rsplit(")", 1)[1].split()
-            ticks += int(fields[11]) + int(fields[12])
-        return ticks / os.sysconf("SC_CLK_TCK")
+        return tree_cpu(self.process.pid)
+
+
+def tree_cpu(pid: int) -> tuple[float, float]:
+    """User and system CPU seconds of a process and its descendants, all threads."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    user, system = int(fields[11]) / CLOCK_TICKS, int(fields[12]) / CLOCK_TICKS
+    with open(f"/proc/{pid}/task/{pid}/children") as listed:
+        for child in listed.read().split():
+            more = tree_cpu(int(child))
+            user, system = user + more[0], system + more[1]
+    return user, system
+
+
+def sleep_until(monotonic_ns: int) -> None:
+    time.sleep(max(0.0, (monotonic_ns - time.monotonic_ns()) / 1e9))
+
+
+class CLoad:
+    """The C load generator, running one workload: a thread per connection."""
+
+    label = "C"
+
+    def __init__(self, binary, address, connections, mode, start, end):
+        self.parallel = connections  # threads that can be on a CPU at once
+        figures = (address[1], connections, start, end)
+        self.process = subprocess.Popen(
+            [binary, mode, *map(str, figures)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        self.pids = [self.process.pid]
+        self.timeout = (end - time.monotonic_ns()) / 1e9 + 30
+
+    def results(self) -> tuple[int, int, int, int]:
+        """Replies, bad replies, median and 99th percentile latency (ns)."""
+        out, _ = self.process.communicate("", timeout=self.timeout)
+        if self.process.returncode != 0:
+            raise RuntimeError(f"the load generator failed: {out!r}")
+        figures = dict(item.split("=") for item in out.split())
+        replies, bad, p50, p99 = (
+            int(figures[key]) for key in ("replies", "bad", "p50_ns", "p99_ns")
+        )
+        return replies, bad, p50, p99
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.communicate()
 
 
 # The load: the cheapest loops this can be written as in Python.
@@ -283,77 +340,117 @@ def ntp_clients(address, count, start, end, reconnect=False):
     return latencies, bad
 
 
-def driver(address, count, start, end, reconnect, results):
-    before = resource.getrusage(resource.RUSAGE_SELF)
+def driver(address, count, start, end, mode, results, release):
+    """One Python load process: its clients' latencies and bad replies, put in
+    `results`; it stays until `release` is set, so that its CPU can be read."""
     try:
-        if reconnect == "ntp":
+        if mode == "ntp":
             latencies, bad = ntp_clients(address, count, start, end)
         elif count == 1:
-            latencies, bad = one_connection(address, start, end, reconnect)
+            latencies, bad = one_connection(address, start, end, mode == "per-request")
         else:
-            latencies, bad = many_connections(address, count, start, end, reconnect)
+            latencies, bad = many_connections(
+                address, count, start, end, mode == "per-request"
+            )
     except Exception as exc:
         results.put(exc)
-        return
-    after = resource.getrusage(resource.RUSAGE_SELF)
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    results.put((latencies.tobytes(), bad, cpu))
+    else:
+        results.put((latencies.tobytes(), bad))
+    release.wait(end / 1e9 - time.monotonic() + 30)
+
+
+class PythonLoad:
+    """The load from Python processes, where there is no C compiler: one for
+    up to 7 connections, two from 8 (epoll in each, for many)."""
+
+    label = "Python"
+
+    def __init__(self, address, connections, mode, start, end):
+        self.parallel = 1 if connections < 8 else 2
+        context = multiprocessing.get_context("fork")
+        self.queue, self.release = context.Queue(), context.Event()
+        shares = [
+            connections // self.parallel + (i < connections % self.parallel)
+            for i in range(self.parallel)
+        ]
+        self.workers = [
+            context.Process(
+                target=driver,
+                args=(address, n, start, end, mode, self.queue, self.release),
+            )
+            for n in shares
+        ]
+        for worker in self.workers:
+            worker.start()
+        self.pids = [worker.pid for worker in self.workers]
+        self.timeout = (end - time.monotonic_ns()) / 1e9 + 30
+
+    def results(self) -> tuple[int, int, int, int]:
+        """Replies, bad replies, median and 99th percentile latency (ns)."""
+        self.release.set()
+        latencies, bad = array.array("q"), 0
+        for _ in self.workers:
+            result = self.queue.get(timeout=self.timeout)
+            if isinstance(result, Exception):
+                raise RuntimeError(f"the load generator failed: {result!r}")
+            latencies.frombytes(result[0])
+            bad += result[1]
+        ordered = sorted(latencies)
+        if not ordered:
+            return 0, bad, 0, 0
+        return len(ordered), bad, percentile(ordered, 0.5), percentile(ordered, 0.99)
+
+    def stop(self) -> None:
+        self.release.set()
+        for worker in self.workers:
+            worker.join(timeout=10)
+            if worker.is_alive():
+                worker.kill()
+                worker.join()
 
 
 def percentile(ordered, fraction):
     return ordered[min(len(ordered) - 1, int(len(ordered) * fraction))]
 
 
-def run_load(server, connections, reconnect, seconds, warmup):
-    """Drive `server` from separate processes; return the figures of one run."""
-    processes = 1 if connections < 8 else 2
-    context = multiprocessing.get_context("fork")
-    results = context.Queue()
-    now = time.monotonic_ns()
-    start = now + int((warmup + 0.2) * 1e9)
+def run_load(server, connections, mode, seconds, warmup, generator):
+    """Drive `server` with `generator` (CLoad or PythonLoad, as a callable of
+    the address, connections, mode, start and end); the figures of one run."""
+    start = time.monotonic_ns() + int((warmup + 0.2) * 1e9)
     end = start + int(seconds * 1e9)
-    share = [
-        connections // processes + (i < connections % processes)
-        for i in range(processes)
-    ]
-    workers = [
-        context.Process(
-            target=driver, args=(server.address, n, start, end, reconnect, results)
-        )
-        for n in share
-    ]
-    for worker in workers:
-        worker.start()
-    # Sample the server's CPU over the measured window only.
-    time.sleep(max(0.0, (start - time.monotonic_ns()) / 1e9))
-    cpu_before = server.cpu()
-    time.sleep(max(0.0, (end - time.monotonic_ns()) / 1e9))
-    server_cpu = server.cpu() - cpu_before
-    latencies, bad, driver_cpu = array.array("q"), 0, 0.0
-    for _ in workers:
-        result = results.get(timeout=seconds + warmup + 30)
-        if isinstance(result, Exception):
-            raise RuntimeError(f"{server.name}: load generator failed: {result!r}")
-        data, worker_bad, cpu = result
-        latencies.frombytes(data)
-        bad += worker_bad
-        driver_cpu += cpu
-    for worker in workers:
-        worker.join()
-    ordered = sorted(latencies)
-    if not ordered:
+    load = generator(server.address, connections, mode, start, end)
+    try:
+        # The CPU of both sides over the measured window only.
+        sleep_until(start)
+        server_before, load_before = server.cpu(), load_cpu(load)
+        sleep_until(end)
+        server_after, load_after = server.cpu(), load_cpu(load)
+        replies, bad, p50, p99 = load.results()
+    finally:
+        load.stop()
+    if not replies:
         raise RuntimeError(f"{server.name}: no replies")
-    rps = len(ordered) / seconds
-    busy = driver_cpu / ((seconds + warmup + 0.2) * processes)
+    user = server_after[0] - server_before[0]
+    system = server_after[1] - server_before[1]
+    server_cores = (user + system) / seconds
+    generator = (load_after - load_before) / seconds
+    room = min(load.parallel, max(CORES - server_cores, 0.1))
     return {
-        "rps": rps,
-        "p50_ms": percentile(ordered, 0.50) / 1e6,
-        "p99_ms": percentile(ordered, 0.99) / 1e6,
+        "rps": replies / seconds,
+        "p50_ms": p50 / 1e6,
+        "p99_ms": p99 / 1e6,
         "bad_replies": bad,
-        "server_cpu": server_cpu / seconds,  # cores kept busy
-        "load_gen_busy": busy,  # share of its processes' time on a CPU
-        "load_gen_max_rps": rps / busy if busy else 0.0,  # if it never waited
+        "server_cpu": server_cores,  # cores kept busy
+        "server_us": (user + system) / replies * 1e6,  # CPU per reply
+        "server_user_us": user / replies * 1e6,
+        "server_system_us": system / replies * 1e6,
+        "generator_us": generator * seconds / replies * 1e6,
+        "generator_busy": generator / room,  # of the CPU the server left it
     }
+
+
+def load_cpu(load) -> float:
+    return sum(sum(tree_cpu(pid)) for pid in load.pids)
 
 
 def idle_memory(server, count):
@@ -381,12 +478,12 @@ def check_replies(server):
 
 
 WORKLOADS = [
-    # name, connections, new connection per request
-    ("1 connection, persistent", 1, False),
-    ("8 connections, persistent", 8, False),
-    ("64 connections, persistent", 64, False),
-    ("1 client, connection per request", 1, True),
-    ("8 clients, connection per request", 8, True),
+    # name, connections, the generator's mode
+    ("1 connection, persistent", 1, "persistent"),
+    ("8 connections, persistent", 8, "persistent"),
+    ("64 connections, persistent", 64, "persistent"),
+    ("1 client, connection per request", 1, "per-request"),
+    ("8 clients, connection per request", 8, "per-request"),
 ]
 MEMORY = f"{IDLE_CONNECTIONS} idle connections"
 NTP_WORKLOAD = ("NTP over UDP, 8 clients", 8, "ntp")
@@ -466,28 +563,44 @@ def machine():
     }
 
 
-def build_c_server(workdir):
-    """The C epoll peer, compiled with the system's C compiler; None without one."""
+def build(workdir, name, *flags):
+    """A C peer, compiled from scripts/peers/NAME.c with the system's C
+    compiler; None, with a message, where it cannot be."""
     compiler = shutil.which("cc") or shutil.which("gcc")
     if compiler is None:
-        print("no C compiler (cc); no C epoll server", file=sys.stderr)
+        print(f"no C compiler (cc): no {name}", file=sys.stderr)
         return None
-    binary = os.path.join(workdir, "epoll_server")
-    source = str(PEERS / "epoll_server.c")
+    binary = os.path.join(workdir, name)
+    source = str(PEERS / f"{name}.c")
     built = subprocess.run(
-        [compiler, "-O2", "-o", binary, source], capture_output=True, text=True
+        [compiler, "-O2", *flags, "-o", binary, source], capture_output=True, text=True
     )
     if built.returncode != 0:
-        print(f"the C epoll server did not build:\n{built.stderr}", file=sys.stderr)
+        print(f"{name}.c did not build:\n{built.stderr}", file=sys.stderr)
         return None
     return binary
 
 
+def choose_generator(workdir, python_load):
+    """CLoad with the built generator, or PythonLoad where it cannot be built;
+    and which it is, "C" or "Python"."""
+    binary = None if python_load else build(workdir, "load", "-pthread")
+    if binary is None:
+        print(
+            "the load comes from Python processes, which saturate before the "
+            "fastest servers: the rows are marked",
+            file=sys.stderr,
+        )
+        return PythonLoad, PythonLoad.label
+    return (lambda *where: CLoad(binary, *where)), CLoad.label
+
+
 def run(args):
     workdir = tempfile.mkdtemp(prefix="bench-")
-    c_server = build_c_server(workdir)
+    c_server = build(workdir, "epoll_server")
     if c_server is not None:
         SERVERS["c"] = [c_server]
+    generator, label = choose_generator(workdir, args.python_load)
     if not hasattr(os, "fork"):
         SERVERS.pop("workers")
     servers = list(SERVERS)
@@ -504,84 +617,155 @@ def run(args):
     ntp = {server: [] for server in ntp_servers}
     for number in range(args.rounds):
         order = servers[number % len(servers) :] + servers[: number % len(servers)]
-        for name, connections, reconnect in WORKLOADS:
+        for name, connections, mode in WORKLOADS:
             for server_name in order:
-                progress(number, args.rounds, server_name, name)
+                progress(number, args.rounds, SERVER_NAMES[server_name], name)
                 with Server(server_name) as server:
                     check_replies(server)
                     samples[name][server_name].append(
                         run_load(
-                            server, connections, reconnect, args.seconds, args.warmup
+                            server,
+                            connections,
+                            mode,
+                            args.seconds,
+                            args.warmup,
+                            generator,
                         )
                     )
         if memory_ok:
             for server_name in [s for s in order if s != "workers"]:  # one process
-                progress(number, args.rounds, server_name, MEMORY)
+                progress(number, args.rounds, SERVER_NAMES[server_name], MEMORY)
                 with Server(server_name) as server:
                     memory[server_name].append(idle_memory(server, IDLE_CONNECTIONS))
-        name, clients, kind = NTP_WORKLOAD
+        name, clients, mode = NTP_WORKLOAD
         for server_name in ntp_servers[number % 2 :] + ntp_servers[: number % 2]:
-            round_ = f"round {number + 1} of {args.rounds}"
-            print(f"{round_}: {NTP_NAMES[server_name]}, {name}", file=sys.stderr)
+            progress(number, args.rounds, NTP_NAMES[server_name], name)
             with start_ntp_server(server_name, workdir) as server:
                 ntp[server_name].append(
-                    run_load(server, clients, kind, args.seconds, args.warmup)
+                    run_load(
+                        server, clients, mode, args.seconds, args.warmup, generator
+                    )
                 )
     shutil.rmtree(workdir, ignore_errors=True)
-    return summarise(args, samples, memory, ntp)
+    return summarise(args, label, samples, memory, ntp)
 
 
 def progress(number, rounds, server, workload):
     print(
-        f"round {number + 1} of {rounds}: {SERVER_NAMES[server]}, {workload}",
+        f"round {number + 1} of {rounds}: {server}, {workload}",
         file=sys.stderr,
         flush=True,
     )
 
 
-def median_of(runs, key):
-    return statistics.median(run[key] for run in runs)
+def spread(runs, key):
+    """How far the rounds lie apart: (largest - smallest) / median."""
+    values = [run[key] for run in runs]
+    middle = statistics.median(values)
+    return (max(values) - min(values)) / middle if middle else 0.0
 
 
-def summarise(args, samples, memory, ntp):
-    results = {}
+def summary(runs, generator):
+    """The median of every figure over the rounds, the spread of the rate and
+    of the CPU per reply, and whether the generator was the limit."""
+    figures = {key: statistics.median(run[key] for run in runs) for key in runs[0]}
+    return figures | {
+        "rps_spread": spread(runs, "rps"),
+        "server_us_spread": spread(runs, "server_us"),
+        "generator": generator,
+        "generator_bound": figures["generator_busy"] >= GENERATOR_BOUND,
+        "rounds": runs,
+    }
+
+
+def compare(results, reference):
+    """Each server's CPU per reply ÷ the reference's, and timeservice's rate
+    ÷ each peer's; None where either row was generator-bound."""
+    base = results.get(reference)
+    for figures in results.values():
+        figures["server_us_to_reference"] = (
+            quotient(figures["server_us"], base["server_us"]) if base else None
+        )
+    ours = results["ours"]
+    return {
+        peer: {
+            "rps": (
+                None
+                if ours["generator_bound"] or figures["generator_bound"]
+                else quotient(ours["rps"], figures["rps"])
+            ),
+            "server_us": quotient(ours["server_us"], figures["server_us"]),
+        }
+        for peer, figures in results.items()
+        if peer != "ours"
+    }
+
+
+def quotient(a, b):
+    """a ÷ b, or None where b is 0 (a CPU time under one clock tick)."""
+    return a / b if b else None
+
+
+def summarise(args, generator, samples, memory, ntp):
+    results, ratios = {}, {}
     for name, runs_by_server in samples.items():
         results[name] = {
-            server: {key: median_of(runs, key) for key in runs[0]} | {"rounds": runs}
-            for server, runs in runs_by_server.items()
+            server: summary(runs, generator) for server, runs in runs_by_server.items()
         }
-    ratios = {
-        name: {
-            peer: results[name]["ours"]["rps"] / results[name][peer]["rps"]
-            for peer in SERVERS
-            if peer != "ours"
-        }
-        for name in results
-    }
+        ratios[name] = compare(results[name], "c")
     memory_results = {
-        server: {key: median_of(runs, key) for key in runs[0]} | {"rounds": runs}
+        server: {key: statistics.median(run[key] for run in runs) for key in runs[0]}
+        | {"rounds": runs}
         for server, runs in memory.items()
         if runs
     }
-    ntp_results = {
-        server: {key: median_of(runs, key) for key in runs[0]} | {"rounds": runs}
-        for server, runs in ntp.items()
-    }
+    ntp_results = {server: summary(runs, generator) for server, runs in ntp.items()}
     return {
-        "ntp": ntp_results,
-        "ntp_ratio": (
-            ntp_results["ours"]["rps"] / ntp_results["chronyd"]["rps"]
-            if ntp_results
-            else None
-        ),
         "machine": machine(),
         "command": " ".join(["python", "scripts/bench.py"] + args.argv),
+        "generator": generator,
+        "generator_bound_at": GENERATOR_BOUND,
         "rounds": args.rounds,
         "seconds": args.seconds,
         "workloads": results,
         "ratios": ratios,
         "memory": memory_results,
+        "ntp": ntp_results,
+        "ntp_ratio": compare(ntp_results, "chronyd").get("chronyd"),
     }
+
+
+HEADINGS = (
+    f"{'':<34} {'':<12} {'req/s':>8} {'':>4} {'p99':>6}  "
+    f"{'server CPU per reply, µs':<27} {'gen':>4}",
+    f"{'workload':<34} {'server':<12} {'median':>8} {'±':>4} {'ms':>6}  "
+    f"{'user':>5} {'sys':>5} {'total':>5} {'±':>4} {'÷ ref':>5} {'busy':>4}",
+)
+
+
+def row(name, server, r):
+    """One workload and server: rate, tail, CPU per reply, the generator."""
+    reference = r["server_us_to_reference"]
+    marks = " ".join(
+        mark
+        for mark, shown in (
+            ("generator-bound", r["generator_bound"]),
+            ("Python load", r["generator"] == "Python"),
+        )
+        if shown
+    )
+    return (
+        f"{name:<34} {server:<12} {r['rps']:>8,.0f} {r['rps_spread']:>4.0%}"
+        f" {r['p99_ms']:>6.3f}  {r['server_user_us']:>5.1f}"
+        f" {r['server_system_us']:>5.1f} {r['server_us']:>5.1f}"
+        f" {r['server_us_spread']:>4.0%}"
+        f" {'' if reference is None else f'{reference:.2f}':>5}"
+        f" {r['generator_busy']:>4.0%} {marks}"
+    ).rstrip()
+
+
+def ratio(value):
+    return "gen-bound" if value is None else f"{value:.2f}x"
 
 
 def table(report):
@@ -589,24 +773,22 @@ def table(report):
     m = report["machine"]
     out = [
         f"{m['cpu']}, {m['cores']} cores, Python {m['python']}, {m['kernel']}",
-        f"median of {report['rounds']} rounds of {report['seconds']:g} s each",
+        f"load: {LOAD_NAMES[report['generator']]}",
+        f"median of {report['rounds']} interleaved rounds of {report['seconds']:g} s"
+        " each; ± the spread between rounds, (largest - smallest) ÷ median",
         "",
-        f"{'workload':<34} {'server':<12} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>7}"
-        f" {'server CPU':>10} {'load gen':>8} {'gen max':>8}",
+        *HEADINGS,
     ]
     for name, by_server in report["workloads"].items():
         for i, (server, r) in enumerate(by_server.items()):
-            out.append(
-                f"{name if i == 0 else '':<34} {SERVER_NAMES[server]:<12}"
-                f" {r['rps']:>8,.0f} {r['p50_ms']:>7.3f} {r['p99_ms']:>7.3f}"
-                f" {r['server_cpu']:>10.0%} {r['load_gen_busy']:>8.0%}"
-                f" {r['load_gen_max_rps']:>8,.0f}"
-            )
+            out.append(row(name if i == 0 else "", SERVER_NAMES[server], r))
     peers = list(next(iter(report["ratios"].values())))
     heading = "".join(f" {SERVER_NAMES[peer]:>12}" for peer in peers)
     out += ["", f"{'timeservice req/s ÷ peer req/s':<34}{heading}"]
-    for name, ratio in report["ratios"].items():
-        out.append(f"{name:<34}" + "".join(f" {ratio[p]:>11.2f}x" for p in peers))
+    for name, by_peer in report["ratios"].items():
+        out.append(
+            f"{name:<34}" + "".join(f" {ratio(by_peer[p]['rps']):>12}" for p in peers)
+        )
     if report["memory"]:
         heading = f"{MEMORY}, RSS"
         out += ["", f"{heading:<34} {'server':<12} {'idle MiB':>8} {'+ MiB':>7}"]
@@ -615,17 +797,14 @@ def table(report):
                 f"{'':<34} {SERVER_NAMES[server]:<12}"
                 f" {r['idle_mib']:>8.1f} {r['held_mib']:>7.1f}"
             )
-    for i, (server, r) in enumerate(report["ntp"].items()):
-        if i == 0:
-            out += ["", f"{NTP_WORKLOAD[0]:<34}"]
+    if report["ntp"]:
+        out += ["", *HEADINGS]
+        for i, (server, r) in enumerate(report["ntp"].items()):
+            out.append(row(NTP_WORKLOAD[0] if i == 0 else "", NTP_NAMES[server], r))
         out.append(
-            f"{'':<34} {NTP_NAMES[server]:<12}"
-            f" {r['rps']:>8,.0f} {r['p50_ms']:>7.3f} {r['p99_ms']:>7.3f}"
-            f" {r['server_cpu']:>10.0%} {r['load_gen_busy']:>8.0%}"
-            f" {r['load_gen_max_rps']:>8,.0f}"
+            f"{'timeservice req/s ÷ chronyd req/s':<47}"
+            f" {ratio(report['ntp_ratio']['rps']):>8}"
         )
-    if report["ntp_ratio"] is not None:
-        out.append(f"{'timeservice ÷ chronyd':<34} {report['ntp_ratio']:>11.2f}x")
     bad = sum(
         r["bad_replies"] for by in report["workloads"].values() for r in by.values()
     ) + sum(r["bad_replies"] for r in report["ntp"].values())
@@ -633,11 +812,20 @@ def table(report):
         out += ["", f"WARNING: {bad} replies were not a timestamp line"]
     out += [
         "",
-        "server CPU: cores the server kept busy (100% = one core). load gen: how much",
-        "of its time the load generator spent on a CPU; gen max: the req/s it could",
-        "drive at that cost if it never had to wait for the server.",
+        "server CPU per reply: user and system time of the server's processes and",
+        "threads over the measured seconds, ÷ the replies; ÷ ref: ÷ the C server's",
+        "(chronyd's for NTP). gen busy: the generator's CPU time, ÷ what it could",
+        "have had (its threads, at most the cores the server left free);",
+        f"generator-bound from {GENERATOR_BOUND:.0%}: the generator, not the server,",
+        "set that rate, and no rate ratio is made of it.",
     ]
     return "\n".join(out)
+
+
+LOAD_NAMES = {
+    "C": "scripts/peers/load.c, a thread per connection in a closed loop",
+    "Python": "Python processes (no C compiler), epoll over many connections",
+}
 
 
 def main(argv=None):
@@ -662,6 +850,11 @@ def main(argv=None):
         "--quick",
         action="store_true",
         help="one short round, to check that the script works",
+    )
+    parser.add_argument(
+        "--python-load",
+        action="store_true",
+        help="drive the load from Python processes, as where there is no C compiler",
     )
     parser.add_argument("--json", metavar="FILE", help="also write the figures to FILE")
     args = parser.parse_args(argv)

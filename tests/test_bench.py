@@ -11,8 +11,10 @@ import sys
 import pytest
 from conftest import ROOT
 
-# The C epoll peer is built with the system's C compiler, when there is one.
-SERVERS = {"ours", "seed", "asyncio"} | ({"c"} if shutil.which("cc") else set())
+# The C epoll peer and the C load generator are built with the system's C
+# compiler, when there is one; without it the load comes from Python.
+COMPILER = shutil.which("cc") or shutil.which("gcc")
+SERVERS = {"ours", "seed", "asyncio"} | ({"c"} if COMPILER else set())
 SERVERS |= {"workers"} if hasattr(os, "fork") else set()  # --workers 2
 WORKLOADS = {
     "1 connection, persistent",
@@ -21,13 +23,14 @@ WORKLOADS = {
     "1 client, connection per request",
     "8 clients, connection per request",
 }
+HEADING = "server CPU per reply, µs"
 
 
-@pytest.mark.slow
-def test_the_quick_benchmark_reports_every_server_and_workload(tmp_path):
+def quick_benchmark(tmp_path, *options: str) -> tuple[str, dict]:
     report_file = tmp_path / "bench.json"
     result = subprocess.run(
-        [sys.executable, "scripts/bench.py", "--quick", "--json", str(report_file)],
+        [sys.executable, "scripts/bench.py", "--quick", "--json", str(report_file)]
+        + list(options),
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -36,30 +39,83 @@ def test_the_quick_benchmark_reports_every_server_and_workload(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
     assert "round 1 of 1: seed sketch, 64 connections, persistent" in result.stderr
-    for name in ("timeservice", "seed sketch", "asyncio", *WORKLOADS):
-        assert name in result.stdout
-    if "c" in SERVERS:
-        assert "C epoll" in result.stdout
-    for name in WORKLOADS:
-        assert name in result.stdout
-    assert "WARNING" not in result.stdout
+    assert "WARNING: " not in result.stdout  # every reply was a timestamp line
+    return result.stdout, json.loads(report_file.read_text())
 
-    report = json.loads(report_file.read_text())
+
+def check_figures(figures: dict, generator: str) -> None:
+    """One row's figures: the rate, the tail, CPU per reply, the generator."""
+    assert figures["rps"] > 0
+    assert figures["bad_replies"] == 0
+    assert 0 < figures["p50_ms"] <= figures["p99_ms"]
+    assert figures["server_us"] >= 0
+    assert figures["server_us"] == pytest.approx(
+        figures["server_user_us"] + figures["server_system_us"]
+    )
+    assert figures["generator_us"] >= 0
+    assert figures["generator_bound"] == (figures["generator_busy"] >= 0.8)
+    assert figures["rps_spread"] == figures["server_us_spread"] == 0  # one round
+    assert figures["generator"] == generator
+    assert len(figures["rounds"]) == 1
+
+
+def rows_of(table: str, server: str) -> list[str]:
+    """The rate tables' rows of one server (those with a spread, in %)."""
+    return [
+        line for line in table.splitlines() if f" {server} " in line and "%" in line
+    ]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(COMPILER is None, reason="no C compiler for the C peers")
+def test_the_quick_benchmark_reports_every_server_and_workload(tmp_path):
+    table, report = quick_benchmark(tmp_path)
+    assert "load: scripts/peers/load.c" in table
+    assert table.count(HEADING) == (2 if shutil.which("chronyd") else 1)
+    for name in ("timeservice", "seed sketch", "asyncio", "C epoll", *WORKLOADS):
+        assert name in table
+    assert "Python load" not in table
+    assert len(rows_of(table, "C epoll")) == len(WORKLOADS)
+
+    assert report["generator"] == "C"
+    assert report["command"] == "python scripts/bench.py --quick --json " + str(
+        tmp_path / "bench.json"
+    )
     assert set(report["workloads"]) == WORKLOADS
     for by_server in report["workloads"].values():
         assert set(by_server) == SERVERS
         for figures in by_server.values():
-            assert figures["rps"] > 0
-            assert figures["bad_replies"] == 0
-            assert 0 < figures["p50_ms"] <= figures["p99_ms"]
-            assert figures["load_gen_max_rps"] > 0
-    assert set(report["ratios"]["64 connections, persistent"]) == SERVERS - {"ours"}
+            check_figures(figures, "C")
+        c = by_server["c"]
+        assert c["server_us_to_reference"] in (1.0, None)  # None: under a tick
+    for name, by_peer in report["ratios"].items():
+        assert set(by_peer) == SERVERS - {"ours"}
+        ours = report["workloads"][name]["ours"]
+        for peer, ratio in by_peer.items():
+            peer_figures = report["workloads"][name][peer]
+            bound = ours["generator_bound"] or peer_figures["generator_bound"]
+            assert (ratio["rps"] is None) == bound  # no ratio of a generator's rate
+            if not bound:
+                assert ratio["rps"] == pytest.approx(ours["rps"] / peer_figures["rps"])
     if shutil.which("chronyd"):  # NTP over UDP: ours against chronyd
         assert set(report["ntp"]) == {"ours", "chronyd"}
         for figures in report["ntp"].values():
-            assert figures["rps"] > 0
-            assert figures["bad_replies"] == 0
-        assert report["ntp_ratio"] > 0
+            check_figures(figures, "C")
+        assert set(report["ntp_ratio"]) == {"rps", "server_us"}
     assert set(report["memory"]) == SERVERS - {"workers"}
     for figures in report["memory"].values():
         assert figures["idle_mib"] > 0
+
+
+@pytest.mark.slow
+def test_without_the_c_generator_the_rows_say_the_load_came_from_python(tmp_path):
+    table, report = quick_benchmark(tmp_path, "--python-load")
+    assert "load: Python processes" in table
+    assert report["generator"] == "Python"
+    rows = rows_of(table, "timeservice")
+    assert len(rows) == len(WORKLOADS) + bool(shutil.which("chronyd"))
+    assert all(row.endswith("Python load") for row in rows)
+    for by_server in report["workloads"].values():
+        assert set(by_server) == SERVERS
+        for figures in by_server.values():
+            check_figures(figures, "Python")
