@@ -46,6 +46,40 @@ def one_line(text: str) -> str:
     return text
 
 
+def free_port() -> int:
+    """A port free for TCP and UDP alike, for programs that cannot take port 0."""
+    for _ in range(20):
+        with socket.socket() as tcp, socket.socket(type=socket.SOCK_DGRAM) as udp:
+            tcp.bind(("127.0.0.1", 0))
+            port = tcp.getsockname()[1]
+            try:
+                udp.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise AssertionError("no port free for TCP and UDP")
+
+
+def udp_socket(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
+    """A UDP socket bound on loopback whose reads time out."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind((host, port))
+    sock.settimeout(TIMEOUT)
+    return sock
+
+
+def replies(sock: socket.socket, quiet: float = 0.3) -> list[bytes]:
+    """Every datagram that arrives until none has for `quiet` seconds."""
+    got = []
+    sock.settimeout(quiet)
+    for _ in range(10_000):
+        try:
+            got.append(sock.recv(512))
+        except TimeoutError:
+            return got
+    return got
+
+
 @contextlib.contextmanager
 def listening_socket() -> Iterator[int]:
     """A port that accepts connections into its backlog and never answers."""

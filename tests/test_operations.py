@@ -28,6 +28,7 @@ from conftest import (
     ROOT,
     TIMEOUT,
     bounded,
+    free_port,
     needs_sigterm,
     one_line,
     readline_within,
@@ -657,20 +658,6 @@ def test_group_goes_with_user(capsys):
 
 
 # systemd: socket activation and readiness
-
-
-def free_port() -> int:
-    """A port free for TCP and UDP alike, for programs that cannot take port 0."""
-    for _ in range(20):
-        with socket.socket() as tcp, socket.socket(type=socket.SOCK_DGRAM) as udp:
-            tcp.bind(("127.0.0.1", 0))
-            port = tcp.getsockname()[1]
-            try:
-                udp.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise AssertionError("no port free for TCP and UDP")
 
 
 @contextlib.contextmanager

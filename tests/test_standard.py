@@ -26,7 +26,9 @@ from conftest import (
     faketime,
     one_line,
     readline_within,
+    replies,
     server_process,
+    udp_socket,
 )
 
 from timeservice import (
@@ -294,11 +296,13 @@ def test_a_bucket_allows_its_burst_then_its_rate():
 
 
 def test_the_limiter_remembers_a_bounded_number_of_sources():
-    limiter = RateLimiter(rate=0.0, burst=1, sources=2)
-    for key in "abc":
-        assert limiter.allow(key, 0.0)
-    assert not limiter.allow("c", 0.0)
-    assert limiter.allow("a", 0.0)  # forgotten, so a full bucket again
+    limiter = RateLimiter(rate=0.0, burst=1, sources=2, forget=60.0)
+    assert limiter.allow("a", 0.0) and limiter.allow("b", 1.0)
+    # "a" has been quiet for longer than `forget`: it makes room for "c".
+    assert limiter.allow("c", 61.0)
+    assert not limiter.allow("c", 61.0)  # its own bucket, now empty
+    assert not limiter.allow("b", 61.0)  # still remembered, still empty
+    assert limiter.allow("a", 200.0)  # forgotten, so a full bucket again
 
 
 @pytest.mark.parametrize(
@@ -398,25 +402,6 @@ def test_a_failing_clock_sends_nothing(serve, caplog):
         client.ask_time("127.0.0.1", port_of(udp), udp=True, timeout=0.3)
     assert "cannot read the clock" in caplog.text
     caplog.clear()  # expected errors, one line each
-
-
-def udp_socket(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.bind((host, port))
-    sock.settimeout(TIMEOUT)
-    return sock
-
-
-def replies(sock: socket.socket, quiet: float = 0.3) -> list[bytes]:
-    """Every datagram that arrives until none has for `quiet` seconds."""
-    got = []
-    sock.settimeout(quiet)
-    for _ in range(10_000):
-        try:
-            got.append(sock.recv(512))
-        except TimeoutError:
-            return got
-    return got
 
 
 def test_a_flood_from_one_source_gets_no_more_than_its_limit(serve):
@@ -614,9 +599,7 @@ def oneshot_server(reply: bytes):
 
 
 def test_the_client_names_a_kiss_of_death_in_one_line(serve, capsys):
-    server = serve(
-        NtpServer, NtpHandler, local_stratum=10, burst=1, rate=0.0, kiss_every=1
-    )
+    server = serve(NtpServer, NtpHandler, local_stratum=10, burst=1, rate=0.0)
     port = str(port_of(server))
     assert client.main(["--protocol", "ntp", "127.0.0.1", port]) == 0
     capsys.readouterr()

@@ -99,7 +99,8 @@ CAUSES = {
     "per_host": "too many connections from this host",
     "denied": "not allowed by the access list",
     "rate_limited": "over its rate limit",
-    "low_source_port": "source port below 1024",
+    "low_source_port": "source port 0, or below 1024 for Daytime and Time",
+    "loop": "from a UDP port this process serves, on this host (a loop)",
 }
 WARNINGS = {"busy", "per_host"}
 

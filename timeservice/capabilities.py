@@ -53,6 +53,15 @@ RECEIVE_TIMESTAMPS = (
     and (hasattr(socket, "SO_TIMESTAMPNS") or sys.platform.startswith("linux"))
 )
 
+# Which address a datagram was sent to, and a reply sent from it: IP_PKTINFO
+# and IPV6_PKTINFO with recvmsg() and sendmsg(); Linux names IP_PKTINFO 8.
+DESTINATION_ADDRESS = (
+    not PORTABLE
+    and hasattr(socket.socket, "sendmsg")
+    and hasattr(socket, "IPV6_RECVPKTINFO")
+    and (hasattr(socket, "IP_PKTINFO") or sys.platform.startswith("linux"))
+)
+
 
 def open_file_limit() -> int | None:
     """The soft limit on open files, or None if there is none or it is unknown."""
@@ -83,5 +92,7 @@ def describe() -> str:
         f"CPU affinity: {'yes' if CPU_AFFINITY else 'no'}; "
         f"open-file limit: {'checked' if OPEN_FILE_LIMIT else 'not checked'}; "
         f"datagram receive times: {'kernel' if RECEIVE_TIMESTAMPS else 'read'}; "
+        f"datagram replies from: "
+        f"{'the address asked' if DESTINATION_ADDRESS else 'the kernel'}; "
         f"GIL: {'on' if gil_enabled() else 'off'}"
     )

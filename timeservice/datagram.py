@@ -1,19 +1,26 @@
-"""Serving over UDP: socketserver's UDPServer with a limit on every source.
+"""Serving over UDP: socketserver's UDPServer with one send path and a limit on
+every source.
 
 A spoofed datagram makes a server send to a victim, so each source (an IPv4
 address, an IPv6 /64) gets a token bucket of replies; what goes over it is
-dropped and counted. Datagrams are answered in the serving thread: a reply
-costs less than starting a thread.
+dropped and counted, and no datagram from port 0 or from another service of
+this host is answered at all. Admission only decides: every reply leaves
+through the datagram's Reply, which answers from the address the datagram
+was sent to, so that a server bound to a wildcard address answers as the
+address its clients asked. Datagrams are answered in the serving thread: a
+reply costs less than starting a thread.
 """
 
 from __future__ import annotations
 
 import collections
+import ipaddress
 import logging
 import socket
 import socketserver
 import struct
 import sys
+import threading
 import time
 from typing import Any
 
@@ -25,28 +32,61 @@ from .server import (
     AnyAddressMixIn,
     SettingsMixIn,
     format_address,
-    serve_waiting,
 )
 
-__all__ = ["DatagramServer", "RateLimiter", "source_key"]
+__all__ = ["DatagramServer", "RateLimiter", "Reply", "source_key"]
 
 logger = logging.getLogger(__name__)
 
 # Linux's SO_TIMESTAMPNS and SCM_TIMESTAMPNS, which Python names from 3.14 on.
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
 _TIMESPEC = struct.Struct("@ll")
+# Which address a datagram was sent to: Linux's IP_PKTINFO (Python names it
+# from 3.12 on), IPV6_RECVPKTINFO to ask for IPV6_PKTINFO.
+IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)
+_IN_PKTINFO = struct.Struct("@i4s4s")  # interface, local address, header's address
+_IN6_PKTINFO = struct.Struct("@16sI")  # address, interface
 # Reads that return at once when nothing is waiting (not on Windows).
 _DONT_WAIT = getattr(socket, "MSG_DONTWAIT", 0)
-# Room for the receive time in recvmsg()'s ancillary data (no CMSG_SPACE on Windows).
+# Room for the receive time and the address in recvmsg()'s ancillary data
+# (no CMSG_SPACE on Windows).
 _STAMP_SPACE = socket.CMSG_SPACE(_TIMESPEC.size) if hasattr(socket, "CMSG_SPACE") else 0
+_PKTINFO_SPACE = (
+    socket.CMSG_SPACE(_IN6_PKTINFO.size) if hasattr(socket, "CMSG_SPACE") else 0
+)
 
 
 def stamp_of(ancillary: list[tuple[int, int, bytes]]) -> int | None:
     """The kernel's receive time in recvmsg()'s ancillary data, if it is there."""
     for level, kind, value in ancillary:
-        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
-            seconds, ns = _TIMESPEC.unpack_from(value)
+        if (
+            level == socket.SOL_SOCKET
+            and kind == SO_TIMESTAMPNS
+            and len(value) == _TIMESPEC.size
+        ):
+            seconds, ns = _TIMESPEC.unpack(value)
             return seconds * 1_000_000_000 + ns
+    return None
+
+
+def answer_from(level: int, kind: int, value: bytes) -> list[tuple] | None:
+    """The ancillary data that makes a reply leave from the address a datagram
+    was sent to, from the IP_PKTINFO or IPV6_PKTINFO it came with; or None."""
+    if level == socket.IPPROTO_IP and kind == IP_PKTINFO:
+        if len(value) == _IN_PKTINFO.size:
+            # The local address routing picked for it; the interface is the
+            # routing's choice again.
+            _, local, _ = _IN_PKTINFO.unpack(value)
+            return [(level, kind, _IN_PKTINFO.pack(0, local, bytes(4)))]
+    elif level == socket.IPPROTO_IPV6 and kind == socket.IPV6_PKTINFO:
+        if len(value) == _IN6_PKTINFO.size:
+            # An IPv4 client of a dual-stack socket comes as a mapped
+            # address, which IPV6_PKTINFO takes too. A link-local address
+            # means something only on its interface.
+            local, interface = _IN6_PKTINFO.unpack(value)
+            if not ipaddress.IPv6Address(local).is_link_local:
+                interface = 0
+            return [(level, kind, _IN6_PKTINFO.pack(local, interface))]
     return None
 
 
@@ -75,28 +115,169 @@ def kernel_stamps_agree() -> bool:
     return stamp is not None and before <= stamp <= after
 
 
+def is_wildcard(address: tuple) -> bool:
+    """Whether a socket bound to `address` receives for every local address."""
+    try:
+        return ipaddress.ip_address(address[0].split("%")[0]).is_unspecified
+    except ValueError:  # not an address: a name, which a bind resolves to one
+        return False
+
+
+class LocalAddresses:
+    """Whether an address is one of this host's: a loopback one, or one a
+    socket can be bound to. The answers for the last `remembered` addresses
+    are kept, so that a flood costs one bind() per address at most."""
+
+    remembered = 1024
+
+    def __init__(self) -> None:
+        self._answers: dict[str, bool] = {}
+
+    def __contains__(self, host: str) -> bool:
+        answer = self._answers.get(host)
+        if answer is None:
+            if len(self._answers) >= self.remembered:
+                self._answers.clear()
+            answer = self._answers[host] = self._decide(host)
+        return answer
+
+    @staticmethod
+    def _decide(host: str) -> bool:
+        address = ipaddress.ip_address(host.split("%")[0])
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+            address = address.ipv4_mapped
+        if address.is_loopback or address.is_unspecified:
+            return True
+        family = socket.AF_INET if address.version == 4 else socket.AF_INET6
+        try:
+            with socket.socket(family, socket.SOCK_DGRAM) as probe:
+                probe.bind((str(address), 0))
+        except OSError:
+            return False
+        return True
+
+
+class ServedPorts:
+    """The UDP ports this process serves, for every datagram server in it:
+    a datagram from one of them, sent from this host, is another service's
+    answer, and answering it would start a loop between the two."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._ports: collections.Counter[int] = collections.Counter()
+        self.ports: frozenset[int] = frozenset()  # read without the lock
+
+    def add(self, port: int) -> None:
+        with self._lock:
+            self._ports[port] += 1
+            self.ports = frozenset(self._ports)
+
+    def remove(self, port: int) -> None:
+        with self._lock:
+            self._ports[port] -= 1
+            if self._ports[port] <= 0:
+                del self._ports[port]
+            self.ports = frozenset(self._ports)
+
+
+SERVED_PORTS = ServedPorts()
+LOCAL_ADDRESSES = LocalAddresses()
+
+
 class RateLimiter:
     """A token bucket per source: `burst` replies at once, `rate` per second after.
 
-    At most `sources` are remembered; the one heard from longest ago goes
-    first, and a forgotten source starts again with a full bucket.
+    At most `sources` are remembered. A source not heard from for `forget`
+    seconds may make room for a new one; while every remembered source is
+    in use, the sources it has no room for share one bucket (`rate` times
+    `burst` per second, `burst` at once) instead of each earning a fresh
+    burst. So a flood of new sources can neither push out the clients the
+    server knew before it nor make the server send more than that bucket.
+
+    A source over its limit may be told so (NTP's Kiss-o'-Death) at most
+    once per `kiss_interval` seconds, and all sources together at most
+    `kiss_rate` times a second: a forger who spoofs a victim's address
+    makes the server send the victim no more than that.
     """
 
-    def __init__(self, rate: float, burst: int, sources: int = 65536) -> None:
-        self.rate, self.burst, self.sources = rate, burst, sources
-        self._buckets: collections.OrderedDict[str, tuple[float, float]] = (
+    def __init__(
+        self,
+        rate: float,
+        burst: int,
+        sources: int = 65536,
+        forget: float = 64.0,
+        kiss_interval: float = 1.0,
+        kiss_rate: float = 16.0,
+    ) -> None:
+        self.rate, self.burst, self.sources, self.forget = rate, burst, sources, forget
+        self.kiss_interval = kiss_interval
+        # A source's tokens, when it was last heard from, when it was last kissed.
+        self._buckets: collections.OrderedDict[str, tuple[float, float, float]] = (
             collections.OrderedDict()
         )
+        self._shared = (float(burst), 0.0)  # tokens, last heard from
+        self._shared_rate = rate * burst
+        self._kisses = (kiss_rate, 0.0)  # the whole server's Kiss-o'-Death bucket
+        self._kiss_rate = kiss_rate
 
     def allow(self, key: str, now: float) -> bool:
         """Take a token for `key` if it has one."""
-        tokens, then = self._buckets.pop(key, (self.burst, now))
+        entry = self._buckets.pop(key, None)
+        if entry is None:
+            if len(self._buckets) >= self.sources:
+                oldest, (_, heard, _) = next(iter(self._buckets.items()))
+                if now - heard < self.forget:  # every source in use: no room
+                    return self._take_shared(now)
+                del self._buckets[oldest]
+            entry = (self.burst, now, -self.kiss_interval)
+        tokens, then, kissed = entry
         tokens = min(self.burst, tokens + (now - then) * self.rate)
         allowed = tokens >= 1
-        self._buckets[key] = (tokens - 1 if allowed else tokens, now)
-        if len(self._buckets) > self.sources:
-            self._buckets.popitem(last=False)
+        self._buckets[key] = (tokens - 1 if allowed else tokens, now, kissed)
         return allowed
+
+    def _take_shared(self, now: float) -> bool:
+        tokens, then = self._shared
+        tokens = min(self.burst, tokens + (now - then) * self._shared_rate)
+        allowed = tokens >= 1
+        self._shared = (tokens - 1 if allowed else tokens, now)
+        return allowed
+
+    def kiss(self, key: str, now: float) -> bool:
+        """Whether `key`, just over its limit, may be told so now; if so, counted."""
+        entry = self._buckets.get(key)
+        if entry is None or now - entry[2] < self.kiss_interval:
+            return False  # a shared source, or one told too recently
+        tokens, then = self._kisses
+        tokens = min(self._kiss_rate, tokens + (now - then) * self._kiss_rate)
+        if tokens < 1:
+            self._kisses = (tokens, now)
+            return False
+        self._kisses = (tokens - 1, now)
+        self._buckets[key] = (entry[0], entry[1], now)
+        return True
+
+
+class Reply:
+    """The one way replies leave a datagram server: its socket, with the
+    ancillary data that makes them leave from the right address.
+
+    An error in sendto() goes to the server's handle_error(), as any error
+    of a handler does; attributes other than sendto() are the socket's.
+    """
+
+    __slots__ = ("socket", "ancillary")
+
+    def __init__(self, sock: socket.socket, ancillary: list[tuple] | None = None):
+        self.socket, self.ancillary = sock, ancillary
+
+    def sendto(self, data: bytes, address: Any) -> int:
+        if self.ancillary is None:
+            return self.socket.sendto(data, address)
+        return self.socket.sendmsg([data], self.ancillary, 0, address)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.socket, name)
 
 
 class DatagramServer(
@@ -104,26 +285,42 @@ class DatagramServer(
 ):
     """A UDP server that limits replies per source and reads no more than a datagram.
 
-    Methods that may be overridden: over_limit(request, client_address) for
-    a datagram over its source's limit (by default it is dropped).
+    Methods that may be overridden: over_limit(request, client_address),
+    what to answer a datagram over its source's limit when the limiter lets
+    the source be told (by default nothing: it is dropped).
     Settings: rate, burst (None turns the limit off), min_source_port
     (datagrams from lower ports are dropped, as inetd does against loops
-    between services), max_packet_size, and AdmissionMixIn's (a denied
-    source gets nothing). Class variable: batch, the most datagrams one
-    wake-up answers of those already waiting. Handlers call drop(reason)
-    for a datagram they do not answer and add to `answered`. The handler's
-    request is ``(data, socket, receive_ns)``: the kernel's receive time
-    where the platform gives it (SO_TIMESTAMPNS), else the time it was read.
+    between services; port 0 is always dropped), loop_guard (drop datagrams
+    from this host's addresses and the UDP ports this process serves, for
+    services that answer any datagram), max_packet_size, and
+    AdmissionMixIn's (a denied source gets nothing). Class variables:
+    batch, the most datagrams one wake-up answers of those already waiting;
+    remembered_addresses, the local addresses whose Reply is kept.
+    Handlers call drop(reason) for a datagram they do not answer and add to
+    `answered`. Their request is ``(data, reply, receive_ns)``: `reply`
+    sends the answer (its sendto(data, address)) from the address the
+    datagram was sent to; `receive_ns` is the kernel's receive time where
+    the platform gives it (SO_TIMESTAMPNS), else the time it was read.
     """
 
-    settings: tuple[str, ...] = ("rate", "burst", "min_source_port", "clock")
+    settings: tuple[str, ...] = (
+        "rate",
+        "burst",
+        "min_source_port",
+        "loop_guard",
+        "clock",
+    )
     rate = 1.0  # replies per second per source, after the burst
     burst: int | None = 16  # replies a source may have at once
     min_source_port = 0
+    loop_guard = True
     clock: Clock = local_now
     max_packet_size = 512
     batch = 16  # datagrams answered per wake-up, at most
-    allow_reuse_address = True
+    remembered_addresses = 256  # local addresses asked at, with their Reply
+    # A UDP port in use is an error, as for TCP: with SO_REUSEADDR a second
+    # socket could bind the port and take its datagrams.
+    allow_reuse_address = False
 
     def __init__(
         self,
@@ -134,9 +331,37 @@ class DatagramServer(
     ) -> None:
         self.dropped: collections.Counter[str] = collections.Counter()
         self.kernel_timestamps = False  # set by socket_options() where it can be
+        self.destination_info = False  # likewise: IP_PKTINFO, IPV6_RECVPKTINFO
+        self._served_port: int | None = None
+        self._ancillary_space = 0  # what recvmsg() reads beside the data
+        self._replies: dict[bytes, Reply] = {}  # by the address asked at
+        self.refusal: bytes | None = None  # see _handle_request_noblock()
         super().__init__(server_address, handler_class, bind_and_activate, **settings)
         self.limiter = (
             None if self.burst is None else RateLimiter(self.rate, self.burst)
+        )
+        if self._served_port is None:  # not activated yet
+            self._plain_reply = self.socket
+
+    @classmethod
+    def on_socket(cls, sock: socket.socket, *args: Any, **kwargs: Any) -> Any:
+        server = super().on_socket(sock, *args, **kwargs)
+        server._serve_port()
+        return server
+
+    def server_activate(self) -> None:
+        super().server_activate()
+        self._serve_port()
+
+    def _serve_port(self) -> None:
+        """Once the socket is bound: how to read from it and reply, and its
+        port among those this process serves."""
+        # Where no ancillary data is needed, the socket itself sends.
+        self._plain_reply = self.socket
+        self._served_port = self.server_address[1]
+        SERVED_PORTS.add(self._served_port)
+        self._ancillary_space = (_STAMP_SPACE if self.kernel_timestamps else 0) + (
+            _PKTINFO_SPACE if self.destination_info else 0
         )
 
     def socket_options(self) -> None:
@@ -147,52 +372,122 @@ class DatagramServer(
                 self.kernel_timestamps = True
             except OSError:
                 pass
+        address = self.server_address
+        if capabilities.DESTINATION_ADDRESS and is_wildcard(address):
+            self.destination_info = self._ask_destination()
+
+    def _ask_destination(self) -> bool:
+        """Have the kernel say which address each datagram was sent to."""
+        try:
+            if self.socket.family == socket.AF_INET6:
+                self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO, 1)
+            else:
+                self.socket.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+        except OSError as exc:
+            logger.warning(
+                "%s: cannot tell which address datagrams were sent to (%s); "
+                "replies leave from the kernel's choice",
+                format_address(self.server_address),
+                exc.strerror,
+            )
+            return False
+        return True
 
     def get_request(self) -> tuple:
         return self._receive(0)
 
     def _receive(self, flags: int) -> tuple:
-        if not self.kernel_timestamps:
+        if not self._ancillary_space:
             data, address = self.socket.recvfrom(self.max_packet_size, flags)
-            return (data, self.socket, time.time_ns()), address
+            return (data, self._plain_reply, time.time_ns()), address
         data, ancillary, _, address = self.socket.recvmsg(
-            self.max_packet_size, _STAMP_SPACE, flags
+            self.max_packet_size, self._ancillary_space, flags
         )
         read = time.time_ns()
-        kernel = stamp_of(ancillary)
-        # A clock stepped since the start makes the kernel's time a lie too.
-        if kernel is not None and 0 <= read - kernel < 1_000_000_000:
-            return (data, self.socket, kernel), address
-        return (data, self.socket, read), address
+        reply = self._reply_for(ancillary) if self.destination_info else None
+        if self.kernel_timestamps:
+            kernel = stamp_of(ancillary)
+            # A clock stepped since the start makes the kernel's time a lie too.
+            if kernel is not None and 0 <= read - kernel < 1_000_000_000:
+                read = kernel
+        return (data, reply or self._plain_reply, read), address
 
-    def process_request(self, request: Any, client_address: Any) -> None:
-        """Answer the datagram, then those already waiting behind it, up to
-        `batch` in all: one wake-up of serve_forever() then answers them all."""
-        super().process_request(request, client_address)
-        if _DONT_WAIT:
-            serve_waiting(
-                self,
-                lambda: self._receive(_DONT_WAIT),
-                super().process_request,
-                self.batch - 1,
-            )
+    def _reply_for(self, ancillary: list[tuple[int, int, bytes]]) -> Reply | None:
+        """The Reply that answers from the address the datagram was sent to,
+        one for each such address; None where the kernel did not say."""
+        for level, kind, value in ancillary:
+            if level == socket.SOL_SOCKET:  # the receive time
+                continue
+            reply = self._replies.get(value)
+            if reply is None:
+                info = answer_from(level, kind, value)
+                if info is None:
+                    return None
+                if len(self._replies) >= self.remembered_addresses:
+                    self._replies.clear()  # there are this host's addresses only
+                reply = self._replies[value] = Reply(self.socket, info)
+            return reply
+        return None
+
+    def _handle_request_noblock(self) -> None:
+        """One wake-up of serve_forever() or handle_request(): the datagram
+        waiting, then those already behind it, up to `batch` in all.
+
+        socketserver's own loop serves one request per wake-up and sends
+        nothing for one that verify_request() refuses. Here verify_request()
+        decides, and for a refused datagram may leave in `refusal` what to
+        answer it with (NTP's Kiss-o'-Death); this loop sends that, and the
+        handlers send the answers, through the datagram's reply, every error
+        handled as handle_error() handles a request's. Datagrams are
+        answered in this thread: a reply costs less than starting a thread.
+        """
+        flags = 0
+        for _ in range(self.batch):
+            try:
+                request, client_address = self._receive(flags)
+            except OSError:  # none waiting
+                return
+            try:
+                if self.verify_request(request, client_address):
+                    self.finish_request(request, client_address)
+                elif self.refusal is not None:
+                    answer, self.refusal = self.refusal, None
+                    request[1].sendto(answer, client_address)
+            except Exception:
+                self.handle_error(request, client_address)
+            if not _DONT_WAIT:  # no read that returns when none is waiting
+                return
+            flags = _DONT_WAIT
 
     def verify_request(self, request: Any, client_address: Any) -> bool:
+        """Decide; never send, never raise. A refused datagram is counted, and
+        what it is to be answered with, if anything, left in `refusal`."""
         if not super().verify_request(request, client_address):
             return False
-        if client_address[1] < self.min_source_port:
+        port = client_address[1]
+        if port < self.min_source_port or port == 0:  # port 0 cannot be answered
             self.count_refusal("low_source_port", client_address)
+            return False
+        if (
+            self.loop_guard
+            and port in SERVED_PORTS.ports
+            and client_address[0] in LOCAL_ADDRESSES
+        ):
+            self.count_refusal("loop", client_address)
             return False
         if self.limiter is None:
             return True
-        if self.limiter.allow(source_key(client_address), time.monotonic()):
+        key, now = source_key(client_address), time.monotonic()
+        if self.limiter.allow(key, now):
             return True
         self.count_refusal("rate_limited", client_address)
-        return self.over_limit(request, client_address)
-
-    def over_limit(self, request: Any, client_address: Any) -> bool:
-        """A datagram over its source's limit: True to answer it anyway."""
+        if self.limiter.kiss(key, now):
+            self.refusal = self.over_limit(request, client_address)
         return False
+
+    def over_limit(self, request: Any, client_address: Any) -> bytes | None:
+        """What to answer a datagram over its source's limit, or None."""
+        return None
 
     def drop(self, reason: str) -> None:
         """Count a datagram the handler will not answer."""
@@ -210,3 +505,9 @@ class DatagramServer(
         exc = sys.exc_info()[1]
         level = logging.DEBUG if isinstance(exc, OSError) else logging.ERROR
         logger.log(level, "%s: %r", format_address(client_address), exc)
+
+    def server_close(self) -> None:
+        super().server_close()
+        if self._served_port is not None:
+            SERVED_PORTS.remove(self._served_port)
+            self._served_port = None

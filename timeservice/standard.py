@@ -79,7 +79,7 @@ class NtpHandler(socketserver.BaseRequestHandler):
     server: NtpServer
 
     def handle(self) -> None:
-        data, sock, received = self.request
+        data, reply_to, received = self.request
         now = self.server.now_ns
         try:
             if now is not time.time_ns:  # an injected clock: both times from it
@@ -92,7 +92,7 @@ class NtpHandler(socketserver.BaseRequestHandler):
             self.server.drop("not an NTP client request")
             return
         self.server.answered += 1  # before: a client may ask the count at once
-        sock.sendto(reply, self.client_address)
+        reply_to.sendto(reply, self.client_address)
 
 
 class NtpServer(DatagramServer):
@@ -100,15 +100,18 @@ class NtpServer(DatagramServer):
 
     It reads the kernel's clock state once a second and never claims a
     synchronisation the machine does not have (see ntp.server_state()).
-    Over a source's rate limit it answers one datagram in `kiss_every` with
-    a Kiss-o'-Death RATE, as chrony's leak lets some through, and drops the
-    rest. Settings: local_stratum (1-15 serves an unsynchronised clock, as
-    chrony's ``local stratum``), kiss_every, and DatagramServer's.
+    Over a source's rate limit it sends a Kiss-o'-Death RATE as often as the
+    limiter allows (once a second per source, 16 a second in all) and drops
+    the rest. It answers only client requests, never another server's
+    answer, so it needs no loop guard: clients such as ntpd ask from port
+    123, which may be a port this process serves. Settings: local_stratum
+    (1-15 serves an unsynchronised clock, as chrony's ``local stratum``),
+    and DatagramServer's.
     """
 
-    settings: tuple[str, ...] = ("local_stratum", "kiss_every")
+    settings: tuple[str, ...] = ("local_stratum",)
     local_stratum: int | None = None
-    kiss_every = 4
+    loop_guard = False
 
     def __init__(
         self,
@@ -121,7 +124,6 @@ class NtpServer(DatagramServer):
         self.now_ns = nanoseconds_source(self.clock)
         self.precision = kernelclock.precision()
         self._state: tuple[float, ntp.ServerState] | None = None
-        self._over_limit = 0
 
     def state(self) -> ntp.ServerState:
         """The server's clock state, from the kernel's, at most a second old."""
@@ -134,11 +136,5 @@ class NtpServer(DatagramServer):
             )
         return self._state[1]
 
-    def over_limit(self, request: Any, client_address: Any) -> bool:
-        self._over_limit += 1
-        if self._over_limit % self.kiss_every:
-            return False
-        kiss = ntp.kiss_of_death(request[0])
-        if kiss is not None:
-            request[1].sendto(kiss, client_address)
-        return False
+    def over_limit(self, request: Any, client_address: Any) -> bytes | None:
+        return ntp.kiss_of_death(request[0])

@@ -1,0 +1,469 @@
+"""What a datagram can make the UDP servers do: one send path, decided by an
+admission that sends nothing, from the address the client asked, within
+limits a forger cannot multiply."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import socket
+import struct
+import subprocess
+import sys
+
+import pytest
+from conftest import (
+    ROOT,
+    TIMEOUT,
+    bounded,
+    free_port,
+    one_line,
+    replies,
+    udp_socket,
+)
+
+from timeservice import capabilities, client, ntp, service
+from timeservice.access import AccessList
+from timeservice.datagram import (
+    IP_PKTINFO,
+    SERVED_PORTS,
+    SO_TIMESTAMPNS,
+    DatagramServer,
+    LocalAddresses,
+    RateLimiter,
+    Reply,
+    answer_from,
+    is_wildcard,
+    stamp_of,
+)
+from timeservice.standard import DaytimeHandler, NtpHandler, NtpServer, TimeHandler
+
+LOOPBACK_ONLY = AccessList.from_options(["127.0.0.0/8", "::1"], [])
+
+
+@pytest.fixture
+def serve(serving):
+    """Start a server class on `host`, port 0; conftest's `serving` stops it."""
+
+    def start(server_class, handler, host="127.0.0.1", **settings):
+        return serving(server_class((host, 0), handler, **settings))
+
+    return start
+
+
+def port_of(server) -> int:
+    return server.server_address[1]
+
+
+def spoof(source_port: int, port: int, payload: bytes) -> None:
+    """Send a UDP datagram to 127.0.0.1 `port` from 127.0.0.1 `source_port`,
+    whoever holds that port (or none can: port 0). A raw socket: root only."""
+    try:
+        raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_UDP)
+    except PermissionError:
+        pytest.skip("a forged source port needs a raw socket (root)")
+    with raw:  # the kernel writes the IP header; checksum 0 is "none" in IPv4
+        header = struct.pack("!HHHH", source_port, port, 8 + len(payload), 0)
+        raw.sendto(header + payload, ("127.0.0.1", 0))
+
+
+class Recording:
+    """Stands in for a datagram's Reply and keeps what is sent through it."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[bytes, tuple]] = []
+
+    def sendto(self, data: bytes, address: tuple) -> int:
+        self.sent.append((data, address))
+        return len(data)
+
+
+# Admission decides; it sends nothing and cannot fail
+
+
+def test_admission_sends_nothing_and_the_loop_sends_the_kiss():
+    with NtpServer(("127.0.0.1", 0), local_stratum=10, burst=1, rate=0.0) as server:
+        reply = Recording()
+        address = ("127.0.0.1", 40000)
+        datagrams = [(ntp.request_packet(0), reply, 0) for _ in range(3)]
+        assert server.verify_request(datagrams[0], address)
+        assert not server.verify_request(datagrams[1], address)  # over the limit
+        assert reply.sent == []  # decided, nothing sent
+        assert ntp.Packet.unpack(server.refusal).reference_id == b"RATE"
+        server.refusal = None
+        assert not server.verify_request(datagrams[2], address)
+        assert server.refusal is None  # told a moment ago: nothing to send
+    with NtpServer(("127.0.0.1", 0), local_stratum=10, burst=1, rate=0.0) as server:
+        with udp_socket() as sock:
+            for _ in range(2):
+                sock.sendto(ntp.request_packet(0), server.server_address)
+            bounded(server.handle_request)  # one wake-up: both
+            assert ntp.Packet.unpack(sock.recv(512)).stratum == 10
+            assert ntp.Packet.unpack(sock.recv(512)).reference_id == b"RATE"
+
+
+def test_a_datagram_from_port_0_is_dropped_first():
+    with NtpServer(("127.0.0.1", 0), local_stratum=10) as server:
+        datagram = (ntp.request_packet(0), Recording(), 0)
+        assert not server.verify_request(datagram, ("127.0.0.1", 0))
+    assert server.refused == {"low_source_port": 1}
+
+
+def ntp_service(*options: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "timeservice.server", "0", "--ntp", "0"]
+        + ["--local-stratum", "10", *options],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def ntp_port_of(process: subprocess.Popen) -> int:
+    for _ in range(3):
+        line = process.stdout.readline()
+        if line.startswith("Serving NTP on"):
+            return int(line.split(" port ")[1].split()[0])
+    raise AssertionError(f"no NTP start-up line: {line!r}")
+
+
+@pytest.mark.slow
+def test_forty_datagrams_from_port_0_do_not_stop_ntp():
+    process = ntp_service()
+    try:
+        port = ntp_port_of(process)
+        for _ in range(40):  # past the burst of 16: where the kiss was sent
+            spoof(0, port, ntp.request_packet(0))
+        sample = client.ask_ntp("127.0.0.1", port, timeout=TIMEOUT)
+        assert abs(sample.offset) < 1
+    finally:
+        process.terminate()
+        _, err = process.communicate(timeout=TIMEOUT)
+    assert "Traceback" not in err
+
+
+def test_a_fault_in_admission_costs_the_next_datagram_nothing(serve, caplog):
+    class Faulty(DatagramServer):
+        def verify_request(self, request, client_address):
+            if request[0] == b"bad":
+                raise ValueError("a bug")
+            return super().verify_request(request, client_address)
+
+    server = serve(Faulty, TimeHandler)
+    with udp_socket() as sock:
+        sock.sendto(b"bad", server.server_address)
+        sock.sendto(b"", server.server_address)
+        assert len(sock.recv(16)) == 4
+    [record] = [r for r in caplog.records if "a bug" in r.getMessage()]
+    assert record.exc_info is None  # one line
+    caplog.clear()
+
+
+class RefusingSocket(socket.socket):
+    """A UDP socket whose sends to one port fail, as a firewall's EPERM does."""
+
+    refused_port = -1
+
+    def sendto(self, data, *args):
+        if args[-1][1] == self.refused_port:
+            raise PermissionError(errno.EPERM, "Operation not permitted")
+        return super().sendto(data, *args)
+
+
+def test_a_send_that_fails_costs_the_server_nothing(serving, caplog):
+    server = NtpServer(
+        ("127.0.0.1", 0), bind_and_activate=False, local_stratum=10, burst=1, rate=0
+    )
+    server.socket.close()
+    server.socket = RefusingSocket(socket.AF_INET, socket.SOCK_DGRAM)
+    server.server_bind()
+    server.server_activate()
+    serving(server)
+    with udp_socket() as refused, udp_socket("127.0.0.2") as probe:
+        server.socket.refused_port = refused.getsockname()[1]
+        for _ in range(6):  # an answer, then kisses: every send refused
+            refused.sendto(ntp.request_packet(0), server.server_address)
+        probe.sendto(ntp.request_packet(0), server.server_address)
+        assert ntp.Packet.unpack(probe.recv(512)).stratum == 10
+    assert "Operation not permitted" in caplog.text  # one line at debug level
+
+
+# Replies leave from the address the client asked
+
+
+@pytest.mark.skipif(
+    not capabilities.DESTINATION_ADDRESS,
+    reason="needs IP_PKTINFO and IPV6_PKTINFO (Linux)",
+)
+@pytest.mark.parametrize("wildcard", ["0.0.0.0", "::"])
+def test_a_wildcard_server_answers_from_the_address_asked(serve, wildcard):
+    ntp_server = serve(
+        NtpServer, NtpHandler, wildcard, local_stratum=10, access=LOOPBACK_ONLY
+    )
+    time_server = serve(DatagramServer, TimeHandler, wildcard, access=LOOPBACK_ONLY)
+    asked = ["127.0.0.1", "127.0.0.2", "127.0.3.4"] + (
+        ["::1"] if ":" in wildcard else []
+    )
+    for host in asked:  # the clients' sockets are connected: only that address
+        assert client.ask_ntp(host, port_of(ntp_server)).root_distance < 1
+        assert client.ask_time(host, port_of(time_server), udp=True).error < 2
+
+
+def test_where_the_address_is_not_asked_for_replies_go_as_the_kernel_sends(serve):
+    server = serve(
+        NtpServer, NtpHandler, "0.0.0.0", local_stratum=10, access=LOOPBACK_ONLY
+    )
+    assert client.ask_ntp("127.0.0.1", port_of(server)).root_distance < 1
+    plain = serve(NtpServer, NtpHandler, local_stratum=10)  # not a wildcard
+    assert not plain.destination_info
+    assert client.ask_ntp("127.0.0.1", port_of(plain)).root_distance < 1
+
+
+@pytest.mark.skipif(
+    not capabilities.DESTINATION_ADDRESS,
+    reason="needs IP_PKTINFO and IPV6_PKTINFO (Linux)",
+)
+def test_a_reply_sends_from_the_address_it_was_given():
+    with udp_socket("0.0.0.0") as server_side, udp_socket("127.0.0.2") as client_side:
+        info = struct.pack("@i4s4s", 0, socket.inet_aton("127.0.0.5"), bytes(4))
+        reply = Reply(server_side, [(socket.IPPROTO_IP, IP_PKTINFO, info)])
+        reply.sendto(b"hello", client_side.getsockname())
+        data, (source, port) = client_side.recvfrom(16)
+        assert (data, source) == (b"hello", "127.0.0.5")
+        assert port == server_side.getsockname()[1]
+        assert reply.getsockname() == server_side.getsockname()  # the socket's
+
+
+V4 = (socket.IPPROTO_IP, IP_PKTINFO)
+V6 = (socket.IPPROTO_IPV6, socket.IPV6_PKTINFO)
+
+
+def in6(address: str, interface: int) -> bytes:
+    return struct.pack("@16sI", socket.inet_pton(socket.AF_INET6, address), interface)
+
+
+@pytest.mark.parametrize(
+    "kind, value, expected",
+    [
+        (  # the local address, chosen by routing; no interface, no header address
+            V4,
+            struct.pack("@i4s4s", 3, socket.inet_aton("192.0.2.7"), bytes([1] * 4)),
+            struct.pack("@i4s4s", 0, socket.inet_aton("192.0.2.7"), bytes(4)),
+        ),
+        (V6, in6("2001:db8::7", 3), in6("2001:db8::7", 0)),
+        (V6, in6("::ffff:192.0.2.7", 1), in6("::ffff:192.0.2.7", 0)),
+        (V6, in6("fe80::7", 3), in6("fe80::7", 3)),  # only on its interface
+        (V4, b"short", None),
+        (V6, b"short", None),
+        ((socket.SOL_SOCKET, 35), bytes(16), None),
+    ],
+)
+def test_a_reply_leaves_from_the_address_the_datagram_came_to(kind, value, expected):
+    info = answer_from(*kind, value)
+    assert info == (None if expected is None else [(*kind, expected)])
+
+
+def test_ancillary_data_of_the_wrong_size_is_passed_over():
+    assert stamp_of([(socket.SOL_SOCKET, SO_TIMESTAMPNS, b"short")]) is None
+    with DatagramServer(("127.0.0.1", 0), TimeHandler) as server:
+        assert server._reply_for([(*V4, b"short")]) is None
+        server.remembered_addresses = 1
+        for n in range(3):  # a new Reply for each address, the old forgotten
+            value = struct.pack("@i4s4s", 1, bytes([127, 0, 0, n]), bytes(4))
+            assert server._reply_for([(*V4, value)]).ancillary is not None
+        assert len(server._replies) == 1
+
+
+def test_a_wildcard_is_an_unspecified_address():
+    assert is_wildcard(("0.0.0.0", 0)) and is_wildcard(("::", 0, 0, 0))
+    assert not is_wildcard(("127.0.0.1", 0)) and not is_wildcard(("localhost", 0))
+
+
+def test_local_addresses_are_the_loopback_and_those_a_socket_binds():
+    local = LocalAddresses()
+    local.remembered = 2
+    assert "127.0.0.9" in local and "::1" in local and "::ffff:127.0.0.1" in local
+    assert "192.0.2.1" not in local  # TEST-NET-1: on no host
+    assert len(local._answers) <= 2
+
+
+class NoPacketInfo(socket.socket):
+    def setsockopt(self, level, option, value):
+        if option in (IP_PKTINFO, socket.IPV6_RECVPKTINFO):
+            raise OSError(errno.ENOPROTOOPT, "Protocol not available")
+        super().setsockopt(level, option, value)
+
+
+def test_without_the_address_asked_replies_go_as_the_kernel_sends(caplog):
+    server = DatagramServer(("0.0.0.0", 0), TimeHandler, bind_and_activate=False)
+    with server:
+        server.socket.close()
+        server.socket = NoPacketInfo(socket.AF_INET, socket.SOCK_DGRAM)
+        assert not server._ask_destination()
+    assert "cannot tell which address datagrams were sent to" in caplog.text
+
+
+# A UDP port is one server's
+
+
+def test_a_udp_port_in_use_cannot_be_taken(serve):
+    first = serve(DatagramServer, TimeHandler)
+    with pytest.raises(OSError) as raised:
+        NtpServer(("127.0.0.1", port_of(first)))
+    assert raised.value.errno == errno.EADDRINUSE
+
+
+def test_time_and_ntp_on_one_port_is_one_line(capsys):
+    port = str(free_port())
+    assert service.main(["0", "--time", port, "--ntp", port, "-q"]) == 1
+    err = one_line(capsys.readouterr().err)
+    assert f"cannot listen on 127.0.0.1 port {port}" in err
+    assert "in use" in err
+
+
+@pytest.mark.slow
+def test_a_second_process_cannot_take_the_ntp_port():
+    first = ntp_service()
+    try:
+        port = str(ntp_port_of(first))
+        second = subprocess.run(
+            [sys.executable, "-m", "timeservice.server", "0", "--ntp", port],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert second.returncode == 1
+        assert f"cannot listen on 127.0.0.1 port {port}" in one_line(second.stderr)
+    finally:
+        first.terminate()
+        first.communicate(timeout=TIMEOUT)
+
+
+# How much a forger can make the server send
+
+
+def test_a_source_is_told_it_is_over_its_limit_once_a_second():
+    limiter = RateLimiter(rate=0.0, burst=1)
+    assert limiter.allow("a", 0.0)
+    assert not limiter.allow("a", 0.0)
+    assert limiter.kiss("a", 0.0)
+    assert not limiter.kiss("a", 0.5)
+    assert limiter.kiss("a", 1.0)
+
+
+def test_all_sources_together_are_told_so_a_bounded_number_of_times():
+    limiter = RateLimiter(rate=0.0, burst=1, kiss_rate=4.0)
+    for key in map(str, range(50)):
+        assert limiter.allow(key, 0.0)
+    told = sum(limiter.kiss(key, 0.0) for key in map(str, range(50)))
+    assert told == 4
+    assert sum(limiter.kiss(key, 0.5) for key in map(str, range(4, 50))) == 2
+
+
+def test_a_flood_from_one_source_gets_one_kiss(serve):
+    server = serve(NtpServer, NtpHandler, local_stratum=10)
+    with udp_socket() as flood, udp_socket("127.0.0.2") as probe:
+        for _ in range(200):
+            flood.sendto(ntp.request_packet(0), server.server_address)
+        probe.sendto(ntp.request_packet(0), server.server_address)  # after, in order
+        assert ntp.Packet.unpack(probe.recv(512)).stratum == 10
+        got = replies(flood, quiet=0.05)
+    kisses = [r for r in got if ntp.Packet.unpack(r).stratum == 0]
+    # The flood took well under a second: one kiss, as ntpd sends.
+    assert len(kisses) == 1 and len(got) <= 16 + 2 + 1
+
+
+def test_many_sources_get_no_more_kisses_than_the_server_sends_in_all(serve):
+    server = serve(NtpServer, NtpHandler, local_stratum=10, burst=1, rate=0.0)
+    sources = [udp_socket(f"127.0.4.{n}") for n in range(1, 41)]
+    with contextlib.ExitStack() as stack:
+        for sock in sources:
+            stack.enter_context(sock)
+        for sock in sources:
+            for _ in range(5):
+                sock.sendto(ntp.request_packet(0), server.server_address)
+        with udp_socket("127.0.0.2") as probe:  # after the flood, in order
+            probe.sendto(ntp.request_packet(0), server.server_address)
+            assert ntp.Packet.unpack(probe.recv(512)).stratum == 10
+        got = [reply for sock in sources for reply in replies(sock, quiet=0.01)]
+    kisses = sum(ntp.Packet.unpack(r).stratum == 0 for r in got)
+    # 16 at once, 16 a second after: the flood took well under a second.
+    assert 1 <= kisses <= 16 + 16
+    assert len(got) - kisses == 40  # each source's one answer
+
+
+def test_a_full_table_gives_new_sources_one_shared_bucket():
+    limiter = RateLimiter(rate=1.0, burst=4, sources=10)
+    for key in map(str, range(10)):
+        assert limiter.allow(key, 0.0)
+    # A thousand new sources in the next second: no fresh bursts for them,
+    # one bucket between them, 4 at once and 4 a second after.
+    allowed = sum(limiter.allow(f"new {n}", 1.0 + n / 1000) for n in range(1000))
+    assert allowed <= 4 + 4
+    assert limiter.allow("0", 2.0)  # the sources it knew keep their own
+
+
+def test_a_polite_client_known_before_a_flood_keeps_its_answers():
+    limiter = RateLimiter(rate=1.0, burst=16, sources=100)
+    assert limiter.allow("polite", 0.0)
+    for n in range(60_000):  # a new source every millisecond for a minute
+        now = n / 1000
+        limiter.allow(f"flood {n}", now)
+        if n % 4000 == 0:  # polling every 4 s
+            assert limiter.allow("polite", now)
+
+
+def test_new_sources_over_a_full_table_are_answered_as_one(serve):
+    server = serve(NtpServer, NtpHandler, local_stratum=10, burst=1, rate=0.0)
+    server.limiter = RateLimiter(rate=0.0, burst=1, sources=4)
+    sources = [udp_socket(f"127.0.5.{n}") for n in range(1, 21)]
+    with contextlib.ExitStack() as stack:
+        for sock in sources:
+            stack.enter_context(sock)
+            sock.sendto(ntp.request_packet(0), server.server_address)
+        for sock in sources[:4]:  # in order: the first four fill the table
+            assert ntp.Packet.unpack(sock.recv(512)).stratum == 10
+        later = [reply for sock in sources[4:] for reply in replies(sock, quiet=0.01)]
+    assert len(later) <= 1  # the shared bucket's one
+
+
+# Loops between services
+
+
+def test_daytime_and_time_do_not_answer_a_port_this_process_serves(serve):
+    daytime = serve(DatagramServer, DaytimeHandler, burst=None)
+    time_server = serve(DatagramServer, TimeHandler, burst=None)
+    assert {port_of(daytime), port_of(time_server)} <= SERVED_PORTS.ports
+    datagram = (b"", Recording(), 0)
+    assert not daytime.verify_request(datagram, ("127.0.0.1", port_of(time_server)))
+    assert not daytime.verify_request(datagram, ("::ffff:127.0.0.9", port_of(daytime)))
+    assert daytime.verify_request(datagram, ("127.0.0.1", free_port()))
+    assert daytime.refused == {"loop": 2}
+
+
+def test_ntp_answers_a_client_on_a_port_this_process_serves(serve):
+    daytime = serve(DatagramServer, DaytimeHandler)
+    ntp_server = serve(NtpServer, NtpHandler, local_stratum=10)
+    datagram = (ntp.request_packet(0), Recording(), 0)
+    assert ntp_server.verify_request(datagram, ("127.0.0.1", port_of(daytime)))
+
+
+def test_the_ports_served_are_forgotten_when_a_server_closes():
+    with DatagramServer(("127.0.0.1", 0), TimeHandler) as server:
+        port = port_of(server)
+        assert port in SERVED_PORTS.ports
+    assert port not in SERVED_PORTS.ports
+
+
+@pytest.mark.slow
+def test_one_forged_datagram_starts_no_loop_between_daytime_and_time(serve):
+    daytime = serve(DatagramServer, DaytimeHandler, burst=None)
+    time_server = serve(DatagramServer, TimeHandler, burst=None)
+    spoof(port_of(time_server), port_of(daytime), b"")  # "from" Time
+    with udp_socket() as probe:  # answered after the forged one, in order
+        probe.sendto(b"", daytime.server_address)
+        assert probe.recv(512).endswith(b"\r\n")
+    assert daytime.refused == {"loop": 1}
+    assert (daytime.answered, time_server.answered) == (1, 0)
