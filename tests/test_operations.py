@@ -878,6 +878,26 @@ def test_an_abstract_notify_socket_is_reached(tmp_path):
         assert notices(manager) == {"READY": "1"}
 
 
+@pytest.mark.parametrize(
+    "usec, pid, seconds",
+    [
+        ("30000000", None, 30.0),
+        ("500000", "self", 0.5),
+        ("500000", "1", None),  # another process's
+        ("0", None, None),
+        ("soon", None, None),
+        (None, None, None),
+    ],
+)
+def test_the_watchdog_timeout_systemd_sets(usec, pid, seconds):
+    environ = {"WATCHDOG_USEC": usec, "WATCHDOG_PID": pid}
+    if pid == "self":
+        environ["WATCHDOG_PID"] = str(os.getpid())
+    environ = {name: value for name, value in environ.items() if value is not None}
+    assert systemd.watchdog_seconds(environ) == seconds
+    assert environ == {}  # taken out, for no child to take
+
+
 def test_binding_options_do_not_go_with_passed_sockets(monkeypatch, capsys):
     monkeypatch.setenv("LISTEN_FDS", "1")
     with pytest.raises(SystemExit) as exit_info:

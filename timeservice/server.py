@@ -328,7 +328,9 @@ class AdmissionMixIn(socketserver.BaseServer):
     client the access list refuses (by default nothing is sent, and a TCP
     connection is closed at once). Subclasses and handlers call
     count_refusal(cause, client_address) and add to `answered`; statistics()
-    gives the counts. Settings: access (an AccessList, None for everyone),
+    gives the counts. `turns` counts the turns of serve_forever()'s loop, so
+    that a watcher (Service.watch()) can tell a loop that turns from one
+    that hangs. Settings: access (an AccessList, None for everyone),
     log_interval (seconds over which refusals are summarised).
     """
 
@@ -364,7 +366,10 @@ class AdmissionMixIn(socketserver.BaseServer):
         with self._count_lock:
             return {"requests": self.answered, "refused": dict(self.refused)}
 
+    turns = 0
+
     def service_actions(self) -> None:
+        self.turns += 1
         super().service_actions()
         self.refusals.flush()
 

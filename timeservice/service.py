@@ -54,40 +54,109 @@ from .standard import DaytimeHandler, NtpServer, TimeHandler
 logger = logging.getLogger(__name__)
 
 
-class Service:
-    """Several servers in one process, with one stop for all of them.
+class ServerStopped(Exception):
+    """A server's loop ended on its own; the message says which and why."""
 
-    serve_forever() serves the first server in the calling thread and each
-    other one in a thread of its own; stop(), from any other thread, ends
-    them all, and each server's server_close() then finishes its clients.
+
+def describe(server: socketserver.BaseServer) -> str:
+    """A server as the log names it: its protocol, transport and address,
+    as in ``ntp server (UDP, 127.0.0.1 port 123)``."""
+    protocol = getattr(server.RequestHandlerClass, "protocol", "a")
+    udp = getattr(server, "socket_type", None) == socket.SOCK_DGRAM
+    where = format_address(server.server_address)  # type: ignore[arg-type]
+    return f"{protocol} server ({'UDP' if udp else 'TCP'}, {where})"
+
+
+class Service:
+    """Several servers in one process, watched and stopped together.
+
+    serve_forever() serves each server in a thread of its own; stop(), from
+    any other thread, ends them all, and each server's server_close() then
+    finishes its clients. A server whose loop ends on its own (an exception
+    out of serve_forever(), or a shutdown() from elsewhere) ends the whole
+    service too, and serve_forever() then raises ServerStopped: a service
+    half serving is worse than one that stops and is restarted. watch()
+    calls a function, such as systemd's watchdog, only while every server's
+    loop still turns.
     """
 
     def __init__(self, servers: Sequence[socketserver.BaseServer]) -> None:
         if not servers:
             raise ValueError("a service needs a server")
         self.servers = list(servers)
+        self._stopped = threading.Event()  # stop() was called
+        self._ended = threading.Event()  # a server's loop has ended
+        self._failure: str | None = None
+        self._watcher: tuple[float, Callable[[], None]] | None = None
 
     def serve_forever(self, poll_interval: float = 0.5) -> None:
-        first, *others = self.servers
         threads = [
-            threading.Thread(target=server.serve_forever, args=(poll_interval,))
-            for server in others
+            threading.Thread(
+                target=self._serve,
+                args=(server, poll_interval),
+                name=f"timeservice {describe(server)}",
+            )
+            for server in self.servers
         ]
         for thread in threads:
             thread.start()
+        if self._watcher is not None:
+            threads.append(threading.Thread(target=self._watch, daemon=True))
+            threads[-1].start()
         try:
-            first.serve_forever(poll_interval)
+            self._ended.wait()
         finally:
-            for server in others:
-                server.shutdown()
-            for thread in threads:
+            # Each shutdown() waits for its loop's next turn: all at once.
+            stopping = [
+                threading.Thread(target=server.shutdown) for server in self.servers
+            ]
+            for thread in stopping:
+                thread.start()
+            for thread in stopping + threads:
                 thread.join()
             for server in self.servers:
                 server.server_close()
+        if self._failure is not None:
+            raise ServerStopped(self._failure)
 
     def stop(self) -> None:
-        """End serve_forever(); not from the thread that runs it."""
-        self.servers[0].shutdown()
+        """End serve_forever(); not from a thread that one of the servers runs."""
+        self._stopped.set()
+        self._ended.set()
+
+    def watch(self, interval: float, beat: Callable[[], None]) -> None:
+        """While serving, call `beat` every `interval` seconds, but only if every
+        server's loop has turned since the last call (servers without a turn
+        count are taken on trust). Call before serve_forever()."""
+        self._watcher = (interval, beat)
+
+    def _serve(self, server: socketserver.BaseServer, poll_interval: float) -> None:
+        try:
+            server.serve_forever(poll_interval)
+        except BaseException as exc:  # any end but a stop ends the service
+            self._fail(f"{describe(server)} stopped: {exc!r}")
+        else:
+            if not self._stopped.is_set():
+                self._fail(f"{describe(server)} stopped serving")
+        finally:
+            self._ended.set()
+
+    def _fail(self, reason: str) -> None:
+        if self._failure is None:
+            self._failure = reason
+
+    def _watch(self) -> None:
+        assert self._watcher is not None
+        interval, beat = self._watcher
+        last = [getattr(server, "turns", None) for server in self.servers]
+        while not self._ended.wait(interval):
+            now = [getattr(server, "turns", None) for server in self.servers]
+            if all(
+                turns is None or turns != before
+                for turns, before in zip(now, last, strict=True)
+            ):
+                beat()
+            last = now
 
 
 # Daytime and Time: option, name in the start-up line, standard port, handler.
@@ -96,6 +165,7 @@ STANDARD = {
     "time": ("time (RFC 868)", 37, TimeHandler),
 }
 INETD_PORTS = 1024  # Daytime and Time drop datagrams from lower source ports
+POLL_INTERVAL = 0.5  # how often an idle server's loop turns
 PORT_TRIES = 10  # port 0: tries to find a port free for both TCP and UDP
 
 # What the start-up lines call each: the service's name, then its servers.
@@ -495,7 +565,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .metrics import MetricsServer  # http.server: only when asked for
 
         host, port = args.metrics
-        metrics = listen(prog, host, port, lambda a: MetricsServer(a, servers))
+        metrics = listen(
+            prog,
+            host,
+            port,
+            lambda a: MetricsServer(a, servers, access=settings.line["access"]),
+        )
         if metrics is None:
             close_all(opened)
             return 1
@@ -526,7 +601,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         if args.workers > 1:
-            return serve_in_workers(servers, args, stopping, ready)
+            return serve_in_workers(servers, args, stopping, ready, notifier)
         service = Service(servers)
 
         def stop() -> None:
@@ -535,9 +610,25 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         with stop_on_signals(stop), kept_on_cpu(choose_cpu(args.cpu)):
             ready()
-            service.serve_forever()
+            return serve(service, notifier)
     finally:
         notifier.close()
+
+
+def serve(service: Service, notifier: systemd.Notifier) -> int:
+    """Serve until stopped (0) or until a server's loop ends on its own (1,
+    after one line in the log). Under systemd's watchdog, WATCHDOG=1 goes
+    out every half of its timeout while every server's loop still turns."""
+    poll_interval = POLL_INTERVAL
+    if notifier.watchdog is not None:
+        interval = notifier.watchdog / 2
+        poll_interval = min(poll_interval, interval / 4)  # idle loops turn too
+        service.watch(interval, lambda: notifier.notify("WATCHDOG=1"))
+    try:
+        service.serve_forever(poll_interval)
+    except ServerStopped as exc:
+        logger.error("%s; ending the service", exc)
+        return 1
     return 0
 
 
@@ -546,9 +637,12 @@ def serve_in_workers(
     args: argparse.Namespace,
     stopping: Callable[[], None],
     ready: Callable[[str], None],
+    notifier: systemd.Notifier,
 ) -> int:
     """Serve the bound sockets from `args.workers` processes, each on a CPU
-    of its own where --cpu allows; the limits hold in each worker."""
+    of its own where --cpu allows; the limits hold in each worker. A worker
+    whose server stops ends with status 1, and the supervisor starts
+    another; each worker keeps systemd's watchdog (NotifyAccess=all)."""
     for server in servers:
         # Every worker waits on every socket; those that lose the race for
         # a connection or a datagram go back to waiting instead of blocking.
@@ -558,8 +652,7 @@ def serve_in_workers(
     def work(number: int) -> int:
         service = Service(servers)
         with stop_on_signals(service.stop), kept_on_cpu(cpus[number]):
-            service.serve_forever()
-        return 0
+            return serve(service, notifier)
 
     supervisor = prefork.Supervisor(args.workers, work)
     supervisor.on_stop = stopping

@@ -70,15 +70,29 @@ def is_listening(sock: socket.socket) -> bool:
         return True
 
 
+def watchdog_seconds(environ: MutableMapping[str, str]) -> float | None:
+    """The watchdog timeout systemd set for this process (WatchdogSec=), taken
+    out of `environ` as sd_watchdog_enabled(3) does; None if there is none."""
+    usec, pid = environ.pop("WATCHDOG_USEC", ""), environ.pop("WATCHDOG_PID", "")
+    if not (usec.isascii() and usec.isdigit()) or int(usec) == 0:
+        return None
+    if pid and (not pid.isdigit() or int(pid) != os.getpid()):
+        return None  # meant for another process
+    return int(usec) / 1e6
+
+
 class Notifier:
     """Tells the service manager the service's state; does nothing without it.
 
     The socket is connected at once, so that the notices still reach the
-    manager after the process has dropped its privileges.
+    manager after the process has dropped its privileges. `watchdog` is the
+    timeout of systemd's watchdog, within which WATCHDOG=1 must come, or
+    None.
     """
 
     def __init__(self, environ: MutableMapping[str, str] = os.environ) -> None:
         self.sock: socket.socket | None = None
+        self.watchdog = watchdog_seconds(environ)
         path = environ.pop("NOTIFY_SOCKET", "")
         if not path:
             return

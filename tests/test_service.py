@@ -1,0 +1,182 @@
+"""A service watches its servers: one whose loop ends or hangs ends the
+service, with one line and a non-zero status, or goes quiet to systemd's
+watchdog; and the servers stop together."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+
+import pytest
+from conftest import ROOT, TIMEOUT, bounded, udp_socket
+from test_datagram import ntp_port_of
+
+from timeservice import service
+from timeservice.datagram import DatagramServer
+from timeservice.server import TimeServer
+from timeservice.standard import TimeHandler
+
+FAULTY = """
+import sys, threading
+from timeservice import datagram, service
+Server = datagram.DatagramServer
+verify, actions, hang = Server.verify_request, Server.service_actions, threading.Event()
+def faulty_verify(self, request, client_address):
+    if request[0] == b"die":
+        self.dying = True
+    if request[0] == b"hang":
+        hang.wait()
+    return verify(self, request, client_address)
+def faulty_actions(self):
+    if getattr(self, "dying", False):
+        raise RuntimeError("boom")
+    actions(self)
+Server.verify_request, Server.service_actions = faulty_verify, faulty_actions
+sys.exit(service.main(sys.argv[1:]))
+"""
+
+
+@contextlib.contextmanager
+def faulty_service(env: dict | None = None) -> Iterator[tuple]:
+    """The server program with NTP, whose loop fails after b"die" and hangs
+    on b"hang"; and its NTP port."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", FAULTY, "0", "--ntp", "0", "--local-stratum", "10"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
+    try:
+        yield process, ntp_port_of(process)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.communicate(timeout=TIMEOUT)
+
+
+def test_a_server_whose_loop_ends_ends_the_service(connect):
+    class Failing(DatagramServer):
+        dying = False
+
+        def verify_request(self, request, client_address):
+            self.dying = True
+            return False
+
+        def service_actions(self):  # outside every request's error handling
+            if self.dying:
+                raise RuntimeError("boom")
+            super().service_actions()
+
+    line = TimeServer(("127.0.0.1", 0))
+    failing = Failing(("127.0.0.1", 0), TimeHandler)
+    both = service.Service([line, failing])
+    raised: list[BaseException] = []
+
+    def serve() -> None:
+        try:
+            both.serve_forever(0.01)
+        except service.ServerStopped as exc:
+            raised.append(exc)
+
+    serving = threading.Thread(target=serve)
+    serving.start()
+    with udp_socket() as sock:
+        sock.sendto(b"", failing.server_address)
+        serving.join(TIMEOUT)
+    assert not serving.is_alive()
+    [stopped] = raised
+    assert str(stopped).endswith("stopped: RuntimeError('boom')")
+    assert str(stopped).startswith("time server (UDP, 127.0.0.1 port")
+    assert line.socket.fileno() == -1 and failing.socket.fileno() == -1
+
+
+@pytest.mark.slow
+def test_a_server_thread_that_dies_ends_the_program_with_one_line():
+    with faulty_service() as (process, port), udp_socket() as sock:
+        sock.sendto(b"die", ("127.0.0.1", port))
+        assert process.wait(timeout=TIMEOUT) == 1
+        err = process.stderr.read()
+    assert "Traceback" not in err
+    [line] = [line for line in err.splitlines() if "ERROR" in line]
+    assert "stopped: RuntimeError('boom'); ending the service" in line
+
+
+def test_the_watch_beats_only_while_every_loop_turns():
+    entered, release = threading.Event(), threading.Event()
+
+    class Hanging(DatagramServer):
+        def verify_request(self, request, client_address):
+            if request[0] == b"hang":
+                entered.set()
+                release.wait(TIMEOUT)
+            return super().verify_request(request, client_address)
+
+    servers = [Hanging(("127.0.0.1", 0), TimeHandler), TimeServer(("127.0.0.1", 0))]
+    watched = service.Service(servers)
+    beats = threading.Semaphore(0)
+    watched.watch(0.05, beats.release)
+    serving = threading.Thread(target=watched.serve_forever, args=(0.01,))
+    serving.start()
+    try:
+        assert beats.acquire(timeout=TIMEOUT)  # turning: beats come
+        with udp_socket() as sock:
+            sock.sendto(b"hang", servers[0].server_address)
+            assert entered.wait(TIMEOUT)
+            beats.acquire(timeout=0.2)  # one may have been on its way
+            assert not beats.acquire(timeout=0.5)  # ten intervals: none
+            release.set()
+            assert beats.acquire(timeout=TIMEOUT)  # turning again
+    finally:
+        release.set()
+        bounded(watched.stop)
+        serving.join(TIMEOUT)
+    assert not serving.is_alive()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not hasattr(socket, "AF_UNIX"), reason="Unix sockets")
+def test_systemds_watchdog_hears_from_the_service_only_while_it_serves(tmp_path):
+    path = str(tmp_path / "notify")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as manager:
+        manager.bind(path)
+        manager.settimeout(TIMEOUT)
+        env = {"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "500000"}
+        with faulty_service(env) as (process, port), udp_socket() as sock:
+            assert b"READY=1" in manager.recv(4096)
+            assert manager.recv(4096) == b"WATCHDOG=1"  # every 0.25 s
+            assert manager.recv(4096) == b"WATCHDOG=1"
+            sock.sendto(b"hang", ("127.0.0.1", port))
+            manager.settimeout(1.0)
+            heard = []
+            with contextlib.suppress(TimeoutError):
+                for _ in range(10):
+                    heard.append(manager.recv(4096))
+            assert heard.count(b"WATCHDOG=1") <= 1  # on its way, then none
+            assert process.poll() is None  # hung: systemd ends it, not itself
+
+
+def test_the_servers_of_a_service_stop_together():
+    """Each shutdown() waits for its loop's next turn: one after another,
+    every protocol would add its poll interval to the stop."""
+    stopping = threading.Barrier(3, timeout=TIMEOUT)
+
+    class Stopping(TimeServer):
+        def shutdown(self) -> None:
+            stopping.wait()  # all three asked to stop before any has
+            super().shutdown()
+
+    servers = [Stopping(("127.0.0.1", 0)) for _ in range(3)]
+    together = service.Service(servers)
+    serving = threading.Thread(target=together.serve_forever, args=(0.5,))
+    serving.start()
+    bounded(together.stop)
+    serving.join(TIMEOUT)
+    assert not serving.is_alive() and not stopping.broken
+    assert all(server.socket.fileno() == -1 for server in servers)
