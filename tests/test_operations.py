@@ -15,6 +15,7 @@ import re
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -504,6 +505,85 @@ def test_only_metrics_is_served(serving):
     error.value.close()
     assert error.value.code == 404
     assert scrape(port)[("timeservice_requests_total", labels("line", "tcp"))] == 0
+
+
+def metrics_server(serving, **settings):
+    from timeservice.metrics import MetricsServer
+
+    line = serving(service.TimeServer(("127.0.0.1", 0)))
+    return serving(MetricsServer(("127.0.0.1", 0), [line], **settings))
+
+
+def http_get(port: int, head: bytes = b"", source: str = "127.0.0.1") -> bytes:
+    """What the endpoint answers to a GET of /metrics with `head` as headers."""
+    with connect_from_address(port, source) as sock:
+        sock.sendall(b"GET /metrics HTTP/1.0\r\n" + head + b"\r\n")
+        return read_all(sock)
+
+
+def connect_from_address(port: int, source: str) -> socket.socket:
+    return socket.create_connection(
+        ("127.0.0.1", port), timeout=TIMEOUT, source_address=(source, 0)
+    )
+
+
+def test_a_request_head_over_its_limit_is_refused(serving):
+    metrics = metrics_server(serving)
+    port = metrics.server_address[1]
+    assert http_get(port).startswith(b"HTTP/1.0 200 ")
+    big = b"".join(b"X-Padding-%d: %s\r\n" % (n, b"x" * 1000) for n in range(9))
+    assert http_get(port, big).startswith(b"HTTP/1.0 431 ")  # past 8 KiB
+    assert http_get(port).startswith(b"HTTP/1.0 200 ")
+
+
+def test_a_request_head_has_a_deadline_for_the_whole(serving):
+    metrics = metrics_server(serving, request_seconds=0.3)
+    with connect_from_address(metrics.server_address[1], "127.0.0.1") as sock:
+        sock.sendall(b"GET /metrics HTTP/1.0\r\n")  # and never the blank line
+        assert read_all(sock) == b""  # closed at the deadline, not 10 s a read
+
+
+def test_the_endpoint_serves_a_bounded_number_of_connections(serving):
+    metrics = metrics_server(serving, max_connections=2)
+    port = metrics.server_address[1]
+    holding = [connect_from_address(port, "127.0.0.1") for _ in range(2)]
+    try:
+        for sock in holding:  # both are served: each waits in its thread
+            sock.sendall(b"GET /metrics HTTP/1.0\r\n")
+        with connect_from_address(port, "127.0.0.1") as third:
+            assert read_all(third) == b""  # closed at once
+        assert metrics.refused["busy"] >= 1
+    finally:
+        for sock in holding:
+            sock.close()
+    for _ in range(100):  # the places come free as the held connections end
+        if http_get(port).startswith(b"HTTP/1.0 200 "):
+            break
+    else:
+        raise AssertionError("no place came free")
+
+
+def test_the_access_list_applies_to_the_metrics(serving):
+    metrics = metrics_server(serving, access=AccessList.from_options([], ["127.0.0.2"]))
+    port = metrics.server_address[1]
+    with connect_from_address(port, "127.0.0.2") as denied:
+        assert read_all(denied) == b""  # closed before it could ask
+    assert http_get(port).startswith(b"HTTP/1.0 200 ")
+    assert metrics.refused == {"denied": 1}
+
+
+def test_a_scraper_that_resets_is_one_line_at_most(serving, capfd, caplog):
+    metrics = metrics_server(serving)
+    port = metrics.server_address[1]
+    for _ in range(3):
+        with connect_from_address(port, "127.0.0.1") as sock:
+            sock.sendall(b"GET /metr")
+            sock.setsockopt(
+                socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+            )
+    assert http_get(port).startswith(b"HTTP/1.0 200 ")
+    assert "Traceback" not in capfd.readouterr().err
+    assert all(record.exc_info is None for record in caplog.records)
 
 
 def test_without_an_ntp_service_the_clock_is_read_from_the_kernel(monkeypatch):

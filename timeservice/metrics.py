@@ -8,8 +8,6 @@ read when a scrape asks, so serving pays nothing for them.
 
 from __future__ import annotations
 
-import http.server
-import logging
 import socket
 import socketserver
 import threading
@@ -17,10 +15,9 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from . import kernelclock, ntp
-from .server import AnyAddressMixIn, TimeServer
+from .endpoint import EndpointHandler, EndpointServer
+from .server import TimeServer
 from .standard import NtpServer
-
-logger = logging.getLogger(__name__)
 
 PATH = "/metrics"
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -90,7 +87,8 @@ def collect(servers: Sequence[socketserver.BaseServer]) -> list[Family]:
         (
             "timeservice_refused_total",
             "counter",
-            "Clients refused: busy, per_host, denied, rate_limited, low_source_port.",
+            "Clients refused: busy, per_host, denied, rate_limited, "
+            "low_source_port, loop.",
             refused,
         ),
         (
@@ -137,12 +135,11 @@ def clock_families(servers: Sequence[socketserver.BaseServer]) -> list[Family]:
     return families
 
 
-class MetricsHandler(http.server.BaseHTTPRequestHandler):
+class MetricsHandler(EndpointHandler):
     """Answers GET /metrics; anything else is 404."""
 
+    protocol = "metrics"  # for the log; no metric counts this server
     server: MetricsServer
-    timeout = 10  # seconds a scraper has for its request
-    server_version = "timeservice"
 
     def do_GET(self) -> None:
         if self.path.partition("?")[0] != PATH:
@@ -155,18 +152,16 @@ class MetricsHandler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def log_message(self, format: str, *args: Any) -> None:
-        logger.debug("%s: %s", self.address_string(), format % args)
 
-
-class MetricsServer(AnyAddressMixIn, http.server.ThreadingHTTPServer):
-    """Serves the metrics of `servers` over HTTP, a thread per scrape."""
+class MetricsServer(EndpointServer):
+    """Serves the metrics of `servers` over HTTP, within EndpointServer's limits."""
 
     def __init__(
         self,
         server_address: tuple,
         servers: Sequence[socketserver.BaseServer],
         bind_and_activate: bool = True,
+        **settings: Any,
     ) -> None:
         self.servers = list(servers)
-        super().__init__(server_address, MetricsHandler, bind_and_activate)
+        super().__init__(server_address, MetricsHandler, bind_and_activate, **settings)

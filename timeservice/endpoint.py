@@ -1,0 +1,155 @@
+"""A small HTTP endpoint that clients cannot take the memory or the threads of.
+
+http.server reads a request's head with a timeout per read, up to 100 header
+lines of 64 KB each, on as many connections as come: a few slow clients can
+hold hundreds of megabytes and as many threads. Here a connection has
+`request_seconds` for its whole request head and `max_request_bytes` for it,
+at most `max_connections` are served at once (one more is closed at once),
+and the access list applies as for every server. Errors are one line in the
+log; a client that resets is ordinary.
+"""
+
+from __future__ import annotations
+
+import http.client
+import http.server
+import logging
+import sys
+import threading
+import time
+from typing import Any
+
+from .server import (
+    AdmissionMixIn,
+    AnyAddressMixIn,
+    SettingsMixIn,
+    format_address,
+)
+
+logger = logging.getLogger(__name__)
+
+MAX_REQUEST_BYTES = 8192  # a scraper's GET is a few hundred bytes
+REQUEST_SECONDS = 5.0  # for the whole request head, however it trickles in
+MAX_CONNECTIONS = 16
+
+
+class BoundedReader:
+    """A connection's request head as lines: at most `limit` bytes in all,
+    all of them within `seconds`. Past the limit readline() raises
+    http.client.LineTooLong, past the time TimeoutError."""
+
+    def __init__(self, sock: Any, limit: int, seconds: float) -> None:
+        self.sock, self.left = sock, limit
+        self.deadline = time.monotonic() + seconds
+        self.buffer = b""
+
+    def readline(self, size: int = -1) -> bytes:
+        while b"\n" not in self.buffer and not 0 <= size <= len(self.buffer):
+            if self.left <= 0:
+                raise http.client.LineTooLong("request head")
+            remaining = self.deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError("request head not complete in time")
+            self.sock.settimeout(remaining)
+            chunk = self.sock.recv(min(4096, self.left))
+            if not chunk:
+                break
+            self.left -= len(chunk)
+            self.buffer += chunk
+        end = self.buffer.find(b"\n") + 1 or len(self.buffer)
+        if 0 <= size < end:
+            end = size
+        line, self.buffer = self.buffer[:end], self.buffer[end:]
+        return line
+
+    def close(self) -> None:
+        self.buffer = b""
+
+
+class EndpointHandler(http.server.BaseHTTPRequestHandler):
+    """One request per connection, read through a BoundedReader; subclasses
+    add do_GET() and the like. Replies get `reply_seconds` to go out."""
+
+    server: EndpointServer
+    server_version = "timeservice"
+    reply_seconds = 10.0
+
+    def setup(self) -> None:
+        super().setup()
+        self.rfile.close()  # the reader http.server made; this one is bounded
+        self.rfile = BoundedReader(  # type: ignore[assignment]
+            self.connection, self.server.max_request_bytes, self.server.request_seconds
+        )
+
+    def end_headers(self) -> None:
+        self.connection.settimeout(self.reply_seconds)  # the head's deadline is over
+        super().end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        logger.debug("%s: %s", self.address_string(), format % args)
+
+
+class EndpointServer(
+    SettingsMixIn,
+    AdmissionMixIn,
+    AnyAddressMixIn,
+    http.server.ThreadingHTTPServer,
+):
+    """An HTTP server with a thread per connection, at most `max_connections`
+    of them. Settings: max_connections, max_request_bytes, request_seconds,
+    and AdmissionMixIn's (a denied client is closed at once)."""
+
+    settings: tuple[str, ...] = (
+        "max_connections",
+        "max_request_bytes",
+        "request_seconds",
+    )
+    max_connections = MAX_CONNECTIONS
+    max_request_bytes = MAX_REQUEST_BYTES
+    request_seconds = REQUEST_SECONDS
+
+    def __init__(
+        self,
+        server_address: tuple,
+        handler_class: type[EndpointHandler],
+        bind_and_activate: bool = True,
+        **settings: Any,
+    ) -> None:
+        self._open = 0
+        self._open_lock = threading.Lock()
+        super().__init__(server_address, handler_class, bind_and_activate, **settings)
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        if not super().verify_request(request, client_address):
+            return False
+        with self._open_lock:
+            if self._open < self.max_connections:
+                self._open += 1
+                return True
+        self.count_refusal("busy", client_address)
+        return False
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request(request, client_address)
+        except BaseException:  # no thread: its place is free again
+            self._closed()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._closed()
+
+    def _closed(self) -> None:
+        with self._open_lock:
+            self._open -= 1
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """One line: a client that resets, is too slow or sends too much is
+        ordinary; anything else is a fault of this server's."""
+        exc = sys.exc_info()[1]
+        ordinary = isinstance(exc, (OSError, http.client.HTTPException))
+        level = logging.DEBUG if ordinary else logging.ERROR
+        logger.log(level, "%s: %r", format_address(client_address), exc)
