@@ -316,6 +316,51 @@ def test_out_of_files_the_server_pauses_then_serves_again():
     print(f"out of files for 3 s: {cpu:.3f} s CPU, {len(logged)} log lines: {logged}")
 
 
+LINGERING_SERVER = """
+import sys
+from timeservice.server import TimeServer
+with TimeServer(("127.0.0.1", 0), linger=30.0, max_per_host=None) as server:
+    print(server.max_connections, server.server_address[1], flush=True)
+    server.serve_forever(0.05)
+"""
+
+
+@needs_proc
+@slow
+@needs_prlimit
+def test_refused_clients_cannot_take_the_descriptors_the_next_refusal_needs():
+    process = subprocess.Popen(
+        ["prlimit", "--nofile=200", sys.executable, "-c", LINGERING_SERVER],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    held = []
+    try:
+        cap, port = map(int, process.stdout.readline().split())
+        assert cap == 200 - 32 or not capabilities.OPEN_FILE_LIMIT
+        for _ in range(cap):  # served, and open
+            sock = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
+            sock.sendall(b"send time\n")
+            timestamp(sock.makefile("rb").readline())
+            held.append(sock)
+        # Each refused client keeps its connection open, so a refusal that
+        # drained it would hold its descriptor for the 30 s of `linger`.
+        refused = []
+        for _ in range(60):
+            sock = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
+            held.append(sock)
+            refused.append(sock.makefile("rb").read())
+        assert refused == [b"ERR busy\n"] * 60
+    finally:
+        for sock in held:
+            sock.close()
+        process.kill()
+        _, err = process.communicate(timeout=TIMEOUT)
+    assert "cannot accept" not in err and "Traceback" not in err
+
+
 # Shutdown and soak, on a server process
 
 # One process, and two worker processes forked where they can be.

@@ -73,6 +73,14 @@ def connection_cap(requested: int) -> int:
     return min(requested, max(MIN_CONNECTIONS, soft - RESERVED_FILES))
 
 
+def socket_budget(connections: int) -> int:
+    """How many sockets a server may hold at once, those it serves and those it
+    drains after a refusal: what the open-file limit leaves (twice the cap
+    where there is none)."""
+    soft = capabilities.open_file_limit()
+    return 2 * connections if soft is None else soft - RESERVED_FILES
+
+
 def abort(sock: socket.socket) -> None:
     """Wake a thread blocked on `sock`, and make its close a reset.
 
@@ -413,6 +421,7 @@ class ConnectionRegistry(AdmissionMixIn, socketserver.TCPServer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         requested = self.max_connections
         self.max_connections = connection_cap(requested)
+        self.max_sockets = socket_budget(self.max_connections)
         if self.max_connections < requested:
             logger.warning(
                 "open-file limit allows %d connections, not %d",
@@ -479,7 +488,11 @@ class ConnectionRegistry(AdmissionMixIn, socketserver.TCPServer):
 
         The socket is drained by the watchdog until the client closes or
         `linger` runs out: closing it with unread input would send a reset
-        that can overtake the line.
+        that can overtake the line. Sockets being drained count against the
+        open-file limit with those served (`max_sockets`): past it, what has
+        already come is drained and the socket closed at once, so that a
+        flood of refused clients cannot take the descriptors that the next
+        refusal needs.
         """
         try:  # a new socket's buffer is empty: this does not block
             request.sendall(error_line(reason))
@@ -489,10 +502,12 @@ class ConnectionRegistry(AdmissionMixIn, socketserver.TCPServer):
             pass
         with self._lock:
             self._forget(request)
-            if len(self._draining) < self.max_connections and self._watch():
+            held = len(self._connections) + len(self._draining)
+            if held < self.max_sockets and self._watch():
                 self._draining[request] = time.monotonic() + self.linger
                 return
-        request.close()  # too many to drain at once: the line may be lost
+        drained(request)  # what has come so far, so that the close is no reset
+        request.close()
 
     def track(self, handler: Any) -> None:
         """Give a running handler its deadline, and let the watchdog see it."""
