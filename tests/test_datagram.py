@@ -36,6 +36,7 @@ from timeservice.datagram import (
     is_wildcard,
     stamp_of,
 )
+from timeservice.server import TimeServer
 from timeservice.standard import DaytimeHandler, NtpHandler, NtpServer, TimeHandler
 
 LOOPBACK_ONLY = AccessList.from_options(["127.0.0.0/8", "::1"], [])
@@ -427,6 +428,51 @@ def test_new_sources_over_a_full_table_are_answered_as_one(serve):
             assert ntp.Packet.unpack(sock.recv(512)).stratum == 10
         later = [reply for sock in sources[4:] for reply in replies(sock, quiet=0.01)]
     assert len(later) <= 1  # the shared bucket's one
+
+
+# IPv6: an address's share, and a /64's
+
+
+def test_the_hosts_of_one_ipv6_lan_each_get_their_own_share():
+    with NtpServer(("::1", 0), local_stratum=10, rate=0.0) as server:
+        lan = [(f"2001:db8::{n:x}", 40000, 0, 0) for n in range(1, 31)]
+        answered = sum(
+            server.verify_request((ntp.request_packet(0), Recording(), 0), host)
+            for host in lan
+            for _ in range(2)
+        )
+    assert answered == 60  # each its own bucket, under the /64's 64 at once
+
+
+def test_one_host_with_a_whole_slash_64_gets_four_times_an_address():
+    with NtpServer(("::1", 0), local_stratum=10, rate=0.0) as server:  # no refill
+        answered = sum(  # a new address for every request
+            server.verify_request(
+                (ntp.request_packet(0), Recording(), 0), (f"2001:db8::{n:x}", 1, 0, 0)
+            )
+            for n in range(1, 1001)
+        )
+    assert answered == 4 * 16
+
+
+def test_the_connections_of_one_ipv6_lan_are_limited_per_host_and_per_slash_64():
+    with TimeServer(("::1", 0), max_per_host=2, max_per_network=8) as server:
+        admitted = []
+        pairs = [socket.socketpair() for _ in range(15)]
+        try:
+            for n, (ours, _) in enumerate(pairs):
+                host = (f"2001:db8::{n // 3 + 1:x}", 1000 + n, 0, 0)
+                admitted.append(server.verify_request(ours, host))
+            # Three from each of five hosts: two each, until the /64 has 8.
+            assert admitted == [True, True, False] * 4 + [False] * 3
+            assert server.refused == {"per_host": 4, "per_network": 3}
+            pairs.append(socket.socketpair())
+            other = ("2001:db8:1::1", 1, 0, 0)  # another /64
+            assert server.verify_request(pairs[-1][0], other)
+        finally:
+            for ours, theirs in pairs:
+                server.shutdown_request(ours)
+                theirs.close()
 
 
 # Loops between services

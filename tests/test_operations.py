@@ -38,7 +38,13 @@ from conftest import (
 )
 
 from timeservice import cli, client, ntp, service, systemd
-from timeservice.access import AccessList, RefusalLog, host_key, parse_subnet
+from timeservice.access import (
+    AccessList,
+    RefusalLog,
+    address_key,
+    network_key,
+    parse_subnet,
+)
 from timeservice.cli import metrics_address
 from timeservice.datagram import DatagramServer
 from timeservice.metrics import collect, render
@@ -124,15 +130,19 @@ def test_a_subnet_that_is_not_one_is_refused():
 
 
 @pytest.mark.parametrize(
-    "address, key",
+    "address, key, network",
     [
-        (("192.0.2.7", 1), "192.0.2.7"),
-        (("2001:db8::1", 1, 0, 0), "2001:db8::/64"),
-        (("::ffff:192.0.2.7", 1, 0, 0), "192.0.2.7"),
+        (("192.0.2.7", 1), "192.0.2.7", None),
+        (("2001:db8::1", 1, 0, 0), "2001:db8::1", "2001:db8::/64"),
+        (("2001:db8::ffff:1", 5), "2001:db8::ffff:1", "2001:db8::/64"),
+        (("::ffff:192.0.2.7", 1, 0, 0), "192.0.2.7", None),
+        (("fe80::1%lo", 5, 0, 1), "fe80::1", "fe80::/64"),
     ],
 )
-def test_a_host_is_an_ipv4_address_or_an_ipv6_slash_64(address, key):
-    assert host_key(address) == key
+def test_a_client_is_its_address_and_an_ipv6_one_its_slash_64_too(
+    address, key, network
+):
+    assert (address_key(address), network_key(address)) == (key, network)
 
 
 # The summarised log, by hand

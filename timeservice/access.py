@@ -19,17 +19,32 @@ logger = logging.getLogger("timeservice.server")
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
-def host_key(address: tuple) -> str:
-    """Who a client counts as: its IPv4 address, or its IPv6 /64.
+NETWORK_FACTOR = 4  # an IPv6 /64 may have this many times one address's share
 
-    An IPv6 host usually has a whole /64 to pick addresses from, so one
-    address is no limit; an IPv4-mapped IPv6 address is the IPv4 one.
-    """
+
+def address_key(address: tuple) -> str:
+    """Who a client is: its address as the kernel wrote it, an IPv4-mapped
+    IPv6 address as the IPv4 one, without an IPv6 scope."""
     if ":" not in address[0]:  # IPv4 as the kernel wrote it: no parsing needed
         return address[0]
     host = ipaddress.IPv6Address(address[0].split("%")[0])
     if host.ipv4_mapped is not None:
         return str(host.ipv4_mapped)
+    return str(host)
+
+
+def network_key(address: tuple) -> str | None:
+    """The network a client shares a limit with: its IPv6 /64; None for IPv4.
+
+    A LAN is one /64, so its hosts must not share one address's limit; but
+    one host may hold a whole /64 and pick a new address for every request,
+    so the /64 has a limit of its own too, NETWORK_FACTOR times larger.
+    """
+    if ":" not in address[0]:
+        return None
+    host = ipaddress.IPv6Address(address[0].split("%")[0])
+    if host.ipv4_mapped is not None:
+        return None
     return str(ipaddress.IPv6Network((host, 64), strict=False))
 
 
@@ -97,12 +112,13 @@ class AccessList:
 CAUSES = {
     "busy": "the server is at its connection limit",
     "per_host": "too many connections from this host",
+    "per_network": "too many connections from this IPv6 /64",
     "denied": "not allowed by the access list",
     "rate_limited": "over its rate limit",
     "low_source_port": "source port 0, or below 1024 for Daytime and Time",
     "loop": "from a UDP port this process serves, on this host (a loop)",
 }
-WARNINGS = {"busy", "per_host"}
+WARNINGS = {"busy", "per_host", "per_network"}
 
 
 class RefusalLog:

@@ -1,8 +1,9 @@
 """Serving over UDP: socketserver's UDPServer with one send path and a limit on
 every source.
 
-A spoofed datagram makes a server send to a victim, so each source (an IPv4
-address, an IPv6 /64) gets a token bucket of replies; what goes over it is
+A spoofed datagram makes a server send to a victim, so each source address
+gets a token bucket of replies, and each IPv6 /64 one four times larger (a
+LAN is one /64; one host may hold a whole one); what goes over them is
 dropped and counted, and no datagram from port 0 or from another service of
 this host is answered at all. Admission only decides: every reply leaves
 through the datagram's Reply, which answers from the address the datagram
@@ -25,7 +26,7 @@ import time
 from typing import Any
 
 from . import capabilities
-from .access import host_key as source_key
+from .access import NETWORK_FACTOR, address_key, network_key
 from .protocol import Clock, local_now
 from .server import (
     AdmissionMixIn,
@@ -34,7 +35,7 @@ from .server import (
     format_address,
 )
 
-__all__ = ["DatagramServer", "RateLimiter", "Reply", "source_key"]
+__all__ = ["DatagramServer", "RateLimiter", "Reply"]
 
 logger = logging.getLogger(__name__)
 
@@ -337,9 +338,11 @@ class DatagramServer(
         self._replies: dict[bytes, Reply] = {}  # by the address asked at
         self.refusal: bytes | None = None  # see _handle_request_noblock()
         super().__init__(server_address, handler_class, bind_and_activate, **settings)
-        self.limiter = (
-            None if self.burst is None else RateLimiter(self.rate, self.burst)
-        )
+        self.limiter = self.network_limiter = None
+        if self.burst is not None:
+            self.limiter = RateLimiter(self.rate, self.burst)
+            factor = NETWORK_FACTOR
+            self.network_limiter = RateLimiter(factor * self.rate, factor * self.burst)
         if self._served_port is None:  # not activated yet
             self._plain_reply = self.socket
 
@@ -477,9 +480,11 @@ class DatagramServer(
             return False
         if self.limiter is None:
             return True
-        key, now = source_key(client_address), time.monotonic()
+        key, now = address_key(client_address), time.monotonic()
         if self.limiter.allow(key, now):
-            return True
+            network, networks = network_key(client_address), self.network_limiter
+            if network is None or networks is None or networks.allow(network, now):
+                return True
         self.count_refusal("rate_limited", client_address)
         if self.limiter.kiss(key, now):
             self.refusal = self.over_limit(request, client_address)

@@ -28,7 +28,7 @@ from collections.abc import Callable
 from typing import Any, BinaryIO, cast
 
 from . import capabilities
-from .access import AccessList, RefusalLog, host_key
+from .access import NETWORK_FACTOR, AccessList, RefusalLog, address_key, network_key
 from .protocol import (
     MAX_LINE_BYTES,
     REQUEST,
@@ -389,8 +389,9 @@ class AdmissionMixIn(socketserver.BaseServer):
 class ConnectionRegistry(AdmissionMixIn, socketserver.TCPServer):
     """Knows every open connection: the caps, the idle deadlines, a clean close.
 
-    At most `max_connections` are open at once, and at most `max_per_host`
-    from one host (an IPv4 address, an IPv6 /64; None for no such limit).
+    At most `max_connections` are open at once, at most `max_per_host` from
+    one address and `max_per_network` from one IPv6 /64 (None for no such
+    limit).
     Methods that may be overridden: refuse(request, client_address, reason)
     answers a connection that cannot be served; sweep(now) keeps the
     deadlines. It extends verify_request(), shutdown_request() and
@@ -406,13 +407,15 @@ class ConnectionRegistry(AdmissionMixIn, socketserver.TCPServer):
     settings: tuple[str, ...] = (
         "max_connections",
         "max_per_host",
+        "max_per_network",
         "idle_timeout",
         "linger",
         "shutdown_grace",
         "sweep_interval",
     )
     max_connections = MAX_CONNECTIONS  # one more gets ERR busy
-    max_per_host: int | None = MAX_PER_HOST  # one more from the host gets ERR busy
+    max_per_host: int | None = MAX_PER_HOST  # one more from the address: ERR busy
+    max_per_network: int | None = NETWORK_FACTOR * MAX_PER_HOST  # from the /64
     idle_timeout = IDLE_TIMEOUT  # seconds a client has for each request line
     linger = 0.5  # seconds a closing connection is drained, then reset
     shutdown_grace = 1.0  # seconds handlers have to finish after server_close()
@@ -430,8 +433,8 @@ class ConnectionRegistry(AdmissionMixIn, socketserver.TCPServer):
             )
         self._lock = threading.Lock()
         self._connections: dict[socket.socket, Any] = {}  # the handler, once it runs
-        self._host_of: dict[socket.socket, str] = {}  # with max_per_host
-        self._per_host: dict[str, int] = {}
+        self._keys_of: dict[socket.socket, list[str]] = {}  # addresses, networks
+        self._per_key: dict[str, int] = {}  # connections open by each
         self.errors: collections.Counter[str] = collections.Counter()
         self._draining: dict[socket.socket, float] = {}  # refused, until EOF or then
         self._watchdog: threading.Thread | None = None
@@ -443,24 +446,37 @@ class ConnectionRegistry(AdmissionMixIn, socketserver.TCPServer):
         """Admit a connection while under the caps; refuse it with ``ERR busy``."""
         if not super().verify_request(request, client_address):
             return False
-        per_host = self.max_per_host
-        host = None if per_host is None else host_key(client_address)
+        limits = self._limits(client_address)
         with self._lock:
+            over = [c for k, n, c in limits if self._per_key.get(k, 0) >= n]
             if len(self._connections) >= self.max_connections:
                 cause = "busy"
-            elif host is not None and self._per_host.get(host, 0) >= per_host:  # type: ignore[operator]
-                cause = "per_host"
+            elif over:
+                cause = over[0]
             elif not self._watch():
                 cause = "busy"
             else:
                 self._connections[request] = None
-                if host is not None:
-                    self._host_of[request] = host
-                    self._per_host[host] = self._per_host.get(host, 0) + 1
+                if limits:
+                    keys = self._keys_of[request] = [key for key, _, _ in limits]
+                    for key in keys:
+                        self._per_key[key] = self._per_key.get(key, 0) + 1
                 return True
         self.count_refusal(cause, client_address)
         self.refuse(request, client_address, "busy")
         return False
+
+    def _limits(self, client_address: Any) -> list[tuple[str, int, str]]:
+        """The counts a connection from `client_address` adds to: each key,
+        its limit and the cause of a refusal over it."""
+        limits = []
+        if self.max_per_host is not None:
+            limits.append((address_key(client_address), self.max_per_host, "per_host"))
+        if self.max_per_network is not None:
+            network = network_key(client_address)
+            if network is not None:
+                limits.append((network, self.max_per_network, "per_network"))
+        return limits
 
     def denied(self, request: Any, client_address: Any) -> None:
         """The line protocol says why: ``ERR not allowed``."""
@@ -565,13 +581,12 @@ class ConnectionRegistry(AdmissionMixIn, socketserver.TCPServer):
         handler = self._connections.pop(request, None)
         if handler is not None:
             self.answered += handler.requests
-        host = self._host_of.pop(request, None)
-        if host is not None:
-            left = self._per_host[host] - 1
+        for key in self._keys_of.pop(request, ()):
+            left = self._per_key[key] - 1
             if left:
-                self._per_host[host] = left
+                self._per_key[key] = left
             else:
-                del self._per_host[host]
+                del self._per_key[key]
 
     def _watch(self) -> bool:
         """Make sure the watchdog runs (the lock is held); False if it cannot."""

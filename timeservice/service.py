@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 from . import __version__, capabilities, kernelclock, ntp, prefork, systemd
-from .access import AccessList, parse_subnet
+from .access import NETWORK_FACTOR, AccessList, parse_subnet
 from .cli import (
     Account,
     add_address_arguments,
@@ -404,8 +404,16 @@ def parse_arguments(prog: str, argv: Sequence[str] | None) -> argparse.Namespace
         type=int,
         default=MAX_PER_HOST,
         metavar="N",
-        help="connections one host (an IPv4 address, an IPv6 /64) may have open; "
-        "more get 'ERR busy'; 0 for no such limit (default: %(default)s)",
+        help="connections one address may have open; more get 'ERR busy'; 0 for "
+        "no such limit (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-per-network",
+        type=int,
+        default=NETWORK_FACTOR * MAX_PER_HOST,
+        metavar="N",
+        help="connections one IPv6 /64 may have open (one host may hold a whole "
+        "one); 0 for no such limit (default: %(default)s)",
     )
     parser.add_argument(
         "--utc", action="store_true", help="answer in UTC instead of local time"
@@ -502,8 +510,9 @@ def parse_arguments(prog: str, argv: Sequence[str] | None) -> argparse.Namespace
     args = parser.parse_args(argv)
     if args.max_line < len(COMMAND):
         parser.error(f"--max-line must leave room for {COMMAND!r}")
-    if args.max_per_host < 0:
-        parser.error("--max-per-host must be 0 or more")
+    for option in ("max_per_host", "max_per_network"):
+        if getattr(args, option) < 0:
+            parser.error(f"--{option.replace('_', '-')} must be 0 or more")
     args.activated = "LISTEN_FDS" in os.environ
     if args.activated:
         given = [f"--{o}" for o in ("daytime", "time", "ntp") if getattr(args, o)]
