@@ -316,6 +316,54 @@ def test_our_client_finds_chronyds_shift_and_agrees_with_chronyd(tmp_path):
     assert abs(ours["offset"] - float(found[1])) <= ours["error"] + 0.005
 
 
+@needs("chronyd")
+def test_synchronised_our_server_claims_what_chronyd_says(tmp_path):
+    """chronyd serving its local clock stands for the daemon that synchronised
+    this machine: our server, told the kernel is synchronised, claims one
+    stratum more and chronyd's reference ID."""
+    port = free_port()
+    config = chrony_config(
+        tmp_path,
+        "local stratum 5",
+        f"port {port}",
+        "bindaddress 127.0.0.1",
+        "allow 127.0.0.1",
+    )
+    with started("chronyd", "-d", "-x", "-u", "root", "-f", str(config)):
+        request = ntp.request_packet(0)
+        wait_for_udp(port, request, synchronised_reply(request))
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.settimeout(TIMEOUT)
+            sock.sendto(request, ("127.0.0.1", port))
+            chronyd = ntp.check_reply(sock.recv(512), request)
+        program = (
+            "import sys; from timeservice import kernelclock, ntp, service; "
+            "kernelclock.read = lambda: ntp.KernelState(True, 0, 0.1); "
+            "sys.exit(service.main(sys.argv[1:]))"
+        )
+        with started(
+            sys.executable, "-c", program, "0", "--ntp", "0", "--upstream",
+            f"127.0.0.1:{port}",
+        ) as ours:  # fmt: skip
+            for _ in range(10):  # its log lines come on the same pipe
+                line = readline_within(ours.stdout)
+                if line.startswith("Serving NTP on"):
+                    break
+            ntp_port = int(line.split(" port ")[1].split()[0])
+            claimed = ntp.request_packet(0)
+            wait_for_udp(
+                ntp_port,
+                claimed,
+                lambda data: ntp.Packet.unpack(data).stratum == chronyd.stratum + 1,
+            )
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+                sock.settimeout(TIMEOUT)
+                sock.sendto(claimed, ("127.0.0.1", ntp_port))
+                ours_says = ntp.check_reply(sock.recv(512), claimed)
+    assert ours_says.reference_id == chronyd.reference_id
+    assert ours_says.root_dispersion >= chronyd.root_dispersion
+
+
 def xinetd_config(ports: dict[str, int]) -> str:
     """xinetd's built-in daytime and time services, TCP and UDP, on loopback."""
     blocks = ["defaults\n{\n}\n"]

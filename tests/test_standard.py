@@ -40,7 +40,7 @@ from timeservice import (
     rfc868,
     service,
 )
-from timeservice.datagram import DatagramServer, RateLimiter, source_key
+from timeservice.datagram import DatagramServer, RateLimiter
 from timeservice.daytime import parse_daytime
 from timeservice.offset import Sample
 from timeservice.protocol import ReplyError
@@ -78,6 +78,13 @@ def test_the_count_wraps_in_2036_and_is_read_in_the_nearest_era():
 def test_a_time_reply_is_four_bytes():
     with pytest.raises(ValueError):
         rfc868.decode(b"\x00\x01\x02", near=0)
+
+
+def test_an_rfc_868_reply_is_read_from_its_first_four_bytes():
+    # inetutils-inetd sends four zero bytes after the time; rdate reads four.
+    assert rfc868.decode(rfc868.encode(1000) + bytes(4), near=1000) == 1000
+    with pytest.raises(ValueError):
+        rfc868.decode(bytes(3), near=0)
 
 
 # NTP timestamps and packets
@@ -152,9 +159,10 @@ def test_a_kiss_of_death_carries_no_time():
 @pytest.mark.parametrize(
     "kernel, local, expected",
     [
-        (ntp.KernelState(True, 0, 0.25), None, (0, 3, bytes([127, 127, 1, 1]), 0.25)),
-        (ntp.KernelState(True, 1, 1e-9), None, (1, 3, bytes([127, 127, 1, 1]), 2**-20)),
-        (ntp.KernelState(True, 2, 0.01), 1, (2, 1, b"LOCL", 0.01)),
+        # Synchronised from no one it knows: stratum 15 and no reference ID.
+        (ntp.KernelState(True, 0, 0.25), None, (0, 15, bytes(4), 0.25)),
+        (ntp.KernelState(True, 1, 1e-9), None, (1, 15, bytes(4), 2**-20)),
+        (ntp.KernelState(True, 2, 0.01), 1, (2, 15, bytes(4), 0.01)),  # not LOCL
         (ntp.KernelState(False, 0, 16.0), 10, (0, 10, bytes([127, 127, 1, 1]), 2**-20)),
         (ntp.KernelState(False, 0, 16.0), 1, (0, 1, b"LOCL", 2**-20)),
         (ntp.KernelState(False, 0, 16.0), None, (3, 0, b"INIT", 16.0)),
@@ -163,7 +171,7 @@ def test_a_kiss_of_death_carries_no_time():
     ids=[
         "synced",
         "leap insert",
-        "synced at 1",
+        "synced, local stratum not used",
         "local 10",
         "local 1",
         "unsynced",
@@ -178,6 +186,68 @@ def test_the_server_never_claims_a_synchronisation_it_lacks(kernel, local, expec
         state.reference_id,
         state.root_dispersion,
     ) == expected
+
+
+UPSTREAM = ntp.Upstream(
+    ntp.LEAP_INSERT, 2, bytes([192, 0, 2, 1]), 0.012, 0.003, 0xE9D1B8C0_00000000
+)
+
+
+def test_a_synchronised_server_claims_what_its_upstream_says():
+    synced = ntp.KernelState(True, ntp.LEAP_NONE, 0.5)
+    state = ntp.server_state(synced, 10, -20, UPSTREAM, age=100.0)
+    assert (state.leap, state.stratum, state.reference_id) == (
+        1,
+        3,
+        UPSTREAM.reference_id,
+    )
+    assert state.root_delay == 0.012
+    # Its dispersion, the precision, and RFC 5905's 15 ppm for 100 s since.
+    assert state.root_dispersion == pytest.approx(0.003 + 2**-20 + 100 * 15e-6)
+    reply = ntp.Packet.unpack(ntp.server_reply(REQUEST, state, S, lambda: S))
+    assert reply.reference == 0xE9D1B8C0_00000000
+    assert reply.root_delay == ntp.to_short(0.012)
+    at_15 = ntp.Upstream(0, 15, bytes(4), 0.0, 0.0)
+    assert ntp.server_state(synced, None, -20, at_15).stratum == 15
+
+
+def test_an_unsynchronised_reply_carries_no_reference_time():
+    unsynced = ntp.server_state(ntp.KernelState(False, 0, 16.0), None, -20)
+    reply = ntp.Packet.unpack(ntp.server_reply(REQUEST, unsynced, S, lambda: S))
+    assert (reply.leap, reply.reference) == (3, 0)
+    local = ntp.server_state(None, 10, -20)  # its own reference: this second
+    receive = (0xE9D1B8C0 - rfc868.EPOCH_1900) * S + S // 2
+    reply = ntp.Packet.unpack(ntp.server_reply(REQUEST, local, receive, lambda: 0))
+    assert reply.reference == 0xE9D1B8C0_00000000
+
+
+@pytest.mark.parametrize(
+    "text, reference_id",
+    [
+        ("192.0.2.1", bytes([192, 0, 2, 1])),
+        ("gps", b"GPS\0"),
+        ("PPS1", b"PPS1"),
+        ("2001:db8::1", bytes.fromhex("39ab9b37")),  # MD5's first four bytes
+    ],
+)
+def test_a_reference_id_names_its_server(text, reference_id):
+    assert ntp.reference_id(text) == reference_id
+
+
+@pytest.mark.parametrize("text", ["", "GPS12", "a.b", "ß"])
+def test_what_names_no_server_is_no_reference_id(text):
+    with pytest.raises(ValueError):
+        ntp.reference_id(text)
+
+
+def test_ntp_version_1_requests_are_answered_as_chrony_answers_them():
+    v1 = bytes([0x08]) + REQUEST[1:]  # leap 0, version 1, mode 0 (no mode field)
+    state = ntp.server_state(None, 10, -20)
+    reply = ntp.Packet.unpack(ntp.server_reply(v1, state, S, lambda: S, 40000))
+    assert (reply.version, reply.mode, reply.origin) == (1, 4, 0xE9D1B8C0_12345678)
+    assert ntp.server_reply(v1, state, S, lambda: S, 123) is None  # a peer's
+    assert ntp.server_reply(bytes([0x10]) + REQUEST[1:], state, S, lambda: S, 1) is None
+    assert ntp.Packet.unpack(ntp.kiss_of_death(v1, source_port=40000)).version == 1
 
 
 def reply_to(request: bytes, **fields) -> bytes:
@@ -199,6 +269,12 @@ def reply_to(request: bytes, **fields) -> bytes:
         ({"leap": 3}, "unsynchronised"),
         ({"stratum": 16}, "stratum 16"),
         ({"transmit": 0}, "no transmit timestamp"),
+        ({"version": 0}, "version 0"),
+        ({"version": 5}, "version 5"),
+        ({"receive": 0}, "no receive timestamp"),
+        ({"receive": 3 << 32}, "answered before it received"),
+        ({"root_dispersion": 60 << 16}, "root distance 60.000 s is more than 1 s"),
+        ({"root_delay": 3 << 16}, "root distance 1.500 s"),
     ],
 )
 def test_the_client_checks_a_reply_as_chrony_does(fields, problem):
@@ -305,20 +381,6 @@ def test_the_limiter_remembers_a_bounded_number_of_sources():
     assert limiter.allow("a", 200.0)  # forgotten, so a full bucket again
 
 
-@pytest.mark.parametrize(
-    "address, key",
-    [
-        (("192.0.2.7", 123), "192.0.2.7"),
-        (("2001:db8::1", 123, 0, 0), "2001:db8::/64"),
-        (("2001:db8::ffff:1", 5), "2001:db8::/64"),
-        (("::ffff:192.0.2.7", 5, 0, 0), "192.0.2.7"),
-        (("fe80::1%lo", 5, 0, 1), "fe80::/64"),
-    ],
-)
-def test_sources_are_ipv4_addresses_and_ipv6_slash_64s(address, key):
-    assert source_key(address) == key
-
-
 # End to end, over loopback
 
 
@@ -387,6 +449,72 @@ def test_an_unsynchronised_server_is_one_clear_error(serve, monkeypatch):
     )
     with pytest.raises(ntp.NtpError, match="unsynchronised"):
         client.ask_ntp("127.0.0.1", port_of(server))
+
+
+def answering_upstream(sock: socket.socket, stratum: int, asked: threading.Event):
+    """A fake daemon on `sock` that answers one request as `stratum`."""
+
+    def answer() -> None:
+        request, peer = sock.recvfrom(512)
+        fields = {"stratum": stratum, "reference_id": bytes([192, 0, 2, 1])}
+        sock.sendto(reply_to(request, root_delay=1 << 14, **fields), peer)
+        asked.set()
+
+    thread = threading.Thread(target=answer)
+    thread.start()
+    return thread
+
+
+def synchronised(monkeypatch, max_error: float = 0.25) -> None:
+    state = ntp.KernelState(True, ntp.LEAP_NONE, max_error)
+    monkeypatch.setattr(kernelclock, "read", lambda: state)
+
+
+def test_a_synchronised_server_asks_its_daemon_what_to_claim(serve, monkeypatch):
+    synchronised(monkeypatch)
+    asked = threading.Event()
+    with udp_socket() as daemon:
+        server = serve(NtpServer, NtpHandler, upstream=daemon.getsockname())
+        server.state_interval = 0  # every request reads the state afresh
+        answering = answering_upstream(daemon, 2, asked)
+        first = ntp.Packet.unpack(ask_raw(server))  # asked; not answered yet
+        assert (first.stratum, first.reference_id) == (15, bytes(4))
+        assert asked.wait(TIMEOUT)
+        answering.join(TIMEOUT)
+        then = ntp.Packet.unpack(ask_raw(server))
+    assert (then.stratum, then.reference_id) == (3, bytes([192, 0, 2, 1]))
+    assert ntp.from_short(then.root_delay) == 0.25
+    sample = client.ask_ntp("127.0.0.1", port_of(server))
+    assert sample.root_distance >= 0.125  # the daemon's root delay, halved
+
+
+def test_without_its_daemon_a_server_claims_what_it_is_told(serve, monkeypatch):
+    synchronised(monkeypatch, max_error=0.04)
+    server = serve(
+        NtpServer,
+        NtpHandler,
+        upstream=None,
+        local_stratum=1,  # not used: the kernel says synchronised
+        upstream_claim=(1, b"GPS\0"),
+    )
+    reply = ntp.Packet.unpack(ask_raw(server))
+    assert (reply.stratum, reply.reference_id) == (2, b"GPS\0")
+    assert ntp.from_short(reply.root_dispersion) >= 0.04
+
+
+def test_a_server_never_asks_itself(serve, monkeypatch):
+    synchronised(monkeypatch)
+    server = serve(NtpServer, NtpHandler, local_stratum=10)
+    server.query.address = server.server_address  # its own port
+    server.query.current(0.0)
+    assert server.query._request is None  # nothing sent
+
+
+def ask_raw(server) -> bytes:
+    """One NTP exchange with `server`, the reply as it came."""
+    with udp_socket() as sock:
+        sock.sendto(ntp.request_packet(1000 * S), server.server_address)
+        return sock.recv(512)
 
 
 def failing_clock():
@@ -513,7 +641,9 @@ def test_the_server_process_serves_every_protocol_asked_for():
                     argv[1]
                 ]
             ]
-            result = run_client(*argv, "127.0.0.1", str(port), "--offset", "--json")
+            result = run_client(
+                *argv, "127.0.0.1", str(port), "--offset", "--json", "--burst"
+            )
             assert result.returncode == 0, result.stderr
             figures = json.loads(result.stdout)
             assert abs(figures["offset"]) <= figures["error"]
@@ -596,6 +726,44 @@ def oneshot_server(reply: bytes):
             yield listener.getsockname()[1]
         finally:
             thread.join(TIMEOUT)
+
+
+def test_the_client_reads_an_eight_byte_time_reply_as_rdate_does():
+    now = int(time.time())
+    with oneshot_server(rfc868.encode(now) + bytes(4)) as port:  # inetutils-inetd
+        sample = client.ask_time("127.0.0.1", port)
+    assert sample.ts == now * S
+
+
+@pytest.mark.slow
+def test_ntp_requests_are_paced_as_servers_expect():
+    arrived: list[float] = []
+    with udp_socket() as fake:
+
+        def answer() -> None:
+            for _ in range(3):
+                request, peer = fake.recvfrom(512)
+                arrived.append(time.monotonic())
+                fake.sendto(reply_to(request, receive=1 << 32, transmit=1 << 32), peer)
+
+        thread = threading.Thread(target=answer)
+        thread.start()
+        port = str(fake.getsockname()[1])
+        argv = ["--protocol", "ntp", "--offset", "-n", "3", "127.0.0.1", port]
+        assert client.main(argv) == 0
+        thread.join(TIMEOUT)
+    gaps = [b - a for a, b in zip(arrived[:-1], arrived[1:], strict=True)]
+    assert len(gaps) == 2 and min(gaps) >= client.NTP_SPACING * 0.95
+
+
+def test_a_burst_stops_at_a_kiss_and_keeps_what_it_has(serve, capsys):
+    server = serve(NtpServer, NtpHandler, local_stratum=10)  # 16 at once
+    argv = ["--protocol", "ntp", "--offset", "-n", "20", "--burst", "--json"]
+    assert client.main([*argv, "127.0.0.1", str(port_of(server))]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["samples"] == 16
+    assert "stopped asking: " in one_line(captured.err)
+    assert "Kiss-o'-Death, code 'RATE'" in captured.err
 
 
 def test_the_client_names_a_kiss_of_death_in_one_line(serve, capsys):

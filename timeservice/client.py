@@ -14,9 +14,10 @@ import json
 import socket
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
 from datetime import datetime, timezone
+from typing import TypeVar
 
 from . import __version__, daytime, ntp, rfc868
 from .cli import format_address, port_number, positive, program_name
@@ -39,6 +40,11 @@ DEFAULT_TIMEOUT = 5.0
 # Linux tick (HZ=100).
 COARSE_CLOCK = 10_000_000  # ns
 OFFSET_SAMPLES = 8
+# NTP requests are paced as ntpd's "discard minimum" expects of a client,
+# 2 s apart, as chronyd's iburst sends its first four: a client cannot tell
+# whose server it asks. --burst sends them back to back.
+NTP_SAMPLES = 4
+NTP_SPACING = 2.0  # seconds
 PORTS = {
     "line": DEFAULT_PORT,
     "daytime": daytime.DEFAULT_PORT,
@@ -46,6 +52,7 @@ PORTS = {
     "ntp": ntp.DEFAULT_PORT,
 }
 MAX_DATAGRAM = 512
+T = TypeVar("T")
 
 
 class TimeClient:
@@ -234,13 +241,18 @@ def ask_time(
 
 
 def ask_ntp(
-    host: str, port: int = ntp.DEFAULT_PORT, *, timeout: float = DEFAULT_TIMEOUT
+    host: str,
+    port: int = ntp.DEFAULT_PORT,
+    *,
+    timeout: float = DEFAULT_TIMEOUT,
+    max_distance: float = ntp.MAX_DISTANCE,
 ) -> Sample:
     """Ask an NTP server once, and check its reply as chrony does.
 
     Datagrams that do not answer this request (another origin) are passed
-    over until `timeout`; a Kiss-o'-Death or an unsynchronised server raise
-    ntp.NtpError.
+    over until `timeout`; a reply that fails RFC 5905's tests (a
+    Kiss-o'-Death, an unsynchronised server, a root distance over
+    `max_distance`...) raises ntp.NtpError.
     """
     family, address = resolve(host, port, socket.SOCK_DGRAM)
     with socket.socket(family, socket.SOCK_DGRAM) as sock:
@@ -258,9 +270,10 @@ def ask_ntp(
                 break
         else:
             raise ReplyError("no reply to this request among 64 datagrams")
-    reply = ntp.check_reply(data, request)
+    reply = ntp.check_reply(data, request, max_distance)
     t2 = ntp.from_timestamp(reply.receive, near_ns=t1)
     t3 = ntp.from_timestamp(reply.transmit, near_ns=t1)
+    precision = 2.0**reply.precision
     if t3 - t2 > end - start:
         # Held longer than the whole round trip: its receive time is on
         # another clock (a kernel's, under a tool like faketime). Its
@@ -272,6 +285,7 @@ def ask_ntp(
             end - start,
             local_timestamp(t3),
             root_distance=reply.root_distance,
+            precision=precision,
         )
     return Sample(
         t1,
@@ -281,6 +295,7 @@ def ask_ntp(
         local_timestamp(t3),
         t3=t3,
         root_distance=reply.root_distance,
+        precision=precision,
     )
 
 
@@ -317,12 +332,37 @@ def offset_json(result: Estimate, server: str) -> str:
     )
 
 
+def spacing(protocol: str, burst: bool) -> float:
+    """Seconds between the requests of one sampling: see NTP_SPACING."""
+    return NTP_SPACING if protocol == "ntp" and not burst else 0.0
+
+
+def take_samples(
+    ask_once: Callable[[], T], count: int, seconds_apart: float = 0.0
+) -> tuple[list[T], Exception | None]:
+    """Up to `count` answers, `seconds_apart` apart. The first failure ends
+    the sampling (a Kiss-o'-Death says stop, and a server that failed once
+    is likely to again): it is raised if nothing was taken, else returned
+    beside what was, which is kept."""
+    taken: list[T] = []
+    for number in range(count):
+        if number and seconds_apart:
+            time.sleep(seconds_apart)  # politeness, not synchronisation
+        try:
+            taken.append(ask_once())
+        except (OSError, ReplyError) as exc:
+            if not taken:
+                raise
+            return taken, exc
+    return taken, None
+
+
 def ask(args: argparse.Namespace) -> Sample | str:
     """One answer by the protocol the arguments name: a Sample, or the text of
     a daytime form this client does not read."""
     where = (args.host, args.port)
     if args.protocol == "ntp":
-        return ask_ntp(*where, timeout=args.timeout)
+        return ask_ntp(*where, timeout=args.timeout, max_distance=args.max_distance)
     if args.protocol == "time":
         return ask_time(*where, udp=args.udp, timeout=args.timeout)
     text, sample = ask_daytime(*where, udp=args.udp, timeout=args.timeout)
@@ -331,25 +371,29 @@ def ask(args: argparse.Namespace) -> Sample | str:
     return text if sample is None else sample
 
 
-def collect(args: argparse.Namespace) -> Estimate | None:
-    """Ask as the arguments say; print each answer unless only JSON is wanted."""
-    count = args.count or (OFFSET_SAMPLES if args.offset else 1)
+def collect(args: argparse.Namespace) -> tuple[Estimate | None, Exception | None]:
+    """Ask as the arguments say; print each answer unless only JSON is wanted.
+    The estimate, if asked for, and the failure that ended the sampling early."""
+    default = NTP_SAMPLES if args.protocol == "ntp" else OFFSET_SAMPLES
+    count = args.count or (default if args.offset else 1)
     if args.protocol == "line":
         with TimeClient(args.host, args.port, args.timeout) as client:
             if args.offset:
-                return client.measure_offset(count)
+                return client.measure_offset(count), None
             for _ in range(count):
                 print(client.get_time(), flush=True)
-        return None
-    samples = []
-    for _ in range(count):
+        return None, None
+
+    def ask_and_print() -> Sample | str:
         answer = ask(args)
-        if isinstance(answer, str):
-            print(answer, flush=True)
-        else:
-            samples.append(answer)
-            print(answer.answer, flush=True)
-    return estimate(samples) if args.offset else None
+        print(answer if isinstance(answer, str) else answer.answer, flush=True)
+        return answer
+
+    answers, failure = take_samples(
+        ask_and_print, count, spacing(args.protocol, args.burst)
+    )
+    samples = [answer for answer in answers if isinstance(answer, Sample)]
+    return (estimate(samples) if args.offset else None), failure
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -390,7 +434,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         type=positive(int),
         metavar="N",
         help=f"ask N times (the line protocol over one connection; default: 1, "
-        f"with --offset {OFFSET_SAMPLES})",
+        f"with --offset {OFFSET_SAMPLES}, {NTP_SAMPLES} for NTP)",
     )
     parser.add_argument(
         "--offset",
@@ -402,6 +446,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--json",
         action="store_true",
         help="with --offset: print the estimate as one line of JSON instead",
+    )
+    parser.add_argument(
+        "--burst",
+        action="store_true",
+        help=f"send NTP requests back to back, for a server you run yourself "
+        f"(default: {NTP_SPACING:g} s apart, as servers expect of a client)",
+    )
+    parser.add_argument(
+        "--max-distance",
+        type=positive(float),
+        default=ntp.MAX_DISTANCE,
+        metavar="SECONDS",
+        help="refuse an NTP server whose root distance is more "
+        "(default: %(default)s, RFC 5905's MAXDIST)",
     )
     parser.add_argument(
         "--timeout",
@@ -424,28 +482,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     where = format_address((args.host, args.port))
     try:
         with contextlib.redirect_stdout(io.StringIO()) if args.json else nullcontext():
-            result = collect(args)
-    except ConnectionRefusedError:
-        problem = f"connection refused by {where}: is the server running?"
-    except TimeoutError:
-        problem = f"no answer from {where} within {args.timeout:g} s"
-    except socket.gaierror as exc:
-        problem = f"cannot resolve {args.host!r}: {exc.strerror}"
-    except ReplyError as exc:
-        problem = f"{where}: {exc}"
-    except OSError as exc:
-        problem = f"cannot talk to {where}: {exc.strerror or exc}"
-    else:
-        if result is not None and args.json:
-            print(offset_json(result, where))
-        elif result is not None:
-            if args.protocol == "line":
-                for sample in result.samples:
-                    print(sample.answer)
-            print(offset_line(result))
-        return 0
-    print(f"{prog}: {problem}", file=sys.stderr)
-    return 1
+            result, stopped = collect(args)
+    except (OSError, ReplyError) as exc:
+        print(f"{prog}: {failure_line(exc, where, args)}", file=sys.stderr)
+        return 1
+    if stopped is not None:  # the samples taken before it stand
+        problem = failure_line(stopped, where, args)
+        print(f"{prog}: stopped asking: {problem}", file=sys.stderr)
+    if result is not None and args.json:
+        print(offset_json(result, where))
+    elif result is not None:
+        if args.protocol == "line":
+            for sample in result.samples:
+                print(sample.answer)
+        print(offset_line(result))
+    return 0
+
+
+def failure_line(exc: Exception, where: str, args: argparse.Namespace) -> str:
+    """Why asking `where` failed, in one line for people."""
+    if isinstance(exc, ConnectionRefusedError):
+        return f"connection refused by {where}: is the server running?"
+    if isinstance(exc, TimeoutError):
+        return f"no answer from {where} within {args.timeout:g} s"
+    if isinstance(exc, socket.gaierror):
+        return f"cannot resolve {args.host!r}: {exc.strerror}"
+    if isinstance(exc, ReplyError):
+        return f"{where}: {exc}"
+    assert isinstance(exc, OSError)
+    return f"cannot talk to {where}: {exc.strerror or exc}"
 
 
 if __name__ == "__main__":

@@ -63,7 +63,7 @@ def parse_daytime(text: str) -> Daytime:
                 moment = moment.replace(tzinfo=zone)
             else:
                 continue
-        except ValueError:
+        except (ValueError, OverflowError):  # OverflowError: beyond year 9999
             continue
         return Daytime(moment, 1.0)
     raise ValueError(f"not a daytime form this client reads: {text!r}")

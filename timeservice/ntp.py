@@ -10,6 +10,8 @@ accepts only a reply whose origin is what it sent, as chrony does.
 from __future__ import annotations
 
 import functools
+import hashlib
+import ipaddress
 import math
 import struct
 from collections.abc import Callable
@@ -24,14 +26,20 @@ PACKET_BYTES = PACKET.size  # 48
 # A reply up to its transmit timestamp, which is packed last.
 _REPLY_HEAD = struct.Struct("!BBcbII4sQ8sQ")
 _TIMESTAMP = struct.Struct("!Q")
-MODE_CLIENT, MODE_SERVER = 3, 4
+MODE_UNDEFINED, MODE_CLIENT, MODE_SERVER = 0, 3, 4
 LEAP_NONE, LEAP_INSERT, LEAP_DELETE, LEAP_UNSYNCHRONISED = 0, 1, 2, 3
 MAX_STRATUM = 15  # 16 is "unsynchronised", sent as 0 on the wire
 VERSIONS = range(1, 5)
-SYNCHRONISED_STRATUM = 3  # see server_state()
+UNKNOWN_STRATUM = MAX_STRATUM  # see server_state()
 LOCAL_REFERENCE = bytes([127, 127, 1, 1])  # chrony's reference ID for its local clock
+NO_REFERENCE = bytes(4)  # a reference ID that names no server
+# RFC 5905's MAXDIST: a reply whose root distance is more is refused (ntpd
+# raises it to 1.5 s, chrony's maxdistance is 3 s).
+MAX_DISTANCE = 1.0
+PHI = 15e-6  # RFC 5905: the frequency tolerance, how fast dispersion grows (s/s)
 NANOSECONDS = 1_000_000_000
 FRACTION = 2**32
+_HALF_ERA = 2**63  # NTP timestamps compare as differences in 64 bits
 
 
 class NtpError(ReplyError):
@@ -119,13 +127,62 @@ class KernelState:
 
 @dataclass(frozen=True)
 class ServerState:
-    """What the server tells clients about its clock."""
+    """What the server tells clients about its clock.
+
+    `reference` is the reference timestamp: 0 for none (unsynchronised), or
+    None for the second each request arrives in (a clock that is its own
+    reference).
+    """
 
     leap: int
     stratum: int
     reference_id: bytes
     precision: int
     root_dispersion: float
+    root_delay: float = 0.0
+    reference: int | None = None
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """What the server the kernel's clock follows says of its own clock: a
+    reply to a query of it (from_reply()), or what an operator configured.
+    `reference` is its reference timestamp, None where it is not known."""
+
+    leap: int
+    stratum: int
+    reference_id: bytes
+    root_delay: float
+    root_dispersion: float
+    reference: int | None = None
+
+    @classmethod
+    def from_reply(cls, reply: Packet) -> Upstream:
+        return cls(
+            reply.leap,
+            reply.stratum,
+            reply.reference_id,
+            from_short(reply.root_delay),
+            from_short(reply.root_dispersion),
+            reply.reference,
+        )
+
+
+def reference_id(text: str) -> bytes:
+    """The reference ID that names a server: its IPv4 address, the first four
+    bytes of the MD5 of its IPv6 address (RFC 5905), or a reference clock's
+    code of up to four letters and digits (GPS, PPS); else ValueError."""
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        if 1 <= len(text) <= 4 and text.isascii() and text.isalnum():
+            return text.upper().encode("ascii").ljust(4, b"\0")
+        raise ValueError(
+            f"not an IP address nor a reference clock's code: {text!r}"
+        ) from None
+    if address.version == 4:
+        return address.packed
+    return hashlib.md5(address.packed, usedforsecurity=False).digest()[:4]
 
 
 def precision_of(resolution: float) -> int:
@@ -134,31 +191,48 @@ def precision_of(resolution: float) -> int:
 
 
 def server_state(
-    kernel: KernelState | None, local_stratum: int | None, precision: int
+    kernel: KernelState | None,
+    local_stratum: int | None,
+    precision: int,
+    upstream: Upstream | None = None,
+    age: float = 0.0,
 ) -> ServerState:
-    """Never claim a synchronisation the machine does not have.
+    """Never claim a synchronisation the machine does not have, nor a source
+    the server does not know.
 
-    - The kernel says synchronised: its leap flags, stratum `local_stratum`
-      or 3 (the kernel does not record the upstream's stratum; 3 is a host
-      synchronised from public stratum-2 servers), and a root dispersion
-      no smaller than the kernel's maximum error.
-    - Otherwise, with `local_stratum` (chrony's ``local stratum``): serve
-      this clock as a reference at that stratum, leap indicator 0.
+    - The kernel says synchronised, and `upstream` says what the server it
+      follows claims (read `age` seconds ago): one stratum more, its
+      reference ID and time, leap indicator and root delay, and its root
+      dispersion grown by RFC 5905's PHI since it was read.
+    - The kernel says synchronised, with no upstream known: stratum 15 (the
+      least a client still takes), no reference ID (RFC 5905 uses it to
+      detect loops, so a made-up one is worse than none), and a root
+      dispersion of the kernel's maximum error.
+    - Otherwise, with `local_stratum` (chrony's ``local stratum``, which
+      only ever applies while the clock is unsynchronised): serve this
+      clock as a reference at that stratum, leap indicator 0, "LOCL" at
+      stratum 1 (RFC 5905's uncalibrated local clock) and 127.127.1.1
+      above it (chrony's local reference).
     - Otherwise (unsynchronised, or no kernel state on this platform):
-      leap indicator 3 and stratum 16, which is 0 on the wire, so that
-      clients ignore the server.
-
-    The reference ID is "LOCL" at stratum 1 (RFC 5905's uncalibrated local
-    clock), 127.127.1.1 above it (as chrony's local reference; the server
-    never knows its upstream) and "INIT" when unsynchronised.
+      leap indicator 3, stratum 16 (0 on the wire), "INIT" and no reference
+      time, so that clients ignore the server.
     """
     floor = 2.0**precision
     if kernel is not None and kernel.synchronised:
-        stratum = local_stratum or SYNCHRONISED_STRATUM
+        if upstream is not None:
+            return ServerState(
+                upstream.leap,
+                min(upstream.stratum + 1, MAX_STRATUM),
+                upstream.reference_id,
+                precision,
+                upstream.root_dispersion + floor + PHI * age,
+                upstream.root_delay,
+                upstream.reference,
+            )
         return ServerState(
             kernel.leap,
-            stratum,
-            b"LOCL" if stratum == 1 else LOCAL_REFERENCE,
+            UNKNOWN_STRATUM,
+            NO_REFERENCE,
             precision,
             max(kernel.max_error, floor),
         )
@@ -166,65 +240,84 @@ def server_state(
         reference_id = b"LOCL" if local_stratum == 1 else LOCAL_REFERENCE
         return ServerState(LEAP_NONE, local_stratum, reference_id, precision, floor)
     max_error = kernel.max_error if kernel is not None else 16.0
-    return ServerState(LEAP_UNSYNCHRONISED, 0, b"INIT", precision, max_error)
+    return ServerState(
+        LEAP_UNSYNCHRONISED, 0, b"INIT", precision, max_error, reference=0
+    )
 
 
-def request_version(packet: bytes) -> int | None:
+def request_version(packet: bytes, source_port: int | None = None) -> int | None:
     """The version of a request a server answers, or None: a 48-byte client
-    packet, version 1-4.
+    packet of version 1 to 4, or an NTPv1 one.
 
-    Anything else (short, another mode, extension fields or a MAC, which
-    this server does not implement) is dropped.
+    NTPv1 (RFC 1059) had no mode field, so its requests come as mode 0: as
+    chrony does, one is a client's unless it comes from port 123 (a peer's),
+    and it is answered in version 1 and server mode. Anything else (short,
+    another mode, extension fields or a MAC, which this server does not
+    implement) is dropped.
     """
     if len(packet) != PACKET_BYTES:
         return None
-    version = packet[0] >> 3 & 7
-    if packet[0] & 7 != MODE_CLIENT or version not in VERSIONS:
-        return None
-    return version
+    version, mode = packet[0] >> 3 & 7, packet[0] & 7
+    if mode == MODE_CLIENT and version in VERSIONS:
+        return version
+    if mode == MODE_UNDEFINED and version == 1 and source_port not in (None, 123):
+        return version
+    return None
 
 
-def client_request(packet: bytes) -> Packet | None:
+def client_request(packet: bytes, source_port: int | None = None) -> Packet | None:
     """The request a server answers (see request_version()), or None."""
-    return None if request_version(packet) is None else Packet.unpack(packet)
+    if request_version(packet, source_port) is None:
+        return None
+    return Packet.unpack(packet)
 
 
 def server_reply(
-    packet: bytes, state: ServerState, receive_ns: int, now_ns: Callable[[], int]
+    packet: bytes,
+    state: ServerState,
+    receive_ns: int,
+    now_ns: Callable[[], int],
+    source_port: int | None = None,
 ) -> bytes | None:
     """The 48-byte answer to a client's packet, or None to drop it.
 
     `receive_ns` is when the packet arrived; `now_ns` is read last, just
-    before the reply goes out, for the transmit timestamp. The request's
-    poll and transmit fields are copied as bytes: a server answers every
-    datagram it is sent, so this is packed at once rather than field by field.
+    before the reply goes out, for the transmit timestamp; `source_port` is
+    where it came from (see request_version()). The request's poll and
+    transmit fields are copied as bytes: a server answers every datagram
+    it is sent, so this is packed at once rather than field by field.
     """
-    version = request_version(packet)
+    version = request_version(packet, source_port)
     if version is None:
         return None
     receive = to_timestamp(receive_ns)
+    reference = state.reference
+    if reference is None:  # its own reference: this second
+        reference = receive & ~0xFFFF_FFFF
     head = _REPLY_HEAD.pack(
         state.leap << 6 | version << 3 | MODE_SERVER,
         state.stratum,
         packet[2:3],  # poll
         state.precision,
-        0,  # root delay: this clock is its own reference
+        to_short(state.root_delay),
         to_short(state.root_dispersion),
         state.reference_id,
-        receive & ~0xFFFF_FFFF,  # the reference time: this second
+        reference,
         packet[40:],  # origin: the request's transmit timestamp
         receive,
     )
     return head + _TIMESTAMP.pack(to_timestamp(now_ns()))
 
 
-def kiss_of_death(packet: bytes, code: bytes = b"RATE") -> bytes | None:
+def kiss_of_death(
+    packet: bytes, code: bytes = b"RATE", source_port: int | None = None
+) -> bytes | None:
     """A Kiss-o'-Death answer (stratum 0, the code as reference ID), or None.
 
     It carries no time: receive and transmit repeat the client's own
     timestamp, as ntpd does.
     """
-    request = client_request(packet)
+    request = client_request(packet, source_port)
     if request is None:
         return None
     return Packet(
@@ -252,12 +345,21 @@ def request_packet(transmit_ns: int) -> bytes:
     ).pack()  # fmt: skip
 
 
-def check_reply(data: bytes, request: bytes) -> Packet:
+def earlier(a: int, b: int) -> bool:
+    """Whether NTP timestamp `a` is before `b`, across an era's wrap too."""
+    return (a - b) % 2**64 >= _HALF_ERA
+
+
+def check_reply(
+    data: bytes, request: bytes, max_distance: float = MAX_DISTANCE
+) -> Packet:
     """The server's reply to `request` if a client may use it; else NtpError.
 
-    The checks chrony makes: the origin is the request's transmit timestamp,
-    it is a server packet, not a Kiss-o'-Death, not unsynchronised, stratum
-    1 to 15, and a transmit timestamp is set.
+    RFC 5905's packet tests, as chrony makes them: the origin is the
+    request's transmit timestamp, it is a server packet of version 1 to 4,
+    not a Kiss-o'-Death, not unsynchronised, stratum 1 to 15, with receive
+    and transmit timestamps, the one not after the other, and a root
+    distance no more than `max_distance` (RFC 5905's MAXDIST by default).
     """
     try:
         reply = Packet.unpack(data)
@@ -267,6 +369,8 @@ def check_reply(data: bytes, request: bytes) -> Packet:
         raise NtpError("reply does not answer our request (origin timestamp differs)")
     if reply.mode != MODE_SERVER:
         raise NtpError(f"not a server reply (mode {reply.mode})")
+    if reply.version not in VERSIONS:
+        raise NtpError(f"NTP version {reply.version}, not 1 to 4")
     code = reply.reference_id.decode("ascii", "replace").rstrip("\0")
     if reply.stratum == 0 and code != "INIT":
         raise NtpError(f"server sent a Kiss-o'-Death, code {code!r}")
@@ -279,4 +383,13 @@ def check_reply(data: bytes, request: bytes) -> Packet:
         raise NtpError(f"server stratum {reply.stratum} is not 1 to {MAX_STRATUM}")
     if reply.transmit == 0:
         raise NtpError("server sent no transmit timestamp")
+    if reply.receive == 0:
+        raise NtpError("server sent no receive timestamp")
+    if earlier(reply.transmit, reply.receive):
+        raise NtpError("server says it answered before it received the request")
+    if reply.root_distance > max_distance:
+        raise NtpError(
+            f"server's root distance {reply.root_distance:.3f} s is more than "
+            f"{max_distance:g} s: its time is too uncertain to use"
+        )
     return reply

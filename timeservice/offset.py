@@ -11,8 +11,9 @@ Two refinements for the standard protocols: a server that answers in whole
 seconds (RFC 868, most daytime forms) read its clock anywhere in the second
 it names, which widens the bound by that second; an NTP server says when it
 received the request (T2) and when it answered (T3), so the time it spent is
-taken out of the round trip, and its own root distance is added to the bound
-(RFC 5905, section 8; chrony shows the same bound after ``+/-``).
+taken out of the round trip, and its own root distance and precision are
+added to the bound (RFC 5905, section 8; chrony shows the same bound after
+``+/-``).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ class Sample:
     resolution: int = 0  # the server read its clock in [ts, ts + resolution)
     t3: int | None = None  # NTP: when the server sent its answer
     root_distance: float = 0.0  # NTP: how far the server may be from true time, s
+    precision: float = 0.0  # NTP: how finely the server reads its clock, s
 
     @property
     def round_trip(self) -> int:
@@ -59,9 +61,10 @@ class Sample:
     @property
     def error(self) -> float:
         """Seconds the offset can be wrong by: half the round trip, half the
-        server's second where it answers in seconds, and its root distance."""
+        server's second where it answers in seconds, and for NTP its root
+        distance and the precision it states (RFC 5905's dispersion)."""
         spread = self.round_trip + self.resolution
-        return spread / 2 / NANOSECONDS + self.root_distance
+        return spread / 2 / NANOSECONDS + self.root_distance + self.precision
 
 
 @dataclass(frozen=True)

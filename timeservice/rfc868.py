@@ -33,8 +33,12 @@ def encode(unix_seconds: int) -> bytes:
 
 
 def decode(data: bytes, near: float) -> int:
-    """The Unix second 4 bytes from a Time server stand for, nearest `near`."""
-    if len(data) != _SECONDS.size:
+    """The Unix second a Time server's reply stands for, nearest `near`.
+
+    A reply is 4 bytes; inetutils-inetd (Debian's) sends 4 zero bytes
+    after them, and rdate, busybox and nmap read the first four: so does this.
+    """
+    if len(data) < _SECONDS.size:
         raise ValueError(f"a Time reply is 4 bytes, not {len(data)}")
-    (value,) = _SECONDS.unpack(data)
+    (value,) = _SECONDS.unpack_from(data)
     return from_1900(value, near)

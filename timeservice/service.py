@@ -37,6 +37,7 @@ from .cli import (
     positive,
     program_name,
     running_as_root,
+    split_host_port,
     stop_on_signals,
 )
 from .datagram import DatagramServer
@@ -178,7 +179,7 @@ class Settings(NamedTuple):
     line: dict[str, Any]  # TimeServer
     one_shot: dict[str, Any]  # OneShotServer: Daytime and Time over TCP
     datagrams: dict[str, Any]  # DatagramServer and NtpServer
-    local_stratum: int | None
+    ntp: dict[str, Any]  # NtpServer's own
 
     @classmethod
     def from_arguments(cls, args: argparse.Namespace) -> Settings:
@@ -196,9 +197,18 @@ class Settings(NamedTuple):
             idle_timeout=args.idle_timeout,
             max_connections=args.max_connections,
             max_per_host=args.max_per_host or None,
+            max_per_network=args.max_per_network or None,
         )
         datagrams = dict(common, burst=None) if args.no_rate_limit else common
-        return cls(line, common, datagrams, args.local_stratum)
+        claim = None
+        if args.upstream_stratum is not None:
+            claim = (args.upstream_stratum, args.upstream_id or ntp.NO_REFERENCE)
+        ntp_settings = {
+            "local_stratum": args.local_stratum,
+            "upstream": args.upstream,
+            "upstream_claim": claim,
+        }
+        return cls(line, common, datagrams, ntp_settings)
 
 
 def open_pair(
@@ -270,9 +280,7 @@ def open_bound(
             prog,
             args.bind,
             args.ntp,
-            lambda address: NtpServer(
-                address, local_stratum=settings.local_stratum, **settings.datagrams
-            ),
+            lambda address: NtpServer(address, **settings.ntp, **settings.datagrams),
         )
         if ntp_server is not None:
             return [*opened, ("NTP", " (UDP)", [ntp_server])]
@@ -322,9 +330,7 @@ def open_inherited(
             opened.append(("time", how, [server]))
             continue
         if name == "ntp":
-            server = NtpServer.on_socket(
-                sock, local_stratum=settings.local_stratum, **settings.datagrams
-            )
+            server = NtpServer.on_socket(sock, **settings.ntp, **settings.datagrams)
             opened.append(("NTP", how, [server]))
             continue
         title, _, handler = STANDARD[name]
@@ -357,7 +363,41 @@ def ntp_state_line(server: NtpServer) -> str:
             f"NTP: the kernel clock {why}; answering with leap indicator 3, which "
             "clients ignore (--local-stratum N serves this clock anyway)"
         )
+    if state.reference_id == ntp.NO_REFERENCE and state.stratum == ntp.UNKNOWN_STRATUM:
+        asked = (
+            ""
+            if server.upstream is None
+            else (f" until {format_address(server.upstream)} says what it claims")
+        )
+        return (
+            "NTP: the kernel clock is synchronised from a server not known; "
+            f"answering as stratum {state.stratum}, no reference ID{asked} "
+            "(--upstream-stratum N says what it is)"
+        )
     return f"NTP: answering as stratum {state.stratum}"
+
+
+def upstream_address(text: str) -> tuple | None:
+    """An argparse type for --upstream: ``HOST[:PORT]`` resolved to an
+    address (an IPv6 one in brackets), or ``none``."""
+    if text == "none":
+        return None
+    try:
+        host, port = split_host_port(text)
+        family, _, _, _, address = socket.getaddrinfo(
+            host, port or ntp.DEFAULT_PORT, type=socket.SOCK_DGRAM
+        )[0]
+    except (ValueError, OSError, UnicodeError) as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None
+    return address
+
+
+def reference_id(text: str) -> bytes:
+    """An argparse type for --upstream-id: see ntp.reference_id()."""
+    try:
+        return ntp.reference_id(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def subnet(text: str) -> str:
@@ -441,6 +481,30 @@ def parse_arguments(prog: str, argv: Sequence[str] | None) -> argparse.Namespace
         "says it is unsynchronised, as chrony's 'local stratum' does",
     )
     parser.add_argument(
+        "--upstream",
+        type=upstream_address,
+        default=("127.0.0.1", ntp.DEFAULT_PORT),
+        metavar="HOST[:PORT]",
+        help="with --ntp: the NTP server that synchronises this machine's clock "
+        "(its daemon), asked what to claim while the kernel says synchronised; "
+        "'none' not to ask (default: 127.0.0.1:123)",
+    )
+    parser.add_argument(
+        "--upstream-stratum",
+        type=int,
+        choices=range(0, ntp.MAX_STRATUM),
+        metavar="N",
+        help="with --ntp: the stratum of that server (0-14), for when it cannot "
+        "be asked: this one then claims N+1",
+    )
+    parser.add_argument(
+        "--upstream-id",
+        type=reference_id,
+        metavar="ID",
+        help="with --upstream-stratum: that server's reference ID, its IPv4 "
+        "address or a reference clock's code (GPS, PPS)",
+    )
+    parser.add_argument(
         "--no-rate-limit",
         action="store_true",
         help="answer every datagram (for benchmarks); by default each source "
@@ -521,8 +585,12 @@ def parse_arguments(prog: str, argv: Sequence[str] | None) -> argparse.Namespace
                 f"{', '.join(given)}: the sockets come from systemd (LISTEN_FDS); "
                 "name them in the .socket unit instead"
             )
-    elif args.local_stratum is not None and args.ntp is None:
-        parser.error("--local-stratum goes with --ntp")
+    elif args.ntp is None:
+        for option in ("local_stratum", "upstream_stratum"):
+            if getattr(args, option) is not None:
+                parser.error(f"--{option.replace('_', '-')} goes with --ntp")
+    if args.upstream_id is not None and args.upstream_stratum is None:
+        parser.error("--upstream-id goes with --upstream-stratum")
     if args.group is not None and args.user is None:
         parser.error("--group goes with --user")
     if args.workers > 1:

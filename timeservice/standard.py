@@ -11,12 +11,14 @@ protocol.
 from __future__ import annotations
 
 import logging
+import socket
 import socketserver
+import threading
 import time
 from typing import Any
 
 from . import kernelclock, ntp, rfc868
-from .datagram import DatagramServer
+from .datagram import LOCAL_ADDRESSES, SERVED_PORTS, DatagramServer
 from .daytime import daytime_line
 from .protocol import Clock, nanoseconds_source, reply_source
 from .server import format_address
@@ -84,7 +86,9 @@ class NtpHandler(socketserver.BaseRequestHandler):
         try:
             if now is not time.time_ns:  # an injected clock: both times from it
                 received = now()
-            reply = ntp.server_reply(data, self.server.state(), received, now)
+            reply = ntp.server_reply(
+                data, self.server.state(), received, now, self.client_address[1]
+            )
         except Exception as exc:
             clock_failed(self, exc)
             return
@@ -95,22 +99,111 @@ class NtpHandler(socketserver.BaseRequestHandler):
         reply_to.sendto(reply, self.client_address)
 
 
+class UpstreamQuery:
+    """Asks the NTP server that synchronises this machine's clock (its
+    daemon: chronyd, ntpd) what it claims, without ever waiting for it.
+
+    current() sends a client request at most every `interval` seconds and
+    reads the reply on a later call, so the serving loop never waits on the
+    daemon. A reply is used only if it passes a client's checks, from a
+    stratum below 15, and for `usable` seconds after it was asked. An
+    address of this host and a UDP port this process serves is never asked:
+    the answer would be this server's own claim. Thread-safe.
+    """
+
+    interval = 8.0
+    usable = 64.0
+
+    def __init__(self, address: tuple) -> None:
+        self.address = address
+        self._lock = threading.Lock()
+        self._sock: socket.socket | None = None
+        self._request: bytes | None = None  # the request not answered yet
+        self._sent = self._asked = -self.interval
+        self._found: tuple[float, ntp.Upstream] | None = None  # asked at, claim
+
+    def current(self, now: float) -> tuple[ntp.Upstream, float] | None:
+        """The daemon's claim and its age in seconds (now: monotonic), or None."""
+        with self._lock:
+            self._collect()
+            if now - self._sent >= self.interval:
+                self._ask(now)
+            if self._found is None or now - self._found[0] > self.usable:
+                return None
+            asked, upstream = self._found
+            return upstream, now - asked
+
+    def _ask(self, now: float) -> None:
+        self._sent = now
+        host, port = self.address[:2]
+        if port in SERVED_PORTS.ports and host in LOCAL_ADDRESSES:
+            return  # this very process
+        try:
+            if self._sock is None:
+                family = socket.AF_INET6 if ":" in host else socket.AF_INET
+                self._sock = socket.socket(family, socket.SOCK_DGRAM)
+                self._sock.setblocking(False)
+                self._sock.connect(self.address)
+            self._request = ntp.request_packet(time.time_ns())
+            self._sock.send(self._request)
+            self._asked = now
+        except OSError as exc:
+            logger.debug("cannot ask %s: %s", format_address(self.address), exc)
+            self.close()
+
+    def _collect(self) -> None:
+        """Read what has come since the last request: its answer, if any."""
+        for _ in range(8):  # a few strays at most; the next request starts over
+            if self._sock is None or self._request is None:
+                return
+            try:
+                data = self._sock.recv(512)
+            except BlockingIOError:
+                return
+            except OSError as exc:  # refused: no daemon there
+                logger.debug("%s: %s", format_address(self.address), exc)
+                self.close()
+                return
+            try:
+                reply = ntp.check_reply(data, self._request)
+            except ntp.NtpError as exc:
+                logger.debug("%s: %s", format_address(self.address), exc)
+                continue
+            self._request = None
+            if reply.stratum < ntp.MAX_STRATUM:
+                self._found = (self._asked, ntp.Upstream.from_reply(reply))
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+        self._request = None
+
+
 class NtpServer(DatagramServer):
     """An NTP server (RFC 5905 server mode, the SNTP server of RFC 4330).
 
     It reads the kernel's clock state once a second and never claims a
-    synchronisation the machine does not have (see ntp.server_state()).
+    synchronisation the machine does not have, nor a source it does not
+    know (see ntp.server_state()): while the kernel says synchronised, it
+    claims what `upstream` (the daemon that synchronises the clock) says,
+    asked through an UpstreamQuery, or else what `upstream_claim` (stratum,
+    reference ID) configures.
     Over a source's rate limit it sends a Kiss-o'-Death RATE as often as the
     limiter allows (once a second per source, 16 a second in all) and drops
     the rest. It answers only client requests, never another server's
     answer, so it needs no loop guard: clients such as ntpd ask from port
     123, which may be a port this process serves. Settings: local_stratum
     (1-15 serves an unsynchronised clock, as chrony's ``local stratum``),
-    and DatagramServer's.
+    upstream (an address, None not to ask), upstream_claim, and
+    DatagramServer's.
     """
 
-    settings: tuple[str, ...] = ("local_stratum",)
+    settings: tuple[str, ...] = ("local_stratum", "upstream", "upstream_claim")
+    state_interval = 1.0  # seconds the clock state is reused
     local_stratum: int | None = None
+    upstream: tuple | None = ("127.0.0.1", ntp.DEFAULT_PORT)
+    upstream_claim: tuple[int, bytes] | None = None
     loop_guard = False
 
     def __init__(
@@ -120,21 +213,47 @@ class NtpServer(DatagramServer):
         bind_and_activate: bool = True,
         **settings: Any,
     ) -> None:
+        self.query: UpstreamQuery | None = None  # a failed bind closes at once
         super().__init__(server_address, handler_class, bind_and_activate, **settings)
         self.now_ns = nanoseconds_source(self.clock)
         self.precision = kernelclock.precision()
         self._state: tuple[float, ntp.ServerState] | None = None
+        if self.upstream is not None:
+            self.query = UpstreamQuery(self.upstream)
 
     def state(self) -> ntp.ServerState:
         """The server's clock state, from the kernel's, at most a second old."""
         now = time.monotonic()
-        if self._state is None or now - self._state[0] >= 1.0:
+        if self._state is None or now - self._state[0] >= self.state_interval:
             kernel = kernelclock.read()
-            self._state = (
-                now,
-                ntp.server_state(kernel, self.local_stratum, self.precision),
+            upstream, age = self._upstream(kernel, now)
+            state = ntp.server_state(
+                kernel, self.local_stratum, self.precision, upstream, age
             )
+            self._state = (now, state)
         return self._state[1]
 
+    def _upstream(
+        self, kernel: ntp.KernelState | None, now: float
+    ) -> tuple[ntp.Upstream | None, float]:
+        """What the server the kernel's clock follows claims, and its age."""
+        if kernel is None or not kernel.synchronised:
+            return None, 0.0
+        found = None if self.query is None else self.query.current(now)
+        if found is not None:
+            return found
+        if self.upstream_claim is not None:
+            stratum, reference_id = self.upstream_claim
+            claim = ntp.Upstream(
+                kernel.leap, stratum, reference_id, 0.0, kernel.max_error
+            )
+            return claim, 0.0
+        return None, 0.0
+
+    def server_close(self) -> None:
+        super().server_close()
+        if self.query is not None:
+            self.query.close()
+
     def over_limit(self, request: Any, client_address: Any) -> bytes | None:
-        return ntp.kiss_of_death(request[0])
+        return ntp.kiss_of_death(request[0], source_port=client_address[1])
