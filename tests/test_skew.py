@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 
@@ -26,7 +27,7 @@ from conftest import (
     signal_launched,
 )
 
-from timeservice import ntp, skew
+from timeservice import kernelclock, ntp, skew
 from timeservice.server import TimeServer
 from timeservice.skew import (
     CRITICAL,
@@ -40,6 +41,7 @@ from timeservice.skew import (
     judge,
     parse_target,
 )
+from timeservice.standard import NtpServer
 
 # Targets
 
@@ -178,14 +180,23 @@ def test_two_targets_agree_only_if_each_is_inside_the_others_interval():
     assert judge(close, 1, 2, tolerance=0.001).status == UNKNOWN
 
 
-def test_nothing_answered_or_no_majority_is_unknown():
+def test_nothing_answered_is_unknown():
     down = Failure(Target("a", "line", "a", 1), "unreachable", "connection refused")
     assert judge([down], 0.1, 1.0).status == UNKNOWN
     assert judge([], 0.1, 1.0).status == UNKNOWN
+
+
+def test_without_a_majority_the_status_follows_the_skew_proven():
+    # Which of two is wrong cannot be told; that they are apart can.
     split = [reading("a", 0.0), reading("b", 1.0)]
     verdict = judge(split, 0.1, 1.0)
-    assert verdict.status == UNKNOWN
-    assert verdict.summary == "no majority: the 2 answers do not agree"
+    assert verdict.status == WARNING
+    assert verdict.summary.startswith("no majority: the 2 answers do not agree; ")
+    assert "b is at least 0.99" in verdict.summary
+    assert verdict.skew == pytest.approx(1.0, abs=0.01)
+    far = judge([reading("a", 0.0), reading("b", 10.0)], 0.1, 1.0)
+    assert far.status == CRITICAL and far.skew == pytest.approx(10.0, abs=0.01)
+    assert "skew=9.99" in skew.status_line(far, 0.1, 1.0)
 
 
 def test_one_target_agrees_with_itself():
@@ -233,13 +244,14 @@ def line_servers(serving):
     return start
 
 
-def run_skew(*args: str) -> subprocess.CompletedProcess:
+def run_skew(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "timeservice.skew", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=60,
+        env=None if env is None else {**os.environ, **env},
     )
 
 
@@ -275,6 +287,79 @@ def test_bad_targets_are_one_line_each_and_the_rest_still_run(line_servers, caps
     report = json.loads(captured.out)
     assert code == OK == report["code"]
     assert [t["target"] for t in report["targets"]] == [f"127.0.0.1:{port}"]
+
+
+@contextlib.contextmanager
+def saying(text: bytes) -> Iterator[int]:
+    """A TCP port that sends `text` to each connection, then closes it."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        listener.settimeout(TIMEOUT)
+        stop = threading.Event()
+
+        def serve() -> None:
+            while not stop.is_set():
+                try:
+                    conn, _ = listener.accept()
+                except TimeoutError:
+                    return
+                with conn:
+                    conn.sendall(text)
+
+        thread = threading.Thread(target=serve)
+        thread.start()
+        try:
+            yield listener.getsockname()[1]
+        finally:
+            stop.set()
+            with contextlib.suppress(OSError):  # wake accept() for its last turn
+                socket.create_connection(
+                    listener.getsockname(), timeout=TIMEOUT
+                ).close()
+            thread.join(TIMEOUT)
+
+
+def test_a_name_idna_refuses_is_one_row_and_the_rest_still_run(line_servers, capsys):
+    port = line_servers(1)[0]
+    label = "x" * 64  # DNS allows 63
+    code = skew.main(["a..b", f"{label}.example", f"127.0.0.1:{port}", "--json"])
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err
+    errors = captured.err.splitlines()
+    assert len(errors) == 2 and all("cannot resolve" in line for line in errors)
+    report = json.loads(captured.out)
+    assert code == OK == report["code"]
+
+
+def test_a_daytime_past_year_9999_is_one_row_and_the_rest_still_run(line_servers):
+    port = line_servers(1)[0]
+    with saying(b"Fri Dec 31 23:59:59 9999\r\n") as daytime:
+        run = run_skew(
+            f"daytime://127.0.0.1:{daytime}",
+            f"127.0.0.1:{port}",
+            "--json",
+            env={"TZ": "America/New_York"},  # west of UTC: past 9999 in UTC
+        )
+    assert "Traceback" not in run.stderr
+    report = json.loads(run.stdout)
+    assert run.returncode == OK == report["code"]
+    verdicts = [t["verdict"] for t in report["targets"]]
+    assert verdicts == ["refused", "agrees"]
+    assert "cannot read the daytime form" in report["targets"][0]["reason"]
+
+
+def test_an_ntp_server_too_uncertain_to_use_is_refused(
+    line_servers, serving, monkeypatch, capsys
+):
+    """A server whose clock may be 16 s off would "agree" with a falseticker."""
+    vague = ntp.KernelState(True, ntp.LEAP_NONE, 16.0)  # maxerror never kept
+    monkeypatch.setattr(kernelclock, "read", lambda: vague)
+    server = serving(NtpServer(("127.0.0.1", 0), upstream=None))
+    target = f"ntp://127.0.0.1:{server.server_address[1]}"
+    line = f"127.0.0.1:{line_servers(1)[0]}"
+    assert skew.main([line, target, "--json", "--burst"]) == OK
+    refused = json.loads(capsys.readouterr().out)["targets"][1]
+    assert refused["verdict"] == "refused"
+    assert "root distance 16.000 s is more than 1 s" in refused["reason"]
 
 
 def test_everything_unreachable_is_unknown(capsys):
@@ -358,11 +443,12 @@ def test_the_shifted_server_is_the_falseticker():
         with socket.socket() as closed:
             closed.bind(("127.0.0.1", 0))
             unreachable = f"127.0.0.1:{closed.getsockname()[1]}"
+            quick = ("-c", "1", "--burst")  # our own servers: no need to pace
             runs = {
-                "all": run_skew(*good, falseticker, "-c", "1", "--json"),
-                "good": run_skew(*good, "-c", "1", "--json"),
-                "good and down": run_skew(*good, unreachable, "-c", "1", "--json"),
-                "table": run_skew(*good, falseticker, unreachable, "-c", "1"),
+                "all": run_skew(*good, falseticker, *quick, "--json"),
+                "good": run_skew(*good, *quick, "--json"),
+                "good and down": run_skew(*good, unreachable, *quick, "--json"),
+                "table": run_skew(*good, falseticker, unreachable, *quick),
             }
     reports = {
         name: json.loads(run.stdout) for name, run in runs.items() if name != "table"

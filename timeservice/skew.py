@@ -19,17 +19,20 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from . import __version__
-from .cli import positive, program_name
+from . import __version__, ntp
+from .cli import positive, program_name, split_host_port
 from .client import (
     DEFAULT_TIMEOUT,
+    NTP_SPACING,
     PORTS,
     TimeClient,
     ask_daytime,
     ask_ntp,
     ask_time,
+    spacing,
+    take_samples,
 )
-from .offset import Estimate, estimate
+from .offset import Estimate, Sample, estimate
 from .protocol import ReplyError
 
 # The narrowest interval: a round trip of microseconds makes a bound of
@@ -60,22 +63,8 @@ def parse_target(text: str) -> Target:
         protocol, rest = "line", text
     if protocol not in PORTS:
         raise ValueError(f"unknown protocol {protocol!r} (one of {', '.join(PORTS)})")
-    if rest.startswith("["):
-        host, bracket, after = rest[1:].partition("]")
-        if not bracket or not host or (after and not after.startswith(":")):
-            raise ValueError("an IPv6 address goes in brackets: [2001:db8::1]:123")
-        port_text = after[1:] if after else ""
-    else:
-        host, _, port_text = rest.partition(":")
-        if ":" in port_text:
-            raise ValueError("an IPv6 address goes in brackets: [2001:db8::1]:123")
-    if not host:
-        raise ValueError("no host")
-    if not port_text:
-        return Target(text, protocol, host, PORTS[protocol])
-    if not (port_text.isascii() and port_text.isdigit()) or int(port_text) > 65535:
-        raise ValueError(f"not a port number: {port_text!r}")
-    return Target(text, protocol, host, int(port_text))
+    host, port = split_host_port(rest)
+    return Target(text, protocol, host, PORTS[protocol] if port is None else port)
 
 
 def intersection(
@@ -219,8 +208,9 @@ def judge(
     between any two targets that answered beyond their bounds (a
     falseticker is the very clock to alert on), and how far this machine's
     clock is at least from the majority. A target known only to the second
-    raises no alarm it cannot prove. No answer, or no majority, is UNKNOWN:
-    nothing can be said of the clocks.
+    raises no alarm it cannot prove. Without a majority the skew still
+    counts: two clocks 10 s apart are CRITICAL, whichever is wrong. No
+    answer, or no majority and no skew past a threshold, is UNKNOWN.
     """
     results = tuple(results)
     readings = [r for r in results if isinstance(r, Reading)]
@@ -229,20 +219,23 @@ def judge(
         summary = f"no target answered ({failed} failed)"
         return Verdict(results, None, (), UNKNOWN, summary, 0.0, 0.0)
     majority = intersection([r.interval(tolerance) for r in readings])
-    if majority is None:
-        summary = f"no majority: the {len(readings)} answers do not agree"
-        return Verdict(results, None, (), UNKNOWN, summary, 0.0, 0.0)
-    false = tuple(falsetickers(readings, majority, tolerance))
     proven = proven_skew(readings)
     skew = 0.0 if proven is None else proven[0]
-    distance = distance_from(majority)
-    worst = max(skew, distance)
-    status = CRITICAL if worst > critical else WARNING if worst > warning else OK
     if proven is None:
         parts = ["no skew beyond the bounds"]
     else:
         behind, ahead = proven[1].target.text, proven[2].target.text
         parts = [f"{ahead} is at least {skew:.6f} s ahead of {behind}"]
+    if majority is None:  # which is right is unknown, how far apart is not
+        status = CRITICAL if skew > critical else WARNING if skew > warning else UNKNOWN
+        summary = "; ".join(
+            [f"no majority: the {len(readings)} answers do not agree", *parts]
+        )
+        return Verdict(results, None, (), status, summary, skew, 0.0)
+    false = tuple(falsetickers(readings, majority, tolerance))
+    distance = distance_from(majority)
+    worst = max(skew, distance)
+    status = CRITICAL if worst > critical else WARNING if worst > warning else OK
     if distance:
         parts.append(f"this clock is at least {distance:.6f} s off the majority")
     else:
@@ -259,14 +252,26 @@ def judge(
 # Asking
 
 
-def measure(target: Target, samples: int, timeout: float) -> Reading | Failure:
-    """Ask one target `samples` times and keep the best; never raises."""
+@dataclass(frozen=True)
+class Asking:
+    """How each target is asked: samples, the limit of each exchange, NTP's
+    pacing and the root distance it takes at most."""
+
+    samples: int = 4
+    timeout: float = DEFAULT_TIMEOUT
+    burst: bool = False
+    max_distance: float = ntp.MAX_DISTANCE
+
+
+def measure(target: Target, asking: Asking) -> Reading | Failure:
+    """Ask one target and keep the best of its samples; never raises."""
     try:
-        best = ask_target(target, samples, timeout)
-    except socket.gaierror as exc:
-        return Failure(target, "bad target", f"cannot resolve: {exc.strerror}")
+        best = ask_target(target, asking)
+    except (socket.gaierror, UnicodeError) as exc:  # IDNA: "a..b", long labels
+        reason = getattr(exc, "strerror", None) or str(exc)
+        return Failure(target, "bad target", f"cannot resolve: {reason}")
     except TimeoutError:
-        return Failure(target, "unreachable", f"no answer within {timeout:g} s")
+        return Failure(target, "unreachable", f"no answer within {asking.timeout:g} s")
     except ConnectionRefusedError:
         return Failure(target, "unreachable", "connection refused")
     except OSError as exc:
@@ -276,35 +281,40 @@ def measure(target: Target, samples: int, timeout: float) -> Reading | Failure:
     return Reading(target, best.offset, best.error, best.delay)
 
 
-def ask_target(target: Target, samples: int, timeout: float) -> Estimate:
-    """The best of `samples`, over one connection where the protocol has one."""
+def ask_target(target: Target, asking: Asking) -> Estimate:
+    """The best of the samples, over one connection where the protocol has
+    one; those taken before a failure (a Kiss-o'-Death) are kept."""
     where = (target.host, target.port)
+    timeout = asking.timeout
     if target.protocol == "line":
         with TimeClient(*where, timeout) as client:
-            return client.measure_offset(samples)
-    taken = []
-    for _ in range(samples):
+            return client.measure_offset(asking.samples)
+
+    def ask_once() -> Sample:
         if target.protocol == "ntp":
-            taken.append(ask_ntp(*where, timeout=timeout))
-        elif target.protocol == "time":
-            taken.append(ask_time(*where, timeout=timeout))
-        else:
-            text, sample = ask_daytime(*where, timeout=timeout)
-            if sample is None:
-                raise ReplyError(f"cannot read the daytime form {text!r}")
-            taken.append(sample)
+            return ask_ntp(*where, timeout=timeout, max_distance=asking.max_distance)
+        if target.protocol == "time":
+            return ask_time(*where, timeout=timeout)
+        text, sample = ask_daytime(*where, timeout=timeout)
+        if sample is None:
+            raise ReplyError(f"cannot read the daytime form {text!r}")
+        return sample
+
+    taken, _ = take_samples(
+        ask_once, asking.samples, spacing(target.protocol, asking.burst)
+    )
     return estimate(taken)
 
 
 def measure_all(
-    targets: Sequence[Target], samples: int, timeout: float, parallel: int
+    targets: Sequence[Target], asking: Asking, parallel: int
 ) -> list[Reading | Failure]:
     """Every target, at most `parallel` at a time, in the order given."""
     if not targets:
         return []
     workers = min(parallel, len(targets))
     with ThreadPoolExecutor(workers, thread_name_prefix="timeservice skew") as pool:
-        return list(pool.map(lambda t: measure(t, samples, timeout), targets))
+        return list(pool.map(lambda t: measure(t, asking), targets))
 
 
 # Printing
@@ -463,6 +473,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="limit for each exchange (default: %(default)s)",
     )
     parser.add_argument(
+        "--burst",
+        action="store_true",
+        help=f"send NTP requests back to back, for servers you run yourself "
+        f"(default: {NTP_SPACING:g} s apart, as servers expect of a client)",
+    )
+    parser.add_argument(
+        "--max-distance",
+        type=positive(float),
+        default=ntp.MAX_DISTANCE,
+        metavar="SECONDS",
+        help="refuse an NTP target whose root distance is more "
+        "(default: %(default)s, RFC 5905's MAXDIST)",
+    )
+    parser.add_argument(
         "--parallel",
         type=positive(int),
         default=32,
@@ -509,7 +533,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ValueError as exc:
             print(f"{prog}: bad target {text!r}: {exc}", file=sys.stderr)
     results = []
-    for result in measure_all(targets, args.samples, args.timeout, args.parallel):
+    asking = Asking(args.samples, args.timeout, args.burst, args.max_distance)
+    for result in measure_all(targets, asking, args.parallel):
         if isinstance(result, Failure) and result.verdict == "bad target":
             print(
                 f"{prog}: bad target {result.target.text!r}: {result.reason}",
