@@ -1,0 +1,286 @@
+"""Every parser of what comes from outside, given anything at all: it returns a
+value or raises its documented error, nothing else; and what is built from
+values reads back as those values."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import string
+from datetime import datetime, timedelta, timezone
+
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+from timeservice import cli, daytime, ntp, protocol, rfc868, skew, systemd
+from timeservice.access import AccessList, address_key, network_key, parse_subnet
+
+# Derandomised, so that CI runs the same cases every time; no deadline, as
+# the machine is shared; no database of failures left in the tree.
+settings.register_profile(
+    "timeservice",
+    derandomize=True,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.load_profile("timeservice")
+
+S = 1_000_000_000
+NOW = 1_796_000_000 * S  # 2026-11-30, nanoseconds since 1970
+STATE = ntp.server_state(None, 10, -20)
+ports = st.integers(0, 65535)
+
+
+# NTP, the server's side
+
+
+@given(st.binary(max_size=100), ports)
+def test_any_datagram_gets_a_valid_reply_or_none(data, port):
+    reply = ntp.server_reply(data, STATE, NOW, lambda: NOW, port)
+    if reply is None:
+        assert ntp.kiss_of_death(data, source_port=port) is None
+        return
+    packet = ntp.Packet.unpack(reply)
+    assert len(reply) == ntp.PACKET_BYTES == len(data)  # never larger
+    assert packet.mode == ntp.MODE_SERVER
+    assert packet.version == data[0] >> 3 & 7
+    assert reply[24:32] == data[40:48]  # the origin, byte for byte
+
+
+# NTP, the client's side
+
+packets = st.builds(
+    ntp.Packet,
+    leap=st.integers(0, 3),
+    version=st.integers(0, 7),
+    mode=st.integers(0, 7),
+    stratum=st.integers(0, 255),
+    poll=st.integers(-128, 127),
+    precision=st.integers(-128, 127),
+    root_delay=st.integers(0, 2**32 - 1),
+    root_dispersion=st.integers(0, 2**32 - 1),
+    reference_id=st.binary(min_size=4, max_size=4),
+    reference=st.integers(0, 2**64 - 1),
+    origin=st.integers(0, 2**64 - 1),
+    receive=st.integers(0, 2**64 - 1),
+    transmit=st.integers(0, 2**64 - 1),
+)
+
+
+@given(packets)
+def test_a_packet_reads_back_as_it_was_built(packet):
+    assert ntp.Packet.unpack(packet.pack()) == packet
+
+
+@given(st.binary(max_size=100))
+def test_any_bytes_are_a_reply_the_client_uses_or_an_ntp_error(data):
+    request = ntp.request_packet(NOW)
+    try:
+        ntp.check_reply(data, request)
+    except ntp.NtpError:
+        pass
+
+
+@given(packets, st.booleans())
+def test_a_reply_the_client_takes_passes_every_test(packet, answering):
+    request = ntp.request_packet(NOW)
+    if answering:  # most of the interesting cases answer the request
+        packet = ntp.Packet(
+            **{**vars(packet), "origin": ntp.Packet.unpack(request).transmit}
+        )
+    try:
+        reply = ntp.check_reply(packet.pack(), request)
+    except ntp.NtpError:
+        return
+    assert reply.mode == ntp.MODE_SERVER and reply.version in ntp.VERSIONS
+    assert 1 <= reply.stratum <= ntp.MAX_STRATUM
+    assert reply.leap != ntp.LEAP_UNSYNCHRONISED
+    assert reply.receive and reply.transmit
+    assert not ntp.earlier(reply.transmit, reply.receive)
+    assert reply.root_distance <= ntp.MAX_DISTANCE
+
+
+@given(st.integers(-(2**31 - 1) * S, (2**31 - 1) * S))
+def test_timestamps_read_back_in_the_nearest_era(offset_ns):
+    moment = NOW + offset_ns  # within half an era (68 years) of now, either way
+    back = ntp.from_timestamp(ntp.to_timestamp(moment), near_ns=NOW)
+    assert abs(back - moment) <= 1
+
+
+@given(st.text(max_size=20))
+def test_any_text_is_a_reference_id_or_a_value_error(text):
+    try:
+        assert len(ntp.reference_id(text)) == 4
+    except ValueError:
+        pass
+
+
+# RFC 868
+
+
+@given(st.binary(max_size=16), st.floats(0, 2**33))
+def test_any_time_reply_is_a_second_or_a_value_error(data, near):
+    try:
+        rfc868.decode(data, near)
+    except ValueError:
+        assert len(data) < 4
+
+
+@given(st.integers(-(2**31) + 1, 2**31 - 1))
+def test_a_second_reads_back_near_its_era(offset):
+    second = NOW // S + offset
+    assert rfc868.decode(rfc868.encode(second), near=NOW / S) == second
+
+
+# Daytime and the line protocol
+
+moments = st.datetimes(
+    min_value=datetime(1971, 1, 1),
+    max_value=datetime(9998, 12, 31),
+    timezones=st.sampled_from(
+        [
+            timezone.utc,
+            timezone(timedelta(hours=5, minutes=30)),
+            timezone(-timedelta(hours=8)),
+        ]
+    ),
+)
+
+
+@given(st.text(max_size=60))
+def test_any_text_is_a_daytime_form_or_a_value_error(text):
+    try:
+        reading = daytime.parse_daytime(text)
+    except ValueError:
+        return
+    assert reading.moment.utcoffset() is not None and reading.resolution > 0
+
+
+@given(moments)
+def test_our_daytime_line_reads_back(moment):
+    line = daytime.daytime_line(protocol.time_line(lambda: moment))
+    assert daytime.parse_daytime(line.decode("ascii")).moment == moment
+
+
+@given(st.binary(max_size=300))
+def test_any_request_line_is_send_time_or_one_err_line(line):
+    reply = protocol.request_error(line)
+    try:
+        assert protocol.parse_request(line) == protocol.COMMAND
+        assert reply is None
+    except protocol.RequestError:
+        assert reply is not None and reply.startswith(b"ERR ")
+        assert reply.count(b"\n") == 1 and reply.endswith(b"\n")
+
+
+@given(
+    st.lists(st.sampled_from(" \t"), min_size=1, max_size=3),
+    st.lists(st.sampled_from(" \t"), max_size=2),
+    st.sampled_from(["send time", "SEND TIME", "Send Time", "sEnD tImE"]),
+)
+def test_send_time_in_any_case_and_spacing_is_send_time(middle, around, words):
+    first, second = words.split()
+    line = "".join(around) + first + "".join(middle) + second + "".join(around)
+    assert protocol.parse_request(line.encode()) == protocol.COMMAND
+
+
+@given(st.binary(max_size=100))
+def test_any_reply_line_is_a_timestamp_or_a_reply_error(line):
+    try:
+        protocol.parse_timestamp(protocol.parse_reply(line))
+    except protocol.ReplyError:
+        pass
+
+
+@given(moments)
+def test_a_timestamp_reads_back(moment):
+    text = protocol.format_timestamp(moment)
+    assert protocol.parse_timestamp(text) == moment
+
+
+# Subnets, addresses, targets
+
+
+@given(st.text(max_size=50))
+def test_any_text_is_a_subnet_or_a_value_error(text):
+    try:
+        network = parse_subnet(text)
+    except ValueError:
+        return
+    assert parse_subnet(str(network)) == network
+
+
+@given(st.ip_addresses(), st.integers(0, 128))
+def test_a_subnet_reads_back_and_holds_its_addresses(address, prefix):
+    # An IPv4-mapped client is matched as the IPv4 address it is (by design).
+    assume(getattr(address, "ipv4_mapped", None) is None)
+    prefix = min(prefix, address.max_prefixlen)
+    network = ipaddress.ip_network((address, prefix), strict=False)
+    assert parse_subnet(str(network)) == network
+    assert AccessList([(network, True)]).allows(str(address))
+    assert not AccessList([(network, False)]).allows(str(address))
+
+
+@given(st.ip_addresses(v=6))
+def test_an_ipv6_client_is_its_address_within_its_slash_64(address):
+    key = address_key((str(address), 1, 0, 0))
+    network = network_key((str(address), 1, 0, 0))
+    if address.ipv4_mapped is not None:
+        assert key == str(address.ipv4_mapped) and network is None
+    else:
+        assert ipaddress.ip_address(key) in ipaddress.ip_network(network)
+
+
+@given(st.text(max_size=40))
+def test_any_text_is_a_target_or_a_value_error(text):
+    try:
+        target = skew.parse_target(text)
+    except ValueError:
+        return
+    assert target.protocol in skew.PORTS and target.host and 0 <= target.port <= 65535
+
+
+hosts = st.one_of(
+    st.ip_addresses(v=4).map(str),
+    st.ip_addresses(v=6).map(lambda a: f"[{a}]"),
+    st.text(string.ascii_lowercase + string.digits + ".-", min_size=1, max_size=30),
+)
+
+
+@given(st.sampled_from(sorted(skew.PORTS)), hosts, st.one_of(st.none(), ports))
+def test_a_target_reads_back(protocol_name, host, port):
+    text = f"{protocol_name}://{host}" + ("" if port is None else f":{port}")
+    target = skew.parse_target(text)
+    assert target.host == host.strip("[]")
+    assert target.port == (skew.PORTS[protocol_name] if port is None else port)
+    assert cli.split_host_port(text.split("://")[1]) == (host.strip("[]"), port)
+
+
+# systemd's variables
+
+numbers = st.one_of(st.integers(0, 10**6).map(str), st.text(max_size=8))
+
+
+@given(numbers, numbers, st.text(max_size=30))
+def test_any_activation_variables_are_sockets_or_one_activation_error(
+    count, pid, names
+):
+    if pid.strip() == str(os.getpid()):
+        pid = "1"  # never this process's: it would take the test's descriptors
+    environ = {"LISTEN_FDS": count, "LISTEN_PID": pid, "LISTEN_FDNAMES": names}
+    try:
+        systemd.inherited_sockets(environ)
+    except systemd.ActivationError:
+        pass
+    assert "LISTEN_FDS" not in environ  # taken out, whatever they said
+
+
+@given(numbers, st.one_of(st.none(), numbers))
+def test_any_watchdog_variables_are_a_timeout_or_none(usec, pid):
+    environ = {"WATCHDOG_USEC": usec}
+    if pid is not None:
+        environ["WATCHDOG_PID"] = pid
+    seconds = systemd.watchdog_seconds(environ)
+    assert seconds is None or seconds > 0
+    assert environ == {}
