@@ -18,6 +18,7 @@ from .cli import (
     configure_logging,
     open_server,
     positive,
+    program,
     program_name,
 )
 from .client import TimeClient
@@ -31,6 +32,7 @@ def client_host(bound: str) -> str:
     return {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(bound, bound)
 
 
+@program
 def main(argv: Sequence[str] | None = None) -> int:
     """Start a server, let the clients ask it for the time, print what they got."""
     prog = program_name("timeservice")
@@ -73,13 +75,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             target=server.serve_forever, kwargs={"poll_interval": POLL_INTERVAL}
         )
         serving.start()
-        clients = [threading.Thread(target=ask, args=(i,)) for i in range(args.clients)]
-        for thread in clients:
-            thread.start()
-        for thread in clients:
-            thread.join()
-        server.shutdown()
-        serving.join()
+        try:
+            # Daemon threads: after a Ctrl-C, a client still waiting on its
+            # answer does not keep the program from ending.
+            clients = [
+                threading.Thread(target=ask, args=(i,), daemon=True)
+                for i in range(args.clients)
+            ]
+            for thread in clients:
+                thread.start()
+            for thread in clients:
+                thread.join()
+        finally:  # stop serving before the socket closes, even on Ctrl-C
+            server.shutdown()
+            serving.join()
 
     failed = 0
     for number, answer in enumerate(answers, 1):

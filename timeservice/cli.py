@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import logging
 import os
 import signal
 import socketserver
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NamedTuple, TypeVar
 
 from . import capabilities
@@ -41,6 +42,44 @@ def positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
 
     convert.__name__ = kind.__name__  # argparse names the type in its messages
     return convert
+
+
+MAX_SECONDS = 10**6  # eleven days: more than any wait here, less than a timer overflows
+
+
+def seconds(text: str) -> float:
+    """An argparse type for a duration: above 0, at most MAX_SECONDS (a
+    socket's timeout cannot hold inf or 1e300)."""
+    value = positive(float)(text)
+    if not value <= MAX_SECONDS:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_SECONDS}: {text}")
+    return value
+
+
+seconds.__name__ = "float"
+
+
+def program(main: Callable[..., int]) -> Callable[..., int]:
+    """A command's main(): Ctrl-C ends it with status 130 and a closed pipe
+    (``| head``) with 141, each quietly, as a shell expects, instead of with
+    a traceback."""
+
+    @functools.wraps(main)
+    def run(argv: Sequence[str] | None = None) -> int:
+        try:
+            return main(argv)
+        except KeyboardInterrupt:
+            print(file=sys.stderr)  # the line the ^C was typed on ends
+            return 128 + signal.SIGINT
+        except BrokenPipeError:
+            # Nothing more can reach the reader; flushing at exit would fail
+            # again, so what is left goes nowhere.
+            with contextlib.suppress(OSError):
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, sys.stdout.fileno())
+            return 128 + signal.SIGPIPE if hasattr(signal, "SIGPIPE") else 1
+
+    return run
 
 
 def port_number(text: str) -> int:
@@ -110,14 +149,17 @@ def listen(prog: str, host: str, port: int, make: Callable[[tuple], T]) -> T | N
     """Bind a server with `make((host, port))`, or say in one line why it can't."""
     try:
         return make((host, port))
-    except OSError as exc:
+    except (OSError, UnicodeError) as exc:  # UnicodeError: IDNA refuses the name
         cannot_listen(prog, host, port, exc)
         return None
 
 
-def cannot_listen(prog: str, host: str, port: int, exc: OSError) -> None:
+def cannot_listen(prog: str, host: str, port: int, exc: Exception) -> None:
     """The one line that says why a server cannot listen."""
-    reason = exc.strerror or str(exc)
+    if isinstance(exc, UnicodeError):
+        reason = f"not a host name ({exc})"
+    else:
+        reason = getattr(exc, "strerror", None) or str(exc)
     print(f"{prog}: cannot listen on {host} port {port}: {reason}", file=sys.stderr)
 
 

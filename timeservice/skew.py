@@ -13,14 +13,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import queue
 import socket
 import sys
+import threading
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from . import __version__, ntp
-from .cli import positive, program_name, split_host_port
+from .cli import positive, program, program_name, seconds, split_host_port
 from .client import (
     DEFAULT_TIMEOUT,
     NTP_SPACING,
@@ -29,6 +30,7 @@ from .client import (
     ask_daytime,
     ask_ntp,
     ask_time,
+    shown,
     spacing,
     take_samples,
 )
@@ -297,7 +299,7 @@ def ask_target(target: Target, asking: Asking) -> Estimate:
             return ask_time(*where, timeout=timeout)
         text, sample = ask_daytime(*where, timeout=timeout)
         if sample is None:
-            raise ReplyError(f"cannot read the daytime form {text!r}")
+            raise ReplyError(f"cannot read the daytime form {shown(text)}")
         return sample
 
     taken, _ = take_samples(
@@ -312,9 +314,30 @@ def measure_all(
     """Every target, at most `parallel` at a time, in the order given."""
     if not targets:
         return []
-    workers = min(parallel, len(targets))
-    with ThreadPoolExecutor(workers, thread_name_prefix="timeservice skew") as pool:
-        return list(pool.map(lambda t: measure(t, asking), targets))
+    results: list[Reading | Failure | None] = [None] * len(targets)
+    waiting: queue.SimpleQueue[int] = queue.SimpleQueue()
+    for index in range(len(targets)):
+        waiting.put(index)
+
+    def work() -> None:
+        while True:
+            try:
+                index = waiting.get_nowait()
+            except queue.Empty:
+                return
+            results[index] = measure(targets[index], asking)
+
+    # Daemon threads, not a ThreadPoolExecutor's: after a Ctrl-C the program
+    # ends at once, not when the slowest exchange times out.
+    workers = [
+        threading.Thread(target=work, name="timeservice skew", daemon=True)
+        for _ in range(min(parallel, len(targets)))
+    ]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    return [result for result in results if result is not None]
 
 
 # Printing
@@ -439,6 +462,7 @@ class MonitoringParser(argparse.ArgumentParser):
         self.exit(UNKNOWN, f"{self.prog}: error: {message}\n")
 
 
+@program
 def main(argv: Sequence[str] | None = None) -> int:
     """Check the clocks of many machines against each other."""
     prog = program_name("timeservice.skew")
@@ -467,7 +491,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument(
         "--timeout",
-        type=positive(float),
+        type=seconds,
         default=DEFAULT_TIMEOUT,
         metavar="SECONDS",
         help="limit for each exchange (default: %(default)s)",
@@ -480,7 +504,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument(
         "--max-distance",
-        type=positive(float),
+        type=seconds,
         default=ntp.MAX_DISTANCE,
         metavar="SECONDS",
         help="refuse an NTP target whose root distance is more "
@@ -496,7 +520,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "-w",
         "--warning",
-        type=positive(float),
+        type=seconds,
         default=0.1,
         metavar="SECONDS",
         help="WARNING above this skew, or this clock this far from the majority "
@@ -505,14 +529,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "-c",
         "--critical",
-        type=positive(float),
+        type=seconds,
         default=1.0,
         metavar="SECONDS",
         help="CRITICAL above this (default: %(default)s)",
     )
     parser.add_argument(
         "--tolerance",
-        type=positive(float),
+        type=seconds,
         default=TOLERANCE,
         metavar="SECONDS",
         help="the narrowest interval a target's clock is given: clocks closer "

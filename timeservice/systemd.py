@@ -43,6 +43,10 @@ def inherited_sockets(
         raise ActivationError(
             f"LISTEN_PID={pid} is another process (this one is {os.getpid()})"
         )
+    if int(count) == 0:
+        raise ActivationError(
+            "LISTEN_FDS=0: systemd passed no socket; name them in the .socket unit"
+        )
     labels = names.split(":") if names else []
     if len(labels) != int(count):
         raise ActivationError(
