@@ -17,10 +17,18 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
 from datetime import datetime, timezone
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from . import __version__, daytime, ntp, rfc868
-from .cli import format_address, port_number, positive, program_name
+from .cli import (
+    format_address,
+    port_number,
+    positive,
+    program,
+    program_name,
+    seconds,
+    split_host_port,
+)
 from .offset import NANOSECONDS, Estimate, Sample, estimate, timestamp_ns, verdict
 from .protocol import (
     DEFAULT_PORT,
@@ -140,8 +148,18 @@ class TimeClient:
             if len(self._buffer) > MAX_REPLY_BYTES:
                 raise ReplyError(f"reply too long: {self._buffer[:40]!r}...")
             sock.settimeout(remaining(deadline))
-            chunk = sock.recv(4096)
+            try:
+                chunk = sock.recv(4096)
+            except ConnectionResetError:
+                if not self._buffer:
+                    raise
+                chunk = b""  # it sent, then closed over our unread request
             if not chunk:
+                if self._buffer:  # a server of another protocol, as likely as not
+                    raise ReplyError(
+                        f"server closed the connection after {len(self._buffer)} "
+                        f"bytes that are not a reply line: {shown(self._buffer)}"
+                    )
                 raise ReplyError("server closed the connection")
             self._buffer += chunk
         line, _, self._buffer = self._buffer.partition(b"\n")
@@ -157,10 +175,46 @@ def remaining(deadline: float) -> float:
     return left
 
 
-def resolve(host: str, port: int, kind: socket.SocketKind) -> tuple:
-    """The family and address to reach, looked up before any clock is read."""
-    family, _, _, _, address = socket.getaddrinfo(host, port, type=kind)[0]
-    return family, address
+def shown(data: bytes | str, most: int = 64) -> str:
+    """What a server sent, for a message: escaped (no byte of it can move the
+    terminal's cursor or forge a line) and at most `most` characters of it."""
+    text = repr(data[:most])
+    return text + "..." if len(data) > most else text
+
+
+def printable(text: str, most: int = 256) -> str:
+    """A line a server sent, to print as the answer: its control characters
+    escaped (an escape sequence would reach the terminal raw), and at most
+    `most` characters of it."""
+    escaped = "".join(
+        char if char.isprintable() else repr(char)[1:-1] for char in text[:most]
+    )
+    return escaped + "..." if len(text) > most else escaped
+
+
+def addresses(host: str, port: int, kind: socket.SocketKind) -> list[tuple]:
+    """Each family and address a name resolves to, in the order to try them,
+    looked up before any clock is read."""
+    return [
+        (family, address)
+        for family, _, _, _, address in socket.getaddrinfo(host, port, type=kind)
+    ]
+
+
+def each_address(host: str, port: int, kind: socket.SocketKind, ask: Callable) -> Any:
+    """`ask(family, address)` for each address of the name until one answers,
+    as socket.create_connection() tries them: a refusal or an unreachable
+    network moves on to the next; a timeout, or a reply, is final."""
+    failure: OSError | None = None
+    for family, address in addresses(host, port, kind):
+        try:
+            return ask(family, address)
+        except TimeoutError:
+            raise
+        except OSError as exc:
+            failure = exc
+    assert failure is not None  # getaddrinfo() gives one address at least
+    raise failure
 
 
 def exchange(
@@ -170,31 +224,31 @@ def exchange(
 
     Returns the bytes, the local clock before asking (t1) and after the
     answer (t4), and the monotonic time between, in nanoseconds. `timeout`
-    bounds the whole exchange.
+    bounds the whole exchange; each address of the name is tried.
     """
-    family, address = resolve(
-        host, port, socket.SOCK_DGRAM if udp else socket.SOCK_STREAM
-    )
-    with socket.socket(
-        family, socket.SOCK_DGRAM if udp else socket.SOCK_STREAM
-    ) as sock:
-        deadline = time.monotonic() + timeout
-        sock.settimeout(timeout)
-        t1, start = time.time_ns(), time.monotonic_ns()
-        sock.connect(address)
-        if udp:
-            sock.send(request)
-            data = sock.recv(MAX_DATAGRAM)
-        else:
-            data = b""
-            while len(data) <= daytime.MAX_REPLY_BYTES:
-                sock.settimeout(remaining(deadline))
-                chunk = sock.recv(4096)
-                if not chunk:
-                    break
-                data += chunk
-        end, t4 = time.monotonic_ns(), time.time_ns()
-    return data, t1, t4, end - start
+    kind = socket.SOCK_DGRAM if udp else socket.SOCK_STREAM
+
+    def ask(family: int, address: tuple) -> tuple[bytes, int, int, int]:
+        with socket.socket(family, kind) as sock:
+            deadline = time.monotonic() + timeout
+            sock.settimeout(timeout)
+            t1, start = time.time_ns(), time.monotonic_ns()
+            sock.connect(address)
+            if udp:
+                sock.send(request)
+                data = sock.recv(MAX_DATAGRAM)
+            else:
+                data = b""
+                while len(data) <= daytime.MAX_REPLY_BYTES:
+                    sock.settimeout(remaining(deadline))
+                    chunk = sock.recv(4096)
+                    if not chunk:
+                        break
+                    data += chunk
+            end, t4 = time.monotonic_ns(), time.time_ns()
+        return data, t1, t4, end - start
+
+    return each_address(host, port, kind, ask)
 
 
 def ask_daytime(
@@ -206,7 +260,7 @@ def ask_daytime(
 ) -> tuple[str, Sample | None]:
     """Ask a Daytime server (RFC 867): its line, and a Sample if its form is known."""
     data, t1, t4, delay = exchange(host, port, udp=udp, timeout=timeout)
-    text = data.decode("utf-8", "replace").strip()
+    text = data[: daytime.MAX_REPLY_BYTES].decode("utf-8", "replace").strip()
     if not text:
         raise ReplyError("server sent no time")
     try:
@@ -254,22 +308,37 @@ def ask_ntp(
     Kiss-o'-Death, an unsynchronised server, a root distance over
     `max_distance`...) raises ntp.NtpError.
     """
-    family, address = resolve(host, port, socket.SOCK_DGRAM)
-    with socket.socket(family, socket.SOCK_DGRAM) as sock:
-        sock.connect(address)
-        deadline = time.monotonic() + timeout
-        t1, start = time.time_ns(), time.monotonic_ns()
-        request = ntp.request_packet(t1)
-        sent = ntp.Packet.unpack(request).transmit
-        sock.send(request)
-        for _ in range(64):  # stray datagrams are few; the deadline ends it anyway
-            sock.settimeout(remaining(deadline))
-            data = sock.recv(MAX_DATAGRAM)
-            end, t4 = time.monotonic_ns(), time.time_ns()
-            if len(data) >= ntp.PACKET_BYTES and ntp.Packet.unpack(data).origin == sent:
-                break
-        else:
+
+    def ask(family: int, address: tuple) -> tuple[bytes, bytes, int, int, int, int]:
+        with socket.socket(family, socket.SOCK_DGRAM) as sock:
+            sock.connect(address)
+            deadline = time.monotonic() + timeout
+            t1, start = time.time_ns(), time.monotonic_ns()
+            request = ntp.request_packet(t1)
+            sent = ntp.Packet.unpack(request).transmit
+            sock.send(request)
+            other = b""  # the first datagram that is no answer to it
+            for _ in range(64):  # strays are few; the deadline ends it anyway
+                try:
+                    sock.settimeout(remaining(deadline))
+                    data = sock.recv(MAX_DATAGRAM)
+                except TimeoutError:
+                    if other:  # a server did answer, in another protocol
+                        raise ReplyError(
+                            f"server sent {len(other)} bytes that are not an NTP "
+                            f"reply: {shown(other)}"
+                        ) from None
+                    raise
+                end, t4 = time.monotonic_ns(), time.time_ns()
+                if (
+                    len(data) >= ntp.PACKET_BYTES
+                    and ntp.Packet.unpack(data).origin == sent
+                ):
+                    return data, request, t1, t4, start, end
+                other = other or data
             raise ReplyError("no reply to this request among 64 datagrams")
+
+    data, request, t1, t4, start, end = each_address(host, port, socket.SOCK_DGRAM, ask)
     reply = ntp.check_reply(data, request, max_distance)
     t2 = ntp.from_timestamp(reply.receive, near_ns=t1)
     t3 = ntp.from_timestamp(reply.transmit, near_ns=t1)
@@ -367,7 +436,7 @@ def ask(args: argparse.Namespace) -> Sample | str:
         return ask_time(*where, udp=args.udp, timeout=args.timeout)
     text, sample = ask_daytime(*where, udp=args.udp, timeout=args.timeout)
     if sample is None and args.offset:
-        raise ReplyError(f"cannot read the daytime form {text!r}")
+        raise ReplyError(f"cannot read the daytime form {shown(text)}")
     return text if sample is None else sample
 
 
@@ -386,7 +455,8 @@ def collect(args: argparse.Namespace) -> tuple[Estimate | None, Exception | None
 
     def ask_and_print() -> Sample | str:
         answer = ask(args)
-        print(answer if isinstance(answer, str) else answer.answer, flush=True)
+        text = answer if isinstance(answer, str) else answer.answer
+        print(printable(text), flush=True)  # a server's text, whatever it sent
         return answer
 
     answers, failure = take_samples(
@@ -396,6 +466,7 @@ def collect(args: argparse.Namespace) -> tuple[Estimate | None, Exception | None
     return (estimate(samples) if args.offset else None), failure
 
 
+@program
 def main(argv: Sequence[str] | None = None) -> int:
     """Ask a time server for the time and print the answer."""
     prog = program_name("timeservice.client")
@@ -406,7 +477,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{prog} --protocol ntp --offset 192.0.2.10",
     )
     parser.add_argument(
-        "host", nargs="?", default=DEFAULT_HOST, help="server (default: %(default)s)"
+        "host",
+        nargs="?",
+        default=DEFAULT_HOST,
+        help="server, HOST or HOST:PORT ([IPV6]:PORT) (default: %(default)s)",
     )
     parser.add_argument(
         "port",
@@ -455,7 +529,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument(
         "--max-distance",
-        type=positive(float),
+        type=seconds,
         default=ntp.MAX_DISTANCE,
         metavar="SECONDS",
         help="refuse an NTP server whose root distance is more "
@@ -463,7 +537,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument(
         "--timeout",
-        type=positive(float),
+        type=seconds,
         default=DEFAULT_TIMEOUT,
         metavar="SECONDS",
         help="limit for the connect and for each reply (default: %(default)s)",
@@ -476,6 +550,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--json goes with --offset")
     if args.udp and args.protocol == "line":
         parser.error("--udp goes with --protocol daytime or time")
+    if args.host.count(":") < 2 or args.host.startswith("["):  # not a bare IPv6
+        try:
+            args.host, port = split_host_port(args.host)
+        except ValueError as exc:
+            parser.error(f"{args.host!r}: {exc}")
+        if port is not None and args.port is not None:
+            parser.error(f"the port is given twice: {port} and {args.port}")
+        args.port = args.port if port is None else port
     if args.port is None:
         args.port = PORTS[args.protocol]
 
@@ -483,7 +565,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with contextlib.redirect_stdout(io.StringIO()) if args.json else nullcontext():
             result, stopped = collect(args)
-    except (OSError, ReplyError) as exc:
+    except (OSError, ReplyError, UnicodeError) as exc:
         print(f"{prog}: {failure_line(exc, where, args)}", file=sys.stderr)
         return 1
     if stopped is not None:  # the samples taken before it stand
@@ -507,6 +589,8 @@ def failure_line(exc: Exception, where: str, args: argparse.Namespace) -> str:
         return f"no answer from {where} within {args.timeout:g} s"
     if isinstance(exc, socket.gaierror):
         return f"cannot resolve {args.host!r}: {exc.strerror}"
+    if isinstance(exc, UnicodeError):  # IDNA: "a..b", a label over 63 characters
+        return f"cannot resolve {args.host!r}: not a host name ({exc})"
     if isinstance(exc, ReplyError):
         return f"{where}: {exc}"
     assert isinstance(exc, OSError)
