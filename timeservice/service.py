@@ -16,7 +16,7 @@ import socketserver
 import sys
 import threading
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 from . import __version__, capabilities, kernelclock, ntp, prefork, systemd
 from .access import NETWORK_FACTOR, AccessList, parse_subnet
@@ -35,8 +35,10 @@ from .cli import (
     metrics_address,
     port_number,
     positive,
+    program,
     program_name,
     running_as_root,
+    seconds,
     split_host_port,
     stop_on_signals,
 )
@@ -251,40 +253,77 @@ def open_pair(
     return None
 
 
+def bind_hosts(host: str) -> list[str]:
+    """Every address a name to listen on resolves to, once each, in the
+    order given: ``localhost`` may be ::1 and 127.0.0.1, and a client tries
+    each of them, so each is served. An address is itself; "" is every
+    IPv4 interface, as for socketserver."""
+    found = socket.getaddrinfo(
+        host or None, 0, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )
+    return list(dict.fromkeys(str(address[0]) for *_, address in found))
+
+
 def open_bound(
     prog: str, args: argparse.Namespace, settings: Settings
 ) -> Opened | None:
-    """Bind every server the arguments ask for, or None if one cannot listen
-    (those already open are closed again)."""
+    """Bind every server the arguments ask for, on each address the name to
+    listen on resolves to, or None if one cannot listen (those already open
+    are closed again). The first address's ports are the others' too, so
+    that port 0 picks one port for the name."""
+    try:
+        hosts = bind_hosts(args.bind)
+    except (OSError, UnicodeError) as exc:
+        cannot_listen(prog, args.bind, args.port, exc)
+        return None
+    ports = {option: getattr(args, option) for option in ("port", *STANDARD, "ntp")}
+    opened: Opened = []
+    for host in hosts:
+        more = open_on(prog, host, ports, settings)
+        if more is None:
+            close_all(opened)
+            return None
+        for option, entry in more:
+            opened.append(entry)
+            ports[option] = cast(tuple, entry[2][0].server_address)[1]
+    return opened
+
+
+def open_on(
+    prog: str, host: str, ports: dict[str, int | None], settings: Settings
+) -> list[tuple[str, tuple[str, str, list[socketserver.BaseServer]]]] | None:
+    """The servers `ports` asks for on one address (None: not that one),
+    each with its option; or None, with those opened closed again."""
     line = listen(
         prog,
-        args.bind,
-        args.port,
+        host,
+        ports["port"] or 0,
         lambda address: TimeServer(address, **settings.line),
     )
     if line is None:
         return None
-    opened: Opened = [("time", "", [line])]
+    opened: list = [("port", ("time", "", [line]))]
     for option, (name, _, handler) in STANDARD.items():
-        port = getattr(args, option)
+        port = ports[option]
         if port is None:
             continue
-        pair = open_pair(prog, args.bind, port, handler, settings)
+        pair = open_pair(prog, host, port, handler, settings)
         if pair is None:
             break
-        opened.append((name, " (TCP, UDP)", pair))
+        opened.append((option, (name, " (TCP, UDP)", pair)))
     else:
-        if args.ntp is None:
+        port = ports["ntp"]
+        if port is None:
             return opened
         ntp_server = listen(
             prog,
-            args.bind,
-            args.ntp,
+            host,
+            port,
             lambda address: NtpServer(address, **settings.ntp, **settings.datagrams),
         )
         if ntp_server is not None:
-            return [*opened, ("NTP", " (UDP)", [ntp_server])]
-    close_all(opened)
+            return [*opened, ("ntp", ("NTP", " (UDP)", [ntp_server]))]
+    close_all([entry for _, entry in opened])
     return None
 
 
@@ -427,7 +466,7 @@ def parse_arguments(prog: str, argv: Sequence[str] | None) -> argparse.Namespace
     )
     parser.add_argument(
         "--idle-timeout",
-        type=positive(float),
+        type=seconds,
         default=IDLE_TIMEOUT,
         metavar="SECONDS",
         help="time a client has to send each request line (default: %(default)s)",
@@ -608,6 +647,7 @@ def parse_arguments(prog: str, argv: Sequence[str] | None) -> argparse.Namespace
     return args
 
 
+@program
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the time server from the command line."""
     prog = program_name("timeservice.server")
