@@ -175,3 +175,53 @@ class RefusalLog:
             CAUSES.get(cause, cause),
             ", ".join(examples),
         )
+
+
+class BoundedLog:
+    """Logs at most `most` lines in `interval` seconds; the rest are counted,
+    and one line then says how many, so that a flood of accepted clients
+    cannot flood the log either. Thread-safe."""
+
+    def __init__(
+        self,
+        what: str,
+        most: int = 20,
+        interval: float = 60.0,
+        level: int = logging.INFO,
+    ) -> None:
+        self.what, self.most, self.interval, self.level = what, most, interval, level
+        self._lock = threading.Lock()
+        self._start = -interval  # the window's start
+        self._shown = self._more = 0
+
+    def note(self, message: str, *args: object, now: float | None = None) -> None:
+        """Log one line, or count it past the window's `most`."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            if now - self._start >= self.interval:
+                self._summarise(now)
+                self._start, self._shown = now, 0
+            show = self._shown < self.most
+            if show:
+                self._shown += 1
+            else:
+                self._more += 1
+        if show:
+            logger.log(self.level, message, *args)
+
+    def flush(self, now: float | None = None, force: bool = False) -> None:
+        """Log the count of a window that is over (any, if `force`)."""
+        if not self._more:  # the usual case
+            return
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            if force or now - self._start >= self.interval:
+                self._summarise(now)
+
+    def _summarise(self, now: float) -> None:
+        if self._more:
+            seconds = min(now - self._start, self.interval)
+            logger.log(
+                self.level, "%d more %s in %.0f s", self._more, self.what, seconds
+            )
+            self._more = 0

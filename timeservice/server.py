@@ -28,7 +28,14 @@ from collections.abc import Callable
 from typing import Any, BinaryIO, cast
 
 from . import capabilities
-from .access import NETWORK_FACTOR, AccessList, RefusalLog, address_key, network_key
+from .access import (
+    NETWORK_FACTOR,
+    AccessList,
+    BoundedLog,
+    RefusalLog,
+    address_key,
+    network_key,
+)
 from .protocol import (
     MAX_LINE_BYTES,
     REQUEST,
@@ -238,7 +245,9 @@ class TimeRequestHandler(socketserver.StreamRequestHandler):
                 wfile.close()  # flushes first
         self.rfile.close()
         why = f" ({self.stop_reason})" if self.stop_reason else ""
-        logger.info("%s: closed after %d request(s)%s", self.peer, self.requests, why)
+        self.server.closed_log.note(
+            "%s: closed after %d request(s)%s", self.peer, self.requests, why
+        )
 
     def line_received(self, request: bytes) -> None:
         """Answer one request line (its line ending dropped) with one reply line."""
@@ -437,6 +446,7 @@ class ConnectionRegistry(AdmissionMixIn, socketserver.TCPServer):
         self._per_key: dict[str, int] = {}  # connections open by each
         self.errors: collections.Counter[str] = collections.Counter()
         self._draining: dict[socket.socket, float] = {}  # refused, until EOF or then
+        self.closed_log = BoundedLog("connection(s) closed")
         self._watchdog: threading.Thread | None = None
         self._wake = threading.Event()
         self._closing = False
@@ -525,6 +535,10 @@ class ConnectionRegistry(AdmissionMixIn, socketserver.TCPServer):
         drained(request)  # what has come so far, so that the close is no reset
         request.close()
 
+    def service_actions(self) -> None:
+        super().service_actions()
+        self.closed_log.flush()
+
     def track(self, handler: Any) -> None:
         """Give a running handler its deadline, and let the watchdog see it."""
         with self._lock:
@@ -575,6 +589,7 @@ class ConnectionRegistry(AdmissionMixIn, socketserver.TCPServer):
         if watchdog is not None and getattr(self, "block_on_close", True):
             self._wake.set()
             watchdog.join()
+        self.closed_log.flush(force=True)
 
     def _forget(self, request: Any) -> None:
         """Take a connection out of the counts (the lock is held)."""
