@@ -1,0 +1,287 @@
+"""What a user meets: Ctrl-C and closed pipes end a program quietly, every
+mistake is one line, a server's bytes are printed escaped, names with
+several addresses, the log under a flood, and units safe by default."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import (
+    ROOT,
+    TIMEOUT,
+    one_line,
+    readline_within,
+)
+
+from timeservice import client, rfc868, service, skew
+from timeservice.datagram import DatagramServer
+from timeservice.standard import TimeHandler
+
+on_posix = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+
+
+def program(module: str, *args: str, **options) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", module, *args],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **options,
+    )
+
+
+# Ctrl-C and closed pipes
+
+
+@on_posix
+@pytest.mark.slow
+def test_ctrl_c_ends_the_demo_at_once_without_a_traceback():
+    demo = program("timeservice", "-c", "10000")
+    try:
+        assert readline_within(demo.stdout).startswith("Serving time on")
+        demo.send_signal(signal.SIGINT)  # while its clients start
+        assert demo.wait(TIMEOUT) == 130
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+        _, err = demo.communicate(timeout=TIMEOUT)
+    assert "Traceback" not in err
+
+
+@contextlib.contextmanager
+def silent_port() -> Iterator[int]:
+    """A TCP port that accepts and never answers."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        yield listener.getsockname()[1]
+
+
+@on_posix
+@pytest.mark.slow
+@pytest.mark.parametrize("module", ["timeservice.client", "timeservice.skew"])
+def test_ctrl_c_ends_the_client_and_skew_quietly(module):
+    with silent_port() as port:
+        target = (
+            ["127.0.0.1", str(port)]
+            if module.endswith("client")
+            else [f"127.0.0.1:{port}"]
+        )
+        asking = program(module, *target, "--timeout", "60")
+        try:
+            # Its connection is in the backlog: it is waiting for the answer.
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                asking.wait(0.5)
+            asking.send_signal(signal.SIGINT)
+            assert asking.wait(TIMEOUT) == 130
+        finally:
+            if asking.poll() is None:
+                asking.kill()
+            _, err = asking.communicate(timeout=TIMEOUT)
+    assert "Traceback" not in err
+
+
+@on_posix
+@pytest.mark.slow
+def test_a_closed_pipe_ends_the_demo_quietly():
+    demo = program("timeservice", "-c", "3000")  # more than a pipe holds
+    assert demo.stdout.readline().startswith("Serving time on")
+    demo.stdout.close()  # as `| head -1` does
+    assert demo.wait(TIMEOUT) == 141  # 128 + SIGPIPE, as the shell expects
+    assert "Traceback" not in demo.stderr.read()
+    demo.stderr.close()
+
+
+# One line for each mistake
+
+
+@pytest.mark.parametrize("name", ["a..b", "x" * 64 + ".example"])
+def test_a_name_idna_refuses_is_one_line(name, capsys):
+    assert client.main([name]) == 1
+    assert f"cannot resolve {name!r}: not a host name" in one_line(
+        capsys.readouterr().err
+    )
+    assert service.main(["-b", name, "0"]) == 1
+    assert f"cannot listen on {name} port 0: not a host name" in one_line(
+        capsys.readouterr().err
+    )
+
+
+@pytest.mark.parametrize("value", ["inf", "1e300", "nan", "0"])
+@pytest.mark.parametrize("main", [client.main, skew.main])
+def test_a_timeout_that_is_no_time_is_a_usage_error(main, value, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["127.0.0.1:1", "--timeout", value])
+    assert exit_info.value.code in (2, 3)  # argparse's; skew's UNKNOWN
+    err = capsys.readouterr().err
+    assert "--timeout" in err and "Traceback" not in err
+
+
+def test_no_passed_socket_is_one_line(monkeypatch, capsys):
+    monkeypatch.setenv("LISTEN_FDS", "0")
+    monkeypatch.setenv("LISTEN_PID", str(os.getpid()))
+    assert service.main([]) == 1
+    assert "LISTEN_FDS=0: systemd passed no socket" in one_line(capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("version", ["3.9", "3.8"])
+def test_an_old_python_is_told_which_it_needs(version):
+    found = sorted(Path.home().glob(f".pyenv/versions/{version}.*/bin/python3"))
+    python = str(found[-1]) if found else shutil.which(f"python{version}")
+    if python is None or subprocess.run([python, "-c", ""]).returncode != 0:
+        pytest.skip(f"no Python {version} here")
+    run = subprocess.run(
+        [python, "-m", "timeservice"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert run.returncode == 1
+    assert one_line(run.stderr).startswith("timeservice needs Python 3.10 or newer")
+
+
+# A server's bytes, printed
+
+
+@contextlib.contextmanager
+def saying(text: bytes) -> Iterator[int]:
+    """A TCP port that sends `text` to one connection, then closes it."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        listener.settimeout(TIMEOUT)
+
+        def serve() -> None:
+            conn, _ = listener.accept()
+            with conn:
+                conn.sendall(text)
+
+        thread = threading.Thread(target=serve)
+        thread.start()
+        try:
+            yield listener.getsockname()[1]
+        finally:
+            thread.join(TIMEOUT)
+
+
+def test_what_a_server_sends_is_printed_escaped_and_bounded(capsys):
+    hostile = b"\x1b[2J\x1b]0;owned\x07" + b"A" * 4000 + b"\r\n"
+    with saying(hostile) as port:
+        assert client.main(["--protocol", "daytime", "127.0.0.1", str(port)]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\x07" not in out
+    assert out.startswith(r"\x1b[2J\x1b]0;owned\x07AAA")
+    assert len(out) < 300  # a Daytime reply is read up to 256 bytes
+
+
+# Names, ports, and what came back
+
+
+def test_the_client_takes_host_colon_port(start_server, capsys):
+    server = start_server()
+    host, port = server.server_address[:2]
+    assert client.main([f"{host}:{port}"]) == 0
+    assert client.main([f"[::1]:{port}"]) == 1  # parsed; nothing listens there
+    assert "::1 port" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        client.main([f"{host}:{port}", str(port)])  # the port twice
+    assert "the port is given twice" in capsys.readouterr().err
+
+
+@pytest.fixture
+def two_address_name(monkeypatch):
+    """A name that resolves to ::1 first, then to 127.0.0.1, as a hosts file
+    listing ::1 first makes localhost."""
+    real = socket.getaddrinfo
+
+    def getaddrinfo(host, port, *args, **kwargs):
+        if host != "twohost":
+            return real(host, port, *args, **kwargs)
+        return real("::1", port, *args, **kwargs) + real(
+            "127.0.0.1", port, *args, **kwargs
+        )
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    return "twohost"
+
+
+def test_a_name_with_two_addresses_is_served_on_both(two_address_name):
+    argv = ["-b", two_address_name, "0", "--time", "0"]
+    args = service.parse_arguments("server", argv)
+    opened = service.open_bound("server", args, service.Settings.from_arguments(args))
+    assert opened is not None
+    try:
+        bound = [
+            (type(server).__name__, server.server_address[:2])
+            for _, _, servers in opened
+            for server in servers
+        ]
+        hosts = {address[0] for _, address in bound}
+        assert hosts == {"::1", "127.0.0.1"}
+        # Port 0 picked one port per service, the same on both addresses.
+        for kind in ("TimeServer", "OneShotServer", "DatagramServer"):
+            assert len({address[1] for name, address in bound if name == kind}) == 1
+    finally:
+        service.close_all(opened)
+
+
+def test_the_udp_client_tries_each_address_of_a_name(two_address_name, serving):
+    server = serving(DatagramServer(("127.0.0.1", 0), TimeHandler))
+    port = server.server_address[1]  # nothing on ::1: refused, then 127.0.0.1
+    sample = client.ask_time(two_address_name, port, udp=True)
+    assert sample.error < 2
+
+
+def test_a_reply_in_another_protocol_is_named(serving, start_server):
+    time_server = serving(DatagramServer(("127.0.0.1", 0), TimeHandler))
+    with pytest.raises(client.ReplyError, match="4 bytes that are not an NTP reply"):
+        client.ask_ntp("127.0.0.1", time_server.server_address[1], timeout=1)
+    stamp = rfc868.encode(1_800_000_000)
+    with saying(stamp) as port:
+        with client.TimeClient("127.0.0.1", port) as asking:
+            with pytest.raises(client.ReplyError, match="after 4 bytes that are not"):
+                asking.get_time()
+
+
+# The log under a flood of accepted connections
+
+
+def test_a_flood_of_connections_logs_a_bounded_number_of_lines(start_server, caplog):
+    caplog.set_level(logging.INFO, logger="timeservice")
+    server = start_server()
+    for _ in range(200):
+        with socket.create_connection(server.server_address, timeout=TIMEOUT) as sock:
+            sock.sendall(b"send time\n")
+            sock.makefile("rb").readline()
+    server.wait_finished(200)
+    server.closed_log.flush(force=True)
+    lines = [r.getMessage() for r in caplog.records if "closed" in r.getMessage()]
+    assert sum("closed after 1 request(s)" in line for line in lines) == 20
+    assert lines[-1] == f"{200 - 20} more connection(s) closed in 0 s"
+
+
+def test_the_demo_still_shows_its_clients_coming_and_going(capsys):
+    from timeservice.__main__ import main as demo
+
+    assert demo(["-c", "3"]) == 0
+    assert capsys.readouterr().out.count(" got ") == 3
+
+
+# The units
+
+
+def test_the_units_listen_on_loopback_only():
+    for unit in sorted((ROOT / "scripts" / "systemd").glob("*.socket")):
+        listens = [
+            line.split("=", 1)[1]
+            for line in unit.read_text().splitlines()
+            if line.startswith("Listen")
+        ]
+        assert listens, unit.name
+        for address in listens:
+            assert address.startswith(("127.0.0.1:", "[::1]:")), (unit.name, address)
