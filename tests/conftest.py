@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from timeservice.protocol import parse_timestamp
 from timeservice.server import TimeServer
+from timeservice.wire.line import parse_timestamp
 
 TIMEOUT = 5.0  # no read in the tests waits longer than this
 ROOT = Path(__file__).resolve().parent.parent

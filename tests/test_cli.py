@@ -23,9 +23,11 @@ from conftest import (
     server_process,
 )
 
-from timeservice import __version__, client, service
+from timeservice import __version__
 from timeservice.client import TimeClient
-from timeservice.protocol import parse_timestamp
+from timeservice.programs import client as client_program
+from timeservice.programs import server as server_program
+from timeservice.wire.line import parse_timestamp
 
 
 def free_port() -> int:
@@ -51,14 +53,14 @@ def run(module: str, *args: str, **kwargs) -> subprocess.CompletedProcess:
 
 def test_server_version(capsys):
     with pytest.raises(SystemExit) as exited:
-        service.main(["--version"])
+        server_program.main(["--version"])
     assert exited.value.code == 0
     assert capsys.readouterr().out.strip().endswith(f" {__version__}")
 
 
 def test_server_help_shows_defaults_and_an_example(capsys):
     with pytest.raises(SystemExit):
-        service.main(["--help"])
+        server_program.main(["--help"])
     out = " ".join(capsys.readouterr().out.split())  # as if argparse did not wrap
     assert "example: " in out
     for default in (
@@ -87,7 +89,7 @@ def test_server_help_shows_defaults_and_an_example(capsys):
 )
 def test_server_rejects_bad_options(capsys, argv):
     with pytest.raises(SystemExit) as exited:
-        service.main(argv)
+        server_program.main(argv)
     assert exited.value.code == 2
     assert (
         capsys.readouterr()
@@ -98,7 +100,7 @@ def test_server_rejects_bad_options(capsys, argv):
 
 def test_server_reports_a_port_in_use_in_one_line(capsys):
     with listening_socket() as port:
-        assert service.main([str(port)]) == 1
+        assert server_program.main([str(port)]) == 1
     err = one_line(capsys.readouterr().err)
     assert f"cannot listen on 127.0.0.1 port {port}: Address already in use" in err
 
@@ -111,7 +113,7 @@ def test_server_reports_a_port_in_use_in_one_line(capsys):
     ],
 )
 def test_server_reports_a_bad_address_in_one_line(capsys, address, reason):
-    assert service.main(["-b", address, "0"]) == 1
+    assert server_program.main(["-b", address, "0"]) == 1
     assert reason in one_line(capsys.readouterr().err)
 
 
@@ -194,13 +196,13 @@ def test_installed_commands_run():
 
 def test_client_prints_the_servers_answer(server, capsys):
     host, port = server.server_address
-    assert client.main([host, str(port)]) == 0
+    assert client_program.main([host, str(port)]) == 0
     parse_timestamp(capsys.readouterr().out.strip())
 
 
 def test_client_count_asks_over_one_connection(server, capsys):
     host, port = server.server_address
-    assert client.main([host, str(port), "-n", "3"]) == 0
+    assert client_program.main([host, str(port), "-n", "3"]) == 0
     moments = [parse_timestamp(line) for line in capsys.readouterr().out.splitlines()]
     assert len(moments) == 3
     assert moments == sorted(moments)
@@ -211,27 +213,27 @@ def test_client_over_ipv6(start_server, capsys):
     if not socket.has_ipv6:
         pytest.skip("no IPv6 on this machine")
     port = start_server("::1").server_address[1]
-    assert client.main(["::1", str(port)]) == 0
+    assert client_program.main(["::1", str(port)]) == 0
     parse_timestamp(capsys.readouterr().out.strip())
 
 
 def test_client_says_when_no_server_is_running(capsys):
     port = free_port()
-    assert client.main(["127.0.0.1", str(port)]) == 1
+    assert client_program.main(["127.0.0.1", str(port)]) == 1
     err = one_line(capsys.readouterr().err)
     assert f"connection refused by 127.0.0.1 port {port}: is the server running?" in err
 
 
 def test_client_gives_up_after_its_timeout(capsys):
     with listening_socket() as port:
-        assert client.main(["127.0.0.1", str(port), "--timeout", "0.2"]) == 1
+        assert client_program.main(["127.0.0.1", str(port), "--timeout", "0.2"]) == 1
     assert f"no answer from 127.0.0.1 port {port} within 0.2 s" in one_line(
         capsys.readouterr().err
     )
 
 
 def test_client_reports_a_name_that_does_not_resolve(capsys):
-    assert client.main(["nosuch.invalid"]) == 1
+    assert client_program.main(["nosuch.invalid"]) == 1
     assert "cannot resolve 'nosuch.invalid'" in one_line(capsys.readouterr().err)
 
 
@@ -239,7 +241,7 @@ def test_client_reports_an_err_reply(start_server, connect, capsys):
     busy = start_server(max_connections=1)
     connect(busy).ask()
     host, port = busy.server_address
-    assert client.main([host, str(port)]) == 1
+    assert client_program.main([host, str(port)]) == 1
     assert f"{host} port {port}: server answered 'busy'" in one_line(
         capsys.readouterr().err
     )
@@ -284,7 +286,7 @@ def send_reset(conn: socket.socket) -> None:
 )
 def test_client_reports_a_bad_server(capsys, behaviour, problem):
     with fake_server(behaviour) as port:
-        assert client.main(["127.0.0.1", str(port)]) == 1
+        assert client_program.main(["127.0.0.1", str(port)]) == 1
     assert problem.format(port=port) in one_line(capsys.readouterr().err)
 
 
@@ -313,14 +315,14 @@ def test_client_must_connect_before_asking():
 def test_client_rejects_bad_options(capsys):
     for argv in (["localhost", "http"], ["-n", "0"], ["--timeout", "0"]):
         with pytest.raises(SystemExit) as exited:
-            client.main(argv)
+            client_program.main(argv)
         assert exited.value.code == 2
     assert "error: " in capsys.readouterr().err
 
 
 def test_client_version(capsys):
     with pytest.raises(SystemExit):
-        client.main(["--version"])
+        client_program.main(["--version"])
     assert capsys.readouterr().out.strip().endswith(__version__)
 
 

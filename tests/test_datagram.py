@@ -22,22 +22,28 @@ from conftest import (
     udp_socket,
 )
 
-from timeservice import capabilities, client, ntp, service
-from timeservice.access import AccessList
-from timeservice.datagram import (
+from timeservice import client
+from timeservice.host import capabilities
+from timeservice.policy.access import AccessList
+from timeservice.policy.limits import RateLimiter
+from timeservice.programs import server as server_program
+from timeservice.server import (
+    DaytimeHandler,
+    NtpHandler,
+    NtpServer,
+    TimeHandler,
+    TimeServer,
+)
+from timeservice.transport.ancillary import (
     IP_PKTINFO,
-    SERVED_PORTS,
     SO_TIMESTAMPNS,
-    DatagramServer,
-    LocalAddresses,
-    RateLimiter,
-    Reply,
     answer_from,
     is_wildcard,
     stamp_of,
 )
-from timeservice.server import TimeServer
-from timeservice.standard import DaytimeHandler, NtpHandler, NtpServer, TimeHandler
+from timeservice.transport.datagram import DatagramServer, Reply
+from timeservice.transport.local import SERVED_PORTS, LocalAddresses
+from timeservice.wire import ntp
 
 LOOPBACK_ONLY = AccessList.from_options(["127.0.0.0/8", "::1"], [])
 
@@ -317,7 +323,7 @@ def test_a_udp_port_in_use_cannot_be_taken(serve):
 
 def test_time_and_ntp_on_one_port_is_one_line(capsys):
     port = str(free_port())
-    assert service.main(["0", "--time", port, "--ntp", port, "-q"]) == 1
+    assert server_program.main(["0", "--time", port, "--ntp", port, "-q"]) == 1
     err = one_line(capsys.readouterr().err)
     assert f"cannot listen on 127.0.0.1 port {port}" in err
     assert "in use" in err

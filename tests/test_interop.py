@@ -32,7 +32,8 @@ from conftest import (
     signal_launched,
 )
 
-from timeservice import kernelclock, ntp
+from timeservice.clock import kernel as kernelclock
+from timeservice.wire import ntp
 
 pytestmark = pytest.mark.slow
 PACKAGES = {
@@ -337,9 +338,10 @@ def test_synchronised_our_server_claims_what_chronyd_says(tmp_path):
             sock.sendto(request, ("127.0.0.1", port))
             chronyd = ntp.check_reply(sock.recv(512), request)
         program = (
-            "import sys; from timeservice import kernelclock, ntp, service; "
-            "kernelclock.read = lambda: ntp.KernelState(True, 0, 0.1); "
-            "sys.exit(service.main(sys.argv[1:]))"
+            "import sys; from timeservice.clock import kernel; "
+            "from timeservice.programs import server; "
+            "kernel.read = lambda: kernel.KernelState(True, 0, 0.1); "
+            "sys.exit(server.main(sys.argv[1:]))"
         )
         with started(
             sys.executable, "-c", program, "0", "--ntp", "0", "--upstream",

@@ -10,8 +10,8 @@ import sys
 import pytest
 from conftest import ROOT, listening_socket, one_line
 
-import timeservice.__main__ as launcher
-from timeservice.protocol import parse_timestamp
+from timeservice.programs import demo as launcher
+from timeservice.wire.line import parse_timestamp
 
 ANSWER = re.compile(r"client (\d+) sent 'send time', got (\S+)")
 

@@ -25,19 +25,15 @@ from conftest import (
     timestamp,
 )
 
-from timeservice import capabilities, cli, service
 from timeservice.client import TimeClient
-from timeservice.protocol import ReplyError, SystemClock, time_line
-from timeservice.server import (
-    CONNECTION_THREAD,
-    WATCHDOG_THREAD,
-    ThreadPoolMixIn,
-    TimeRequestHandler,
-    TimeServer,
-    abort,
-    drain,
-    drained,
-)
+from timeservice.clock.system import SystemClock, time_line
+from timeservice.host import capabilities
+from timeservice.operations import cpu, service
+from timeservice.programs import server as server_program
+from timeservice.server import TimeRequestHandler, TimeServer
+from timeservice.transport.pool import CONNECTION_THREAD, ThreadPoolMixIn
+from timeservice.transport.registry import WATCHDOG_THREAD, abort, drain, drained
+from timeservice.wire.errors import ReplyError
 
 
 @contextlib.contextmanager
@@ -280,7 +276,7 @@ def test_kept_on_cpu_holds_the_threads_it_starts_and_gives_the_cpus_back():
     def look():
         seen.append(os.sched_getaffinity(0))
 
-    with cli.kept_on_cpu(max(allowed)):
+    with cpu.kept_on_cpu(max(allowed)):
         thread = threading.Thread(target=look)
         thread.start()
         thread.join(TIMEOUT)
@@ -295,7 +291,7 @@ def test_a_refused_cpu_is_a_warning_not_an_error(monkeypatch, caplog):
     monkeypatch.setattr(capabilities, "CPU_AFFINITY", True)
     monkeypatch.setattr(os, "sched_setaffinity", refuse, raising=False)
     ran = []
-    with cli.kept_on_cpu(0):
+    with cpu.kept_on_cpu(0):
         ran.append(True)
     assert ran
     assert "cannot keep to CPU 0 (Invalid argument); using every CPU" in caplog.text
@@ -303,7 +299,7 @@ def test_a_refused_cpu_is_a_warning_not_an_error(monkeypatch, caplog):
 
 def test_a_platform_without_affinity_says_so_once(monkeypatch, caplog):
     monkeypatch.setattr(capabilities, "CPU_AFFINITY", False)
-    with cli.kept_on_cpu(1):
+    with cpu.kept_on_cpu(1):
         pass
     assert "cannot keep to CPU 1 (this platform has no CPU affinity)" in caplog.text
 
@@ -324,7 +320,7 @@ def test_choose_cpu(monkeypatch, choice, cpus, gil, chosen):
     monkeypatch.setattr(capabilities, "allowed_cpus", lambda: cpus)
     monkeypatch.setattr(capabilities, "gil_enabled", lambda: gil)
     monkeypatch.setattr(capabilities, "current_cpu", lambda: 1)
-    assert cli.choose_cpu(choice) == (1 if chosen == "current" else chosen)
+    assert cpu.choose_cpu(choice) == (1 if chosen == "current" else chosen)
 
 
 @needs_affinity
@@ -343,7 +339,7 @@ def test_a_cpu_the_process_may_not_use_is_a_usage_error(capsys):
     if not capabilities.allowed_cpus():
         pytest.skip("no CPU affinity here")
     with pytest.raises(SystemExit) as exited:
-        service.main(["--cpu", "4096"])
+        server_program.main(["--cpu", "4096"])
     assert exited.value.code == 2
     assert "--cpu 4096: this process may use CPUs" in capsys.readouterr().err
 
@@ -353,7 +349,8 @@ def test_a_cpu_the_process_may_not_use_is_a_usage_error(capsys):
 
 def test_the_portable_switch_turns_every_capability_off():
     code = (
-        "from timeservice import capabilities as c, server as s;"
+        "from timeservice.host import capabilities as c;"
+        "import timeservice.server as s;"
         "print(c.SOCKETS_ARE_FILES, c.CPU_AFFINITY, c.open_file_limit(),"
         " s.TimeRequestHandler.fd_reader)"
     )

@@ -12,10 +12,13 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from conftest import server_process
 
-from timeservice import client
-from timeservice.client import TimeClient, local_timestamp, offset_json, offset_line
-from timeservice.offset import Estimate, Sample, estimate, timestamp_ns, verdict
-from timeservice.protocol import local_now, parse_timestamp
+from timeservice.client import TimeClient
+from timeservice.clients.offset import Estimate, Sample, estimate, verdict
+from timeservice.clients.standard import local_timestamp
+from timeservice.clock.system import local_now, timestamp_ns
+from timeservice.programs import client as client_program
+from timeservice.programs.client import offset_json, offset_line
+from timeservice.wire.line import parse_timestamp
 
 S = 1_000_000_000  # nanoseconds in a second
 SUMMARY = re.compile(
@@ -202,7 +205,7 @@ def test_client_offset_prints_the_answers_then_the_estimate(
 ):
     server = start_server(clock=shifted(shift))
     host, port = server.server_address[:2]
-    assert client.main([host, str(port), "--offset", "-n", "3"]) == 0
+    assert client_program.main([host, str(port), "--offset", "-n", "3"]) == 0
     *answers, summary = capsys.readouterr().out.splitlines()
     assert len(answers) == 3
     for answer in answers:
@@ -217,7 +220,7 @@ def test_client_offset_json_is_one_line(start_server, capsys):
     shift = timedelta(seconds=90)
     server = start_server(clock=shifted(shift))
     host, port = server.server_address[:2]
-    assert client.main([host, str(port), "--offset", "--json"]) == 0
+    assert client_program.main([host, str(port), "--offset", "--json"]) == 0
     out = capsys.readouterr().out
     assert out.count("\n") == 1
     figures = json.loads(out)
@@ -233,7 +236,7 @@ def test_client_offset_json_is_one_line(start_server, capsys):
 def test_client_json_needs_offset(server, capsys):
     host, port = server.server_address[:2]
     with pytest.raises(SystemExit) as exited:
-        client.main([host, str(port), "--json"])
+        client_program.main([host, str(port), "--json"])
     assert exited.value.code == 2
     assert "--json goes with --offset" in capsys.readouterr().err
 
@@ -251,6 +254,6 @@ needs_faketime = pytest.mark.skipif(
 def test_the_estimate_finds_faketimes_shift(capsys, shift):
     launcher = ("faketime", "-f", f"{shift:+}s") if shift else ()
     with server_process("0", "-q", launcher=launcher) as (_, port):
-        assert client.main(["127.0.0.1", str(port), "--offset", "--json"]) == 0
+        assert client_program.main(["127.0.0.1", str(port), "--offset", "--json"]) == 0
     figures = json.loads(capsys.readouterr().out)
     assert abs(figures["offset"] - shift) <= figures["error"]

@@ -37,19 +37,24 @@ from conftest import (
     timestamp,
 )
 
-from timeservice import cli, client, ntp, service, systemd
-from timeservice.access import (
-    AccessList,
-    RefusalLog,
-    address_key,
-    network_key,
-    parse_subnet,
+from timeservice import client
+from timeservice.operations import privileges, systemd
+from timeservice.operations.metrics import collect, render
+from timeservice.policy.access import AccessList, address_key, network_key, parse_subnet
+from timeservice.policy.logs import RefusalLog
+from timeservice.programs import opening, server_options
+from timeservice.programs import server as server_program
+from timeservice.programs.options import metrics_address
+from timeservice.server import (
+    DaytimeHandler,
+    NtpServer,
+    OneShotServer,
+    TimeHandler,
+    TimeServer,
 )
-from timeservice.cli import metrics_address
-from timeservice.datagram import DatagramServer
-from timeservice.metrics import collect, render
-from timeservice.server import CONNECTION_THREAD, OneShotServer
-from timeservice.standard import DaytimeHandler, NtpServer, TimeHandler
+from timeservice.transport.datagram import DatagramServer
+from timeservice.transport.pool import CONNECTION_THREAD
+from timeservice.wire import ntp
 
 on_linux = pytest.mark.skipif(
     not sys.platform.startswith("linux"),
@@ -413,7 +418,7 @@ def test_the_metrics_address(text, address):
 @pytest.mark.parametrize("text", ["::1:9123", "x", "1.2.3.4:", ":80", "1.2.3.4:65536"])
 def test_a_bad_metrics_address_is_a_usage_error(text, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        service.main(["--metrics", text])
+        server_program.main(["--metrics", text])
     assert exit_info.value.code == 2
     assert "--metrics" in capsys.readouterr().err
 
@@ -505,9 +510,9 @@ def test_the_metrics_move_with_the_traffic():
 
 
 def test_only_metrics_is_served(serving):
-    from timeservice.metrics import MetricsServer
+    from timeservice.operations.metrics import MetricsServer
 
-    line = serving(service.TimeServer(("127.0.0.1", 0)))
+    line = serving(TimeServer(("127.0.0.1", 0)))
     metrics = serving(MetricsServer(("127.0.0.1", 0), [line]))
     port = metrics.server_address[1]
     with pytest.raises(urllib.error.HTTPError) as error:
@@ -518,9 +523,9 @@ def test_only_metrics_is_served(serving):
 
 
 def metrics_server(serving, **settings):
-    from timeservice.metrics import MetricsServer
+    from timeservice.operations.metrics import MetricsServer
 
-    line = serving(service.TimeServer(("127.0.0.1", 0)))
+    line = serving(TimeServer(("127.0.0.1", 0)))
     return serving(MetricsServer(("127.0.0.1", 0), [line], **settings))
 
 
@@ -597,9 +602,11 @@ def test_a_scraper_that_resets_is_one_line_at_most(serving, capfd, caplog):
 
 
 def test_without_an_ntp_service_the_clock_is_read_from_the_kernel(monkeypatch):
-    from timeservice import kernelclock
+    from timeservice.clock import kernel as kernelclock
 
-    monkeypatch.setattr(kernelclock, "read", lambda: ntp.KernelState(True, 0, 0.125))
+    monkeypatch.setattr(
+        kernelclock, "read", lambda: kernelclock.KernelState(True, 0, 0.125)
+    )
     families = {name: samples for name, _, _, samples in collect([])}
     assert families["timeservice_clock_synchronised"] == [({}, 1)]
     assert families["timeservice_clock_maximum_error_seconds"] == [({}, 0.125)]
@@ -724,11 +731,11 @@ def test_root_drops_its_groups_then_its_group_then_itself(monkeypatch):
             os, name, lambda value, name=name: calls.append((name, value))
         )
     monkeypatch.setattr(os, "geteuid", lambda: 0)
-    cli.become(cli.Account("nobody", 65534, "nogroup", 65533))
+    privileges.become(privileges.Account("nobody", 65534, "nogroup", 65533))
     assert calls == [("setgroups", []), ("setgid", 65533), ("setuid", 65534)]
     calls.clear()
     monkeypatch.setattr(os, "geteuid", lambda: 65534)  # already that user
-    cli.become(cli.Account("nobody", 65534, "nogroup", 65533))
+    privileges.become(privileges.Account("nobody", 65534, "nogroup", 65533))
     assert calls == [("setuid", 65534)]
 
 
@@ -737,12 +744,12 @@ def test_only_root_becomes_another_user(monkeypatch):
         pytest.skip("POSIX accounts")
     monkeypatch.setattr(os, "geteuid", lambda: 12345)
     with pytest.raises(LookupError, match="only root can serve as another user"):
-        cli.find_account("root")
+        privileges.find_account("root")
 
 
 def test_group_goes_with_user(capsys):
     with pytest.raises(SystemExit) as exit_info:
-        service.main(["--group", "nogroup"])
+        server_program.main(["--group", "nogroup"])
     assert exit_info.value.code == 2
     assert "--group goes with --user" in capsys.readouterr().err
 
@@ -897,7 +904,9 @@ def test_passed_sockets_are_served_as_their_names_say(serving):
     """In-process, the way main() serves them, with the descriptors elsewhere."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("LISTEN_FDS", "4")  # --local-stratum needs no --ntp then
-        arguments = service.parse_arguments("test", ["--local-stratum", "10", "--utc"])
+        arguments = server_options.parse_arguments(
+            "test", ["--local-stratum", "10", "--utc"]
+        )
     kinds = [("line", socket.SOCK_STREAM), ("time", socket.SOCK_STREAM)]
     kinds += [("time", socket.SOCK_DGRAM), ("ntp", socket.SOCK_DGRAM)]
     sockets = []
@@ -921,8 +930,8 @@ def test_passed_sockets_are_served_as_their_names_say(serving):
         patch.setattr(systemd, "FIRST_DESCRIPTOR", first)
         inherited = systemd.inherited_sockets(environ)
     assert environ == {"OTHER": "kept"}  # no child takes the sockets for its own
-    settings = service.Settings.from_arguments(arguments)
-    opened = service.open_inherited(inherited, settings)
+    settings = opening.Settings.from_arguments(arguments)
+    opened = opening.open_inherited(inherited, settings)
     assert [(name, how) for name, how, _ in opened] == [
         ("time", " (TCP, from systemd)"),
         ("time (RFC 868)", " (TCP, from systemd)"),
@@ -991,7 +1000,7 @@ def test_the_watchdog_timeout_systemd_sets(usec, pid, seconds):
 def test_binding_options_do_not_go_with_passed_sockets(monkeypatch, capsys):
     monkeypatch.setenv("LISTEN_FDS", "1")
     with pytest.raises(SystemExit) as exit_info:
-        service.main(["--ntp", "123"])
+        server_program.main(["--ntp", "123"])
     assert exit_info.value.code == 2
     assert "the sockets come from systemd" in capsys.readouterr().err
 
@@ -1040,4 +1049,4 @@ def test_the_unit_files_verify(tmp_path):
         for unit in units
         if unit.suffix == ".socket"
     }
-    assert names == set(service.ACTIVATED)
+    assert names == set(opening.ACTIVATED)

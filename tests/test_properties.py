@@ -12,8 +12,13 @@ from datetime import datetime, timedelta, timezone
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from timeservice import cli, daytime, ntp, protocol, rfc868, skew, systemd
-from timeservice.access import AccessList, address_key, network_key, parse_subnet
+from timeservice import client, skew
+from timeservice.clock import claims
+from timeservice.clock import system as system_clock
+from timeservice.operations import systemd
+from timeservice.policy.access import AccessList, address_key, network_key, parse_subnet
+from timeservice.wire import addresses, daytime, ntp, rfc868
+from timeservice.wire import line as protocol
 
 # Derandomised, so that CI runs the same cases every time; no deadline, as
 # the machine is shared; no database of failures left in the tree.
@@ -28,7 +33,7 @@ settings.load_profile("timeservice")
 
 S = 1_000_000_000
 NOW = 1_796_000_000 * S  # 2026-11-30, nanoseconds since 1970
-STATE = ntp.server_state(None, 10, -20)
+STATE = claims.server_state(None, 10, -20)
 ports = st.integers(0, 65535)
 
 
@@ -159,7 +164,7 @@ def test_any_text_is_a_daytime_form_or_a_value_error(text):
 
 @given(moments)
 def test_our_daytime_line_reads_back(moment):
-    line = daytime.daytime_line(protocol.time_line(lambda: moment))
+    line = daytime.daytime_line(system_clock.time_line(lambda: moment))
     assert daytime.parse_daytime(line.decode("ascii")).moment == moment
 
 
@@ -238,7 +243,7 @@ def test_any_text_is_a_target_or_a_value_error(text):
         target = skew.parse_target(text)
     except ValueError:
         return
-    assert target.protocol in skew.PORTS and target.host and 0 <= target.port <= 65535
+    assert target.protocol in client.PORTS and target.host and 0 <= target.port <= 65535
 
 
 hosts = st.one_of(
@@ -248,13 +253,13 @@ hosts = st.one_of(
 )
 
 
-@given(st.sampled_from(sorted(skew.PORTS)), hosts, st.one_of(st.none(), ports))
+@given(st.sampled_from(sorted(client.PORTS)), hosts, st.one_of(st.none(), ports))
 def test_a_target_reads_back(protocol_name, host, port):
     text = f"{protocol_name}://{host}" + ("" if port is None else f":{port}")
     target = skew.parse_target(text)
     assert target.host == host.strip("[]")
-    assert target.port == (skew.PORTS[protocol_name] if port is None else port)
-    assert cli.split_host_port(text.split("://")[1]) == (host.strip("[]"), port)
+    assert target.port == (client.PORTS[protocol_name] if port is None else port)
+    assert addresses.split_host_port(text.split("://")[1]) == (host.strip("[]"), port)
 
 
 # systemd's variables

@@ -6,17 +6,16 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from timeservice.protocol import (
+from timeservice.clock.system import SystemClock, respond
+from timeservice.wire.errors import ReplyError
+from timeservice.wire.line import (
     COMMAND,
-    ReplyError,
     RequestError,
-    SystemClock,
     error_line,
     format_timestamp,
     parse_reply,
     parse_request,
     parse_timestamp,
-    respond,
     strip_line_ending,
 )
 

@@ -25,8 +25,9 @@ from datetime import datetime, timezone
 import pytest
 from conftest import ROOT, TIMEOUT, needs_sigterm, server_process, timestamp
 
-from timeservice import capabilities
-from timeservice.server import CONNECTION_THREAD, WATCHDOG_THREAD
+from timeservice.host import capabilities
+from timeservice.transport.pool import CONNECTION_THREAD
+from timeservice.transport.registry import WATCHDOG_THREAD
 
 slow = pytest.mark.slow
 needs_proc = pytest.mark.skipif(

@@ -14,8 +14,9 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from conftest import TIMEOUT, timestamp
 
-from timeservice import capabilities
-from timeservice.server import TimeServer, connection_cap
+from timeservice.host import capabilities
+from timeservice.server import TimeServer
+from timeservice.transport.registry import connection_cap
 
 UNKNOWN = b"ERR unknown request, expected 'send time'\n"
 

@@ -16,14 +16,14 @@ import pytest
 from conftest import ROOT, TIMEOUT, bounded, udp_socket
 from test_datagram import ntp_port_of
 
-from timeservice import service
-from timeservice.datagram import DatagramServer
-from timeservice.server import TimeServer
-from timeservice.standard import TimeHandler
+from timeservice.operations import service
+from timeservice.server import TimeHandler, TimeServer
+from timeservice.transport.datagram import DatagramServer
 
 FAULTY = """
 import sys, threading
-from timeservice import datagram, service
+from timeservice.programs import server as server_program
+from timeservice.transport import datagram
 Server = datagram.DatagramServer
 verify, actions, hang = Server.verify_request, Server.service_actions, threading.Event()
 def faulty_verify(self, request, client_address):
@@ -37,7 +37,7 @@ def faulty_actions(self):
         raise RuntimeError("boom")
     actions(self)
 Server.verify_request, Server.service_actions = faulty_verify, faulty_actions
-sys.exit(service.main(sys.argv[1:]))
+sys.exit(server_program.main(sys.argv[1:]))
 """
 
 

@@ -27,8 +27,9 @@ from conftest import (
     signal_launched,
 )
 
-from timeservice import kernelclock, ntp, skew
-from timeservice.server import TimeServer
+from timeservice.clock import kernel as kernelclock
+from timeservice.programs import skew as skew_program
+from timeservice.server import NtpServer, TimeServer
 from timeservice.skew import (
     CRITICAL,
     OK,
@@ -41,7 +42,7 @@ from timeservice.skew import (
     judge,
     parse_target,
 )
-from timeservice.standard import NtpServer
+from timeservice.wire import ntp
 
 # Targets
 
@@ -196,7 +197,7 @@ def test_without_a_majority_the_status_follows_the_skew_proven():
     assert verdict.skew == pytest.approx(1.0, abs=0.01)
     far = judge([reading("a", 0.0), reading("b", 10.0)], 0.1, 1.0)
     assert far.status == CRITICAL and far.skew == pytest.approx(10.0, abs=0.01)
-    assert "skew=9.99" in skew.status_line(far, 0.1, 1.0)
+    assert "skew=9.99" in skew_program.status_line(far, 0.1, 1.0)
 
 
 def test_one_target_agrees_with_itself():
@@ -204,8 +205,9 @@ def test_one_target_agrees_with_itself():
     assert verdict.majority == pytest.approx((0.24, 0.26))
     assert verdict.skew == 0.0
     assert verdict.status == WARNING  # this clock is at least 0.24 s from it
-    assert "largest skew among those that agree: none (one target)" in skew.report(
-        verdict
+    assert (
+        "largest skew among those that agree: none (one target)"
+        in skew_program.report(verdict)
     )
 
 
@@ -214,7 +216,7 @@ def test_an_unreachable_target_is_reported_and_spoils_nothing():
     verdict = judge([reading("a", 0.0), down, reading("b", 0.001)], 0.1, 1.0)
     assert verdict.status == OK
     assert verdict.summary.endswith("1 without a reading")
-    rows = skew.report(verdict)
+    rows = skew_program.report(verdict)
     assert rows[2].split() == [
         "x",
         "ntp",
@@ -261,7 +263,7 @@ def test_servers_on_one_clock_agree(line_servers, capsys):
     with socket.socket() as closed:  # a port nobody listens on
         closed.bind(("127.0.0.1", 0))
         targets.append(f"127.0.0.1:{closed.getsockname()[1]}")
-    assert skew.main([*targets, "-n", "2"]) == OK
+    assert skew_program.main([*targets, "-n", "2"]) == OK
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("SKEW OK: ")
     assert "3 of 3 agree; 1 without a reading | skew=" in out[0]
@@ -275,7 +277,9 @@ def test_servers_on_one_clock_agree(line_servers, capsys):
 
 def test_bad_targets_are_one_line_each_and_the_rest_still_run(line_servers, capsys):
     port = line_servers(1)[0]
-    code = skew.main(["smtp://x", f"127.0.0.1:{port}", "nowhere.invalid", "--json"])
+    code = skew_program.main(
+        ["smtp://x", f"127.0.0.1:{port}", "nowhere.invalid", "--json"]
+    )
     captured = capsys.readouterr()
     errors = captured.err.splitlines()
     assert errors[0].endswith(
@@ -321,7 +325,9 @@ def saying(text: bytes) -> Iterator[int]:
 def test_a_name_idna_refuses_is_one_row_and_the_rest_still_run(line_servers, capsys):
     port = line_servers(1)[0]
     label = "x" * 64  # DNS allows 63
-    code = skew.main(["a..b", f"{label}.example", f"127.0.0.1:{port}", "--json"])
+    code = skew_program.main(
+        ["a..b", f"{label}.example", f"127.0.0.1:{port}", "--json"]
+    )
     captured = capsys.readouterr()
     assert "Traceback" not in captured.err
     errors = captured.err.splitlines()
@@ -351,12 +357,12 @@ def test_an_ntp_server_too_uncertain_to_use_is_refused(
     line_servers, serving, monkeypatch, capsys
 ):
     """A server whose clock may be 16 s off would "agree" with a falseticker."""
-    vague = ntp.KernelState(True, ntp.LEAP_NONE, 16.0)  # maxerror never kept
+    vague = kernelclock.KernelState(True, ntp.LEAP_NONE, 16.0)  # maxerror never kept
     monkeypatch.setattr(kernelclock, "read", lambda: vague)
     server = serving(NtpServer(("127.0.0.1", 0), upstream=None))
     target = f"ntp://127.0.0.1:{server.server_address[1]}"
     line = f"127.0.0.1:{line_servers(1)[0]}"
-    assert skew.main([line, target, "--json", "--burst"]) == OK
+    assert skew_program.main([line, target, "--json", "--burst"]) == OK
     refused = json.loads(capsys.readouterr().out)["targets"][1]
     assert refused["verdict"] == "refused"
     assert "root distance 16.000 s is more than 1 s" in refused["reason"]
@@ -366,7 +372,7 @@ def test_everything_unreachable_is_unknown(capsys):
     with socket.socket() as closed:
         closed.bind(("127.0.0.1", 0))
         port = closed.getsockname()[1]
-        code = skew.main(
+        code = skew_program.main(
             [f"127.0.0.1:{port}", f"ntp://127.0.0.1:{port}", "--timeout", "0.2"]
         )
     out = capsys.readouterr().out
@@ -378,13 +384,13 @@ def test_a_refusal_is_named(start_server, connect, capsys):
     busy = start_server(max_connections=1)
     held = connect(busy)
     held.ask()
-    assert skew.main([f"127.0.0.1:{busy.server_address[1]}"]) == UNKNOWN
+    assert skew_program.main([f"127.0.0.1:{busy.server_address[1]}"]) == UNKNOWN
     assert "refused (server answered 'busy')" in capsys.readouterr().out
 
 
 def test_usage_errors_are_unknown(capsys):
     with pytest.raises(SystemExit) as exit_info:
-        skew.main(["-c", "-1", "127.0.0.1"])
+        skew_program.main(["-c", "-1", "127.0.0.1"])
     assert exit_info.value.code == UNKNOWN
     assert "must be above 0" in capsys.readouterr().err
 

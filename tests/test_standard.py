@@ -31,21 +31,28 @@ from conftest import (
     udp_socket,
 )
 
-from timeservice import (
-    capabilities,
-    client,
-    datagram,
-    kernelclock,
-    ntp,
-    rfc868,
-    service,
+from timeservice import client
+from timeservice.clients import sampling, standard
+from timeservice.clients.offset import Sample
+from timeservice.clock import claims
+from timeservice.clock import kernel as kernelclock
+from timeservice.host import capabilities
+from timeservice.policy.limits import RateLimiter
+from timeservice.programs import client as client_program
+from timeservice.programs import opening
+from timeservice.programs import server as server_program
+from timeservice.server import (
+    DaytimeHandler,
+    NtpHandler,
+    NtpServer,
+    OneShotServer,
+    TimeHandler,
 )
-from timeservice.datagram import DatagramServer, RateLimiter
-from timeservice.daytime import parse_daytime
-from timeservice.offset import Sample
-from timeservice.protocol import ReplyError
-from timeservice.server import OneShotServer
-from timeservice.standard import DaytimeHandler, NtpHandler, NtpServer, TimeHandler
+from timeservice.transport import datagram
+from timeservice.transport.datagram import DatagramServer
+from timeservice.wire import ntp, rfc868
+from timeservice.wire.daytime import parse_daytime
+from timeservice.wire.errors import ReplyError
 
 S = 1_000_000_000
 WRAP = 2_085_978_496  # 2036-02-07T06:28:16Z, when the 32-bit count wraps
@@ -117,7 +124,7 @@ REQUEST = bytes.fromhex(
 
 
 def test_the_server_reply_by_hand():
-    state = ntp.ServerState(ntp.LEAP_NONE, 10, ntp.LOCAL_REFERENCE, -20, 0.5)
+    state = ntp.ServerState(ntp.LEAP_NONE, 10, claims.LOCAL_REFERENCE, -20, 0.5)
     receive = (0xE9D1B8C0 - rfc868.EPOCH_1900) * S + S // 2
     reply = ntp.server_reply(REQUEST, state, receive, lambda: receive + S // 4)
     assert len(reply) == 48
@@ -145,7 +152,7 @@ def test_the_server_reply_by_hand():
     ids=["short", "mac", "mode 4", "version 0", "version 5", "empty"],
 )
 def test_what_is_not_a_client_request_is_dropped(packet):
-    state = ntp.server_state(None, 10, -20)
+    state = claims.server_state(None, 10, -20)
     assert ntp.server_reply(packet, state, 0, lambda: 0) is None
     assert ntp.kiss_of_death(packet) is None
 
@@ -160,12 +167,20 @@ def test_a_kiss_of_death_carries_no_time():
     "kernel, local, expected",
     [
         # Synchronised from no one it knows: stratum 15 and no reference ID.
-        (ntp.KernelState(True, 0, 0.25), None, (0, 15, bytes(4), 0.25)),
-        (ntp.KernelState(True, 1, 1e-9), None, (1, 15, bytes(4), 2**-20)),
-        (ntp.KernelState(True, 2, 0.01), 1, (2, 15, bytes(4), 0.01)),  # not LOCL
-        (ntp.KernelState(False, 0, 16.0), 10, (0, 10, bytes([127, 127, 1, 1]), 2**-20)),
-        (ntp.KernelState(False, 0, 16.0), 1, (0, 1, b"LOCL", 2**-20)),
-        (ntp.KernelState(False, 0, 16.0), None, (3, 0, b"INIT", 16.0)),
+        (kernelclock.KernelState(True, 0, 0.25), None, (0, 15, bytes(4), 0.25)),
+        (kernelclock.KernelState(True, 1, 1e-9), None, (1, 15, bytes(4), 2**-20)),
+        (
+            kernelclock.KernelState(True, 2, 0.01),
+            1,
+            (2, 15, bytes(4), 0.01),
+        ),  # not LOCL
+        (
+            kernelclock.KernelState(False, 0, 16.0),
+            10,
+            (0, 10, bytes([127, 127, 1, 1]), 2**-20),
+        ),
+        (kernelclock.KernelState(False, 0, 16.0), 1, (0, 1, b"LOCL", 2**-20)),
+        (kernelclock.KernelState(False, 0, 16.0), None, (3, 0, b"INIT", 16.0)),
         (None, None, (3, 0, b"INIT", 16.0)),
     ],
     ids=[
@@ -179,7 +194,7 @@ def test_a_kiss_of_death_carries_no_time():
     ],
 )
 def test_the_server_never_claims_a_synchronisation_it_lacks(kernel, local, expected):
-    state = ntp.server_state(kernel, local, -20)
+    state = claims.server_state(kernel, local, -20)
     assert (
         state.leap,
         state.stratum,
@@ -194,8 +209,8 @@ UPSTREAM = ntp.Upstream(
 
 
 def test_a_synchronised_server_claims_what_its_upstream_says():
-    synced = ntp.KernelState(True, ntp.LEAP_NONE, 0.5)
-    state = ntp.server_state(synced, 10, -20, UPSTREAM, age=100.0)
+    synced = kernelclock.KernelState(True, ntp.LEAP_NONE, 0.5)
+    state = claims.server_state(synced, 10, -20, UPSTREAM, age=100.0)
     assert (state.leap, state.stratum, state.reference_id) == (
         1,
         3,
@@ -208,14 +223,14 @@ def test_a_synchronised_server_claims_what_its_upstream_says():
     assert reply.reference == 0xE9D1B8C0_00000000
     assert reply.root_delay == ntp.to_short(0.012)
     at_15 = ntp.Upstream(0, 15, bytes(4), 0.0, 0.0)
-    assert ntp.server_state(synced, None, -20, at_15).stratum == 15
+    assert claims.server_state(synced, None, -20, at_15).stratum == 15
 
 
 def test_an_unsynchronised_reply_carries_no_reference_time():
-    unsynced = ntp.server_state(ntp.KernelState(False, 0, 16.0), None, -20)
+    unsynced = claims.server_state(kernelclock.KernelState(False, 0, 16.0), None, -20)
     reply = ntp.Packet.unpack(ntp.server_reply(REQUEST, unsynced, S, lambda: S))
     assert (reply.leap, reply.reference) == (3, 0)
-    local = ntp.server_state(None, 10, -20)  # its own reference: this second
+    local = claims.server_state(None, 10, -20)  # its own reference: this second
     receive = (0xE9D1B8C0 - rfc868.EPOCH_1900) * S + S // 2
     reply = ntp.Packet.unpack(ntp.server_reply(REQUEST, local, receive, lambda: 0))
     assert reply.reference == 0xE9D1B8C0_00000000
@@ -242,7 +257,7 @@ def test_what_names_no_server_is_no_reference_id(text):
 
 def test_ntp_version_1_requests_are_answered_as_chrony_answers_them():
     v1 = bytes([0x08]) + REQUEST[1:]  # leap 0, version 1, mode 0 (no mode field)
-    state = ntp.server_state(None, 10, -20)
+    state = claims.server_state(None, 10, -20)
     reply = ntp.Packet.unpack(ntp.server_reply(v1, state, S, lambda: S, 40000))
     assert (reply.version, reply.mode, reply.origin) == (1, 4, 0xE9D1B8C0_12345678)
     assert ntp.server_reply(v1, state, S, lambda: S, 123) is None  # a peer's
@@ -320,7 +335,7 @@ def test_a_whole_second_from_a_clock_that_moves_once_a_tick_is_in_the_bound(serv
     t1 = 10 * S + 1_700_000
     exact = Sample(t1=t1, ts=9 * S, t4=t1 + 150_000, delay=150_000, resolution=S)
     assert abs(exact.offset) > exact.error  # the second alone misses it
-    widened = dataclasses.replace(exact, resolution=S + client.COARSE_CLOCK)
+    widened = dataclasses.replace(exact, resolution=S + standard.COARSE_CLOCK)
     assert abs(widened.offset) <= widened.error
     # The client allows the tick for every reading in whole seconds.
     tcp = serve(OneShotServer, TimeHandler)
@@ -445,7 +460,7 @@ def test_both_sides_of_the_2036_wrap_end_to_end(serve, moment):
 def test_an_unsynchronised_server_is_one_clear_error(serve, monkeypatch):
     server = serve(NtpServer, NtpHandler)
     monkeypatch.setattr(
-        server, "_state", (float("inf"), ntp.server_state(None, None, -20))
+        server, "_state", (float("inf"), claims.server_state(None, None, -20))
     )
     with pytest.raises(ntp.NtpError, match="unsynchronised"):
         client.ask_ntp("127.0.0.1", port_of(server))
@@ -466,7 +481,7 @@ def answering_upstream(sock: socket.socket, stratum: int, asked: threading.Event
 
 
 def synchronised(monkeypatch, max_error: float = 0.25) -> None:
-    state = ntp.KernelState(True, ntp.LEAP_NONE, max_error)
+    state = kernelclock.KernelState(True, ntp.LEAP_NONE, max_error)
     monkeypatch.setattr(kernelclock, "read", lambda: state)
 
 
@@ -668,7 +683,7 @@ def test_the_server_says_why_a_standard_port_cannot_be_had(capsys):
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
         taken.bind(("127.0.0.1", 0))
         port = taken.getsockname()[1]
-        assert service.main(["0", "--ntp", str(port)]) == 1
+        assert server_program.main(["0", "--ntp", str(port)]) == 1
     err = one_line(capsys.readouterr().err)
     assert f"cannot listen on 127.0.0.1 port {port}: Address already in use" in err
 
@@ -683,25 +698,29 @@ def test_the_server_says_why_a_standard_port_cannot_be_had(capsys):
 )
 def test_the_server_rejects_bad_protocol_options(capsys, argv, problem):
     with pytest.raises(SystemExit) as exited:
-        service.main(argv)
+        server_program.main(argv)
     assert exited.value.code == 2
     assert problem in capsys.readouterr().err
 
 
 def test_the_client_rejects_udp_for_the_line_protocol(capsys):
     with pytest.raises(SystemExit) as exited:
-        client.main(["--udp"])
+        client_program.main(["--udp"])
     assert exited.value.code == 2
     assert "--udp goes with --protocol daytime or time" in capsys.readouterr().err
 
 
 def test_the_client_prints_an_unknown_daytime_form_as_it_came(capsys):
     with oneshot_server(b"Tuesday, the 27th\r\n") as port:
-        assert client.main(["--protocol", "daytime", "127.0.0.1", str(port)]) == 0
+        assert (
+            client_program.main(["--protocol", "daytime", "127.0.0.1", str(port)]) == 0
+        )
     assert capsys.readouterr().out == "Tuesday, the 27th\n"
     with oneshot_server(b"Tuesday, the 27th\r\n") as port:
         assert (
-            client.main(["--protocol", "daytime", "127.0.0.1", str(port), "--offset"])
+            client_program.main(
+                ["--protocol", "daytime", "127.0.0.1", str(port), "--offset"]
+            )
             == 1
         )
     assert "cannot read the daytime form 'Tuesday, the 27th'" in one_line(
@@ -750,16 +769,16 @@ def test_ntp_requests_are_paced_as_servers_expect():
         thread.start()
         port = str(fake.getsockname()[1])
         argv = ["--protocol", "ntp", "--offset", "-n", "3", "127.0.0.1", port]
-        assert client.main(argv) == 0
+        assert client_program.main(argv) == 0
         thread.join(TIMEOUT)
     gaps = [b - a for a, b in zip(arrived[:-1], arrived[1:], strict=True)]
-    assert len(gaps) == 2 and min(gaps) >= client.NTP_SPACING * 0.95
+    assert len(gaps) == 2 and min(gaps) >= sampling.NTP_SPACING * 0.95
 
 
 def test_a_burst_stops_at_a_kiss_and_keeps_what_it_has(serve, capsys):
     server = serve(NtpServer, NtpHandler, local_stratum=10)  # 16 at once
     argv = ["--protocol", "ntp", "--offset", "-n", "20", "--burst", "--json"]
-    assert client.main([*argv, "127.0.0.1", str(port_of(server))]) == 0
+    assert client_program.main([*argv, "127.0.0.1", str(port_of(server))]) == 0
     captured = capsys.readouterr()
     assert json.loads(captured.out)["samples"] == 16
     assert "stopped asking: " in one_line(captured.err)
@@ -769,9 +788,9 @@ def test_a_burst_stops_at_a_kiss_and_keeps_what_it_has(serve, capsys):
 def test_the_client_names_a_kiss_of_death_in_one_line(serve, capsys):
     server = serve(NtpServer, NtpHandler, local_stratum=10, burst=1, rate=0.0)
     port = str(port_of(server))
-    assert client.main(["--protocol", "ntp", "127.0.0.1", port]) == 0
+    assert client_program.main(["--protocol", "ntp", "127.0.0.1", port]) == 0
     capsys.readouterr()
-    assert client.main(["--protocol", "ntp", "127.0.0.1", port]) == 1
+    assert client_program.main(["--protocol", "ntp", "127.0.0.1", port]) == 1
     err = one_line(capsys.readouterr().err)
     assert f"127.0.0.1 port {port}: server sent a Kiss-o'-Death, code 'RATE'" in err
 
@@ -779,9 +798,12 @@ def test_the_client_names_a_kiss_of_death_in_one_line(serve, capsys):
 def test_the_client_says_a_server_is_unsynchronised(serve, capsys, monkeypatch):
     server = serve(NtpServer, NtpHandler)
     monkeypatch.setattr(
-        server, "_state", (float("inf"), ntp.server_state(None, None, -20))
+        server, "_state", (float("inf"), claims.server_state(None, None, -20))
     )
-    assert client.main(["--protocol", "ntp", "127.0.0.1", str(port_of(server))]) == 1
+    assert (
+        client_program.main(["--protocol", "ntp", "127.0.0.1", str(port_of(server))])
+        == 1
+    )
     assert (
         "server says its clock is unsynchronised (leap indicator 3, stratum 0)"
         in one_line(capsys.readouterr().err)
@@ -792,7 +814,7 @@ def test_the_client_times_out_on_a_silent_udp_port(capsys):
     with udp_socket() as silent:
         port = str(silent.getsockname()[1])
         assert (
-            client.main(
+            client_program.main(
                 ["--protocol", "time", "--udp", "127.0.0.1", port, "--timeout", "0.2"]
             )
             == 1
@@ -900,7 +922,8 @@ def test_kernel_receive_times_are_used_only_on_the_same_clock():
     for shift in ("+0.003s", "-0.002s", "+5s"):
         shifted = subprocess.run(
             [*faketime(shift), sys.executable, "-c",
-             "from timeservice import datagram; print(datagram.kernel_stamps_agree())"],
+             "from timeservice.transport import ancillary;"
+             " print(ancillary.kernel_stamps_agree())"],
             cwd=ROOT, capture_output=True, text=True, timeout=30,
         )  # fmt: skip
         assert shifted.stdout == "False\n", (shift, shifted.stderr)
@@ -928,7 +951,7 @@ def test_a_udp_port_taken_for_daytime_is_one_line(capsys):
         except OSError:
             pytest.skip("the UDP port of the same number is in use")
     with taken:
-        assert service.main(["0", "--daytime", str(port)]) == 1
+        assert server_program.main(["0", "--daytime", str(port)]) == 1
     err = one_line(capsys.readouterr().err)
     assert f"cannot listen on 127.0.0.1 port {port}: Address already in use" in err
 
@@ -937,8 +960,8 @@ def test_port_0_tries_again_when_udp_is_taken(monkeypatch, capsys):
     def taken(*args, **kwargs):
         raise OSError(errno.EADDRINUSE, "Address already in use")
 
-    monkeypatch.setattr(service, "DatagramServer", taken)
-    assert service.main(["0", "--time", "0"]) == 1
+    monkeypatch.setattr(opening, "DatagramServer", taken)
+    assert server_program.main(["0", "--time", "0"]) == 1
     assert "no port free for both TCP and UDP on 127.0.0.1" in one_line(
         capsys.readouterr().err
     )
@@ -946,17 +969,17 @@ def test_port_0_tries_again_when_udp_is_taken(monkeypatch, capsys):
 
 def test_when_one_service_cannot_listen_the_others_are_closed(monkeypatch, capsys):
     opened = []
-    real = service.OneShotServer
+    real = OneShotServer
 
     def recording(*args, **kwargs):
         server = real(*args, **kwargs)
         opened.append(server)
         return server
 
-    monkeypatch.setattr(service, "OneShotServer", recording)
+    monkeypatch.setattr(opening, "OneShotServer", recording)
     with udp_socket() as taken:
         port = str(taken.getsockname()[1])
-        assert service.main(["0", "--daytime", "0", "--ntp", port]) == 1
+        assert server_program.main(["0", "--daytime", "0", "--ntp", port]) == 1
     assert opened and all(server.socket.fileno() == -1 for server in opened)
     assert "cannot listen" in one_line(capsys.readouterr().err)
 
@@ -975,11 +998,19 @@ def fake_adjtimex(result: int, status: int, maxerror: int = 250_000):
 @pytest.mark.parametrize(
     "result, status, expected",
     [
-        (0, 0, ntp.KernelState(True, ntp.LEAP_NONE, 0.25)),
-        (1, kernelclock.STA_INS, ntp.KernelState(True, ntp.LEAP_INSERT, 0.25)),
-        (2, kernelclock.STA_DEL, ntp.KernelState(True, ntp.LEAP_DELETE, 0.25)),
-        (0, kernelclock.STA_UNSYNC, ntp.KernelState(False, ntp.LEAP_NONE, 0.25)),
-        (kernelclock.TIME_ERROR, 0, ntp.KernelState(False, ntp.LEAP_NONE, 0.25)),
+        (0, 0, kernelclock.KernelState(True, ntp.LEAP_NONE, 0.25)),
+        (1, kernelclock.STA_INS, kernelclock.KernelState(True, ntp.LEAP_INSERT, 0.25)),
+        (2, kernelclock.STA_DEL, kernelclock.KernelState(True, ntp.LEAP_DELETE, 0.25)),
+        (
+            0,
+            kernelclock.STA_UNSYNC,
+            kernelclock.KernelState(False, ntp.LEAP_NONE, 0.25),
+        ),
+        (
+            kernelclock.TIME_ERROR,
+            0,
+            kernelclock.KernelState(False, ntp.LEAP_NONE, 0.25),
+        ),
         (-1, 0, None),
     ],
 )

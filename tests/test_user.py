@@ -24,9 +24,14 @@ from conftest import (
     readline_within,
 )
 
-from timeservice import client, rfc868, service, skew
-from timeservice.datagram import DatagramServer
-from timeservice.standard import TimeHandler
+from timeservice import client
+from timeservice.programs import client as client_program
+from timeservice.programs import opening, server_options
+from timeservice.programs import server as server_program
+from timeservice.programs import skew as skew_program
+from timeservice.server import TimeHandler
+from timeservice.transport.datagram import DatagramServer
+from timeservice.wire import rfc868
 
 on_posix = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 
@@ -107,18 +112,18 @@ def test_a_closed_pipe_ends_the_demo_quietly():
 
 @pytest.mark.parametrize("name", ["a..b", "x" * 64 + ".example"])
 def test_a_name_idna_refuses_is_one_line(name, capsys):
-    assert client.main([name]) == 1
+    assert client_program.main([name]) == 1
     assert f"cannot resolve {name!r}: not a host name" in one_line(
         capsys.readouterr().err
     )
-    assert service.main(["-b", name, "0"]) == 1
+    assert server_program.main(["-b", name, "0"]) == 1
     assert f"cannot listen on {name} port 0: not a host name" in one_line(
         capsys.readouterr().err
     )
 
 
 @pytest.mark.parametrize("value", ["inf", "1e300", "nan", "0"])
-@pytest.mark.parametrize("main", [client.main, skew.main])
+@pytest.mark.parametrize("main", [client_program.main, skew_program.main])
 def test_a_timeout_that_is_no_time_is_a_usage_error(main, value, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["127.0.0.1:1", "--timeout", value])
@@ -130,7 +135,7 @@ def test_a_timeout_that_is_no_time_is_a_usage_error(main, value, capsys):
 def test_no_passed_socket_is_one_line(monkeypatch, capsys):
     monkeypatch.setenv("LISTEN_FDS", "0")
     monkeypatch.setenv("LISTEN_PID", str(os.getpid()))
-    assert service.main([]) == 1
+    assert server_program.main([]) == 1
     assert "LISTEN_FDS=0: systemd passed no socket" in one_line(capsys.readouterr().err)
 
 
@@ -172,7 +177,9 @@ def saying(text: bytes) -> Iterator[int]:
 def test_what_a_server_sends_is_printed_escaped_and_bounded(capsys):
     hostile = b"\x1b[2J\x1b]0;owned\x07" + b"A" * 4000 + b"\r\n"
     with saying(hostile) as port:
-        assert client.main(["--protocol", "daytime", "127.0.0.1", str(port)]) == 0
+        assert (
+            client_program.main(["--protocol", "daytime", "127.0.0.1", str(port)]) == 0
+        )
     out = capsys.readouterr().out
     assert "\x1b" not in out and "\x07" not in out
     assert out.startswith(r"\x1b[2J\x1b]0;owned\x07AAA")
@@ -185,11 +192,11 @@ def test_what_a_server_sends_is_printed_escaped_and_bounded(capsys):
 def test_the_client_takes_host_colon_port(start_server, capsys):
     server = start_server()
     host, port = server.server_address[:2]
-    assert client.main([f"{host}:{port}"]) == 0
-    assert client.main([f"[::1]:{port}"]) == 1  # parsed; nothing listens there
+    assert client_program.main([f"{host}:{port}"]) == 0
+    assert client_program.main([f"[::1]:{port}"]) == 1  # parsed; nothing listens there
     assert "::1 port" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        client.main([f"{host}:{port}", str(port)])  # the port twice
+        client_program.main([f"{host}:{port}", str(port)])  # the port twice
     assert "the port is given twice" in capsys.readouterr().err
 
 
@@ -212,8 +219,8 @@ def two_address_name(monkeypatch):
 
 def test_a_name_with_two_addresses_is_served_on_both(two_address_name):
     argv = ["-b", two_address_name, "0", "--time", "0"]
-    args = service.parse_arguments("server", argv)
-    opened = service.open_bound("server", args, service.Settings.from_arguments(args))
+    args = server_options.parse_arguments("server", argv)
+    opened = opening.open_bound("server", args, opening.Settings.from_arguments(args))
     assert opened is not None
     try:
         bound = [
@@ -227,7 +234,7 @@ def test_a_name_with_two_addresses_is_served_on_both(two_address_name):
         for kind in ("TimeServer", "OneShotServer", "DatagramServer"):
             assert len({address[1] for name, address in bound if name == kind}) == 1
     finally:
-        service.close_all(opened)
+        opening.close_all(opened)
 
 
 def test_the_udp_client_tries_each_address_of_a_name(two_address_name, serving):

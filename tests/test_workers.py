@@ -10,7 +10,10 @@ import socket
 import pytest
 from conftest import TIMEOUT, needs_sigterm, readline_within, server_process, timestamp
 
-from timeservice import capabilities, client, service
+from timeservice import client
+from timeservice.host import capabilities
+from timeservice.operations import cpu
+from timeservice.programs import server as server_program
 
 pytestmark = [
     needs_sigterm,
@@ -132,15 +135,15 @@ def test_one_connection_is_served_by_one_worker_only():
 )
 def test_worker_options_that_do_not_fit(argv, problem, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        service.main(argv)
+        server_program.main(argv)
     assert exit_info.value.code == 2
     assert problem in capsys.readouterr().err
 
 
 def test_worker_cpus():
     cpus = sorted(capabilities.allowed_cpus())
-    assert service.worker_cpus("off", 3) == [None, None, None]
+    assert cpu.worker_cpus("off", 3) == [None, None, None]
     if len(cpus) >= 2 and capabilities.gil_enabled():
-        assert service.worker_cpus("auto", 3) == [cpus[0], cpus[1], cpus[2 % len(cpus)]]
+        assert cpu.worker_cpus("auto", 3) == [cpus[0], cpus[1], cpus[2 % len(cpus)]]
     else:
-        assert service.worker_cpus("auto", 2) == [None, None]
+        assert cpu.worker_cpus("auto", 2) == [None, None]

@@ -5,6 +5,8 @@ high half (wrapping in 2036, read in the era nearest a reference, as for
 RFC 868) and a binary fraction in the low half. The server copies the
 client's transmit timestamp into the origin field byte for byte; the client
 accepts only a reply whose origin is what it sent, as chrony does.
+ServerState and Upstream are what a packet says of a server's clock; what
+to claim is decided in timeservice.clock.claims.
 """
 
 from __future__ import annotations
@@ -17,28 +19,51 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .protocol import ReplyError
+from .errors import ReplyError
 from .rfc868 import from_1900, to_1900
 
 DEFAULT_PORT = 123
+
+
 PACKET = struct.Struct("!BBbbII4sQQQQ")
+
+
 PACKET_BYTES = PACKET.size  # 48
+
+
 # A reply up to its transmit timestamp, which is packed last.
 _REPLY_HEAD = struct.Struct("!BBcbII4sQ8sQ")
+
+
 _TIMESTAMP = struct.Struct("!Q")
+
+
 MODE_UNDEFINED, MODE_CLIENT, MODE_SERVER = 0, 3, 4
+
+
 LEAP_NONE, LEAP_INSERT, LEAP_DELETE, LEAP_UNSYNCHRONISED = 0, 1, 2, 3
+
+
 MAX_STRATUM = 15  # 16 is "unsynchronised", sent as 0 on the wire
+
+
 VERSIONS = range(1, 5)
-UNKNOWN_STRATUM = MAX_STRATUM  # see server_state()
-LOCAL_REFERENCE = bytes([127, 127, 1, 1])  # chrony's reference ID for its local clock
+
+
 NO_REFERENCE = bytes(4)  # a reference ID that names no server
+
+
 # RFC 5905's MAXDIST: a reply whose root distance is more is refused (ntpd
 # raises it to 1.5 s, chrony's maxdistance is 3 s).
 MAX_DISTANCE = 1.0
-PHI = 15e-6  # RFC 5905: the frequency tolerance, how fast dispersion grows (s/s)
+
+
 NANOSECONDS = 1_000_000_000
+
+
 FRACTION = 2**32
+
+
 _HALF_ERA = 2**63  # NTP timestamps compare as differences in 64 bits
 
 
@@ -117,15 +142,6 @@ class Packet:
 
 
 @dataclass(frozen=True)
-class KernelState:
-    """What the kernel says of its clock (adjtimex): synchronised, leap, error."""
-
-    synchronised: bool
-    leap: int  # LEAP_NONE, LEAP_INSERT or LEAP_DELETE
-    max_error: float  # seconds
-
-
-@dataclass(frozen=True)
 class ServerState:
     """What the server tells clients about its clock.
 
@@ -188,61 +204,6 @@ def reference_id(text: str) -> bytes:
 def precision_of(resolution: float) -> int:
     """The clock's precision as NTP encodes it: log2 seconds, rounded up."""
     return max(-32, math.ceil(math.log2(resolution)))
-
-
-def server_state(
-    kernel: KernelState | None,
-    local_stratum: int | None,
-    precision: int,
-    upstream: Upstream | None = None,
-    age: float = 0.0,
-) -> ServerState:
-    """Never claim a synchronisation the machine does not have, nor a source
-    the server does not know.
-
-    - The kernel says synchronised, and `upstream` says what the server it
-      follows claims (read `age` seconds ago): one stratum more, its
-      reference ID and time, leap indicator and root delay, and its root
-      dispersion grown by RFC 5905's PHI since it was read.
-    - The kernel says synchronised, with no upstream known: stratum 15 (the
-      least a client still takes), no reference ID (RFC 5905 uses it to
-      detect loops, so a made-up one is worse than none), and a root
-      dispersion of the kernel's maximum error.
-    - Otherwise, with `local_stratum` (chrony's ``local stratum``, which
-      only ever applies while the clock is unsynchronised): serve this
-      clock as a reference at that stratum, leap indicator 0, "LOCL" at
-      stratum 1 (RFC 5905's uncalibrated local clock) and 127.127.1.1
-      above it (chrony's local reference).
-    - Otherwise (unsynchronised, or no kernel state on this platform):
-      leap indicator 3, stratum 16 (0 on the wire), "INIT" and no reference
-      time, so that clients ignore the server.
-    """
-    floor = 2.0**precision
-    if kernel is not None and kernel.synchronised:
-        if upstream is not None:
-            return ServerState(
-                upstream.leap,
-                min(upstream.stratum + 1, MAX_STRATUM),
-                upstream.reference_id,
-                precision,
-                upstream.root_dispersion + floor + PHI * age,
-                upstream.root_delay,
-                upstream.reference,
-            )
-        return ServerState(
-            kernel.leap,
-            UNKNOWN_STRATUM,
-            NO_REFERENCE,
-            precision,
-            max(kernel.max_error, floor),
-        )
-    if local_stratum is not None:
-        reference_id = b"LOCL" if local_stratum == 1 else LOCAL_REFERENCE
-        return ServerState(LEAP_NONE, local_stratum, reference_id, precision, floor)
-    max_error = kernel.max_error if kernel is not None else 16.0
-    return ServerState(
-        LEAP_UNSYNCHRONISED, 0, b"INIT", precision, max_error, reference=0
-    )
 
 
 def request_version(packet: bytes, source_port: int | None = None) -> int | None:

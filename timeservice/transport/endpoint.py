@@ -19,12 +19,8 @@ import threading
 import time
 from typing import Any
 
-from .server import (
-    AdmissionMixIn,
-    AnyAddressMixIn,
-    SettingsMixIn,
-    format_address,
-)
+from ..wire.addresses import format_address
+from .base import AdmissionMixIn, AnyAddressMixIn, SettingsMixIn
 
 logger = logging.getLogger(__name__)
 
@@ -145,6 +141,11 @@ class EndpointServer(
     def _closed(self) -> None:
         with self._open_lock:
             self._open -= 1
+
+    def server_close(self) -> None:
+        """Stop listening, log what the logs hold."""
+        super().server_close()
+        self.flush_logs()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """One line: a client that resets, is too slow or sends too much is

@@ -14,7 +14,7 @@ import os
 import socket
 from collections.abc import MutableMapping
 
-logger = logging.getLogger("timeservice.server")
+logger = logging.getLogger(__name__)
 
 FIRST_DESCRIPTOR = 3  # SD_LISTEN_FDS_START
 ACTIVATION = ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES")

@@ -17,7 +17,7 @@ import signal
 import time
 from collections.abc import Callable
 
-logger = logging.getLogger("timeservice.server")
+logger = logging.getLogger(__name__)
 
 STOPS = {signal.SIGTERM, signal.SIGINT}
 STOP_TIMEOUT = 10.0  # seconds the workers have to stop before they are killed

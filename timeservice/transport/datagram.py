@@ -15,248 +15,36 @@ reply costs less than starting a thread.
 from __future__ import annotations
 
 import collections
-import ipaddress
 import logging
 import socket
 import socketserver
-import struct
 import sys
-import threading
 import time
 from typing import Any
 
-from . import capabilities
-from .access import NETWORK_FACTOR, address_key, network_key
-from .protocol import Clock, local_now
-from .server import (
-    AdmissionMixIn,
-    AnyAddressMixIn,
-    SettingsMixIn,
-    format_address,
+from ..clock.system import Clock, local_now
+from ..host import capabilities
+from ..policy.access import NETWORK_FACTOR, address_key, network_key
+from ..policy.limits import RateLimiter
+from ..wire.addresses import format_address
+from .ancillary import (
+    _PKTINFO_SPACE,
+    _STAMP_SPACE,
+    IP_PKTINFO,
+    SO_TIMESTAMPNS,
+    answer_from,
+    is_wildcard,
+    kernel_stamps_agree,
+    stamp_of,
 )
-
-__all__ = ["DatagramServer", "RateLimiter", "Reply"]
+from .base import AdmissionMixIn, AnyAddressMixIn, SettingsMixIn
+from .local import LOCAL_ADDRESSES, SERVED_PORTS
 
 logger = logging.getLogger(__name__)
 
-# Linux's SO_TIMESTAMPNS and SCM_TIMESTAMPNS, which Python names from 3.14 on.
-SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
-_TIMESPEC = struct.Struct("@ll")
-# Which address a datagram was sent to: Linux's IP_PKTINFO (Python names it
-# from 3.12 on), IPV6_RECVPKTINFO to ask for IPV6_PKTINFO.
-IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)
-_IN_PKTINFO = struct.Struct("@i4s4s")  # interface, local address, header's address
-_IN6_PKTINFO = struct.Struct("@16sI")  # address, interface
+
 # Reads that return at once when nothing is waiting (not on Windows).
 _DONT_WAIT = getattr(socket, "MSG_DONTWAIT", 0)
-# Room for the receive time and the address in recvmsg()'s ancillary data
-# (no CMSG_SPACE on Windows).
-_STAMP_SPACE = socket.CMSG_SPACE(_TIMESPEC.size) if hasattr(socket, "CMSG_SPACE") else 0
-_PKTINFO_SPACE = (
-    socket.CMSG_SPACE(_IN6_PKTINFO.size) if hasattr(socket, "CMSG_SPACE") else 0
-)
-
-
-def stamp_of(ancillary: list[tuple[int, int, bytes]]) -> int | None:
-    """The kernel's receive time in recvmsg()'s ancillary data, if it is there."""
-    for level, kind, value in ancillary:
-        if (
-            level == socket.SOL_SOCKET
-            and kind == SO_TIMESTAMPNS
-            and len(value) == _TIMESPEC.size
-        ):
-            seconds, ns = _TIMESPEC.unpack(value)
-            return seconds * 1_000_000_000 + ns
-    return None
-
-
-def answer_from(level: int, kind: int, value: bytes) -> list[tuple] | None:
-    """The ancillary data that makes a reply leave from the address a datagram
-    was sent to, from the IP_PKTINFO or IPV6_PKTINFO it came with; or None."""
-    if level == socket.IPPROTO_IP and kind == IP_PKTINFO:
-        if len(value) == _IN_PKTINFO.size:
-            # The local address routing picked for it; the interface is the
-            # routing's choice again.
-            _, local, _ = _IN_PKTINFO.unpack(value)
-            return [(level, kind, _IN_PKTINFO.pack(0, local, bytes(4)))]
-    elif level == socket.IPPROTO_IPV6 and kind == socket.IPV6_PKTINFO:
-        if len(value) == _IN6_PKTINFO.size:
-            # An IPv4 client of a dual-stack socket comes as a mapped
-            # address, which IPV6_PKTINFO takes too. A link-local address
-            # means something only on its interface.
-            local, interface = _IN6_PKTINFO.unpack(value)
-            if not ipaddress.IPv6Address(local).is_link_local:
-                interface = 0
-            return [(level, kind, _IN6_PKTINFO.pack(local, interface))]
-    return None
-
-
-def kernel_stamps_agree() -> bool:
-    """Whether the kernel's receive times are on this process's clock.
-
-    Tools like faketime shift the process's clock, not the kernel's, by any
-    amount; a datagram sent to this process itself must be stamped between
-    the clock's reads before and after it.
-    """
-    try:
-        sender, receiver = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
-    except (OSError, AttributeError):  # no Unix datagram sockets here
-        return False
-    with sender, receiver:
-        try:
-            receiver.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
-            receiver.settimeout(1.0)  # it is there at once; never wait long
-            before = time.time_ns()
-            sender.send(b"?")
-            _, ancillary, _, _ = receiver.recvmsg(1, _STAMP_SPACE)
-            after = time.time_ns()
-        except OSError:
-            return False
-    stamp = stamp_of(ancillary)
-    return stamp is not None and before <= stamp <= after
-
-
-def is_wildcard(address: tuple) -> bool:
-    """Whether a socket bound to `address` receives for every local address."""
-    try:
-        return ipaddress.ip_address(address[0].split("%")[0]).is_unspecified
-    except ValueError:  # not an address: a name, which a bind resolves to one
-        return False
-
-
-class LocalAddresses:
-    """Whether an address is one of this host's: a loopback one, or one a
-    socket can be bound to. The answers for the last `remembered` addresses
-    are kept, so that a flood costs one bind() per address at most."""
-
-    remembered = 1024
-
-    def __init__(self) -> None:
-        self._answers: dict[str, bool] = {}
-
-    def __contains__(self, host: str) -> bool:
-        answer = self._answers.get(host)
-        if answer is None:
-            if len(self._answers) >= self.remembered:
-                self._answers.clear()
-            answer = self._answers[host] = self._decide(host)
-        return answer
-
-    @staticmethod
-    def _decide(host: str) -> bool:
-        address = ipaddress.ip_address(host.split("%")[0])
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
-            address = address.ipv4_mapped
-        if address.is_loopback or address.is_unspecified:
-            return True
-        family = socket.AF_INET if address.version == 4 else socket.AF_INET6
-        try:
-            with socket.socket(family, socket.SOCK_DGRAM) as probe:
-                probe.bind((str(address), 0))
-        except OSError:
-            return False
-        return True
-
-
-class ServedPorts:
-    """The UDP ports this process serves, for every datagram server in it:
-    a datagram from one of them, sent from this host, is another service's
-    answer, and answering it would start a loop between the two."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._ports: collections.Counter[int] = collections.Counter()
-        self.ports: frozenset[int] = frozenset()  # read without the lock
-
-    def add(self, port: int) -> None:
-        with self._lock:
-            self._ports[port] += 1
-            self.ports = frozenset(self._ports)
-
-    def remove(self, port: int) -> None:
-        with self._lock:
-            self._ports[port] -= 1
-            if self._ports[port] <= 0:
-                del self._ports[port]
-            self.ports = frozenset(self._ports)
-
-
-SERVED_PORTS = ServedPorts()
-LOCAL_ADDRESSES = LocalAddresses()
-
-
-class RateLimiter:
-    """A token bucket per source: `burst` replies at once, `rate` per second after.
-
-    At most `sources` are remembered. A source not heard from for `forget`
-    seconds may make room for a new one; while every remembered source is
-    in use, the sources it has no room for share one bucket (`rate` times
-    `burst` per second, `burst` at once) instead of each earning a fresh
-    burst. So a flood of new sources can neither push out the clients the
-    server knew before it nor make the server send more than that bucket.
-
-    A source over its limit may be told so (NTP's Kiss-o'-Death) at most
-    once per `kiss_interval` seconds, and all sources together at most
-    `kiss_rate` times a second: a forger who spoofs a victim's address
-    makes the server send the victim no more than that.
-    """
-
-    def __init__(
-        self,
-        rate: float,
-        burst: int,
-        sources: int = 65536,
-        forget: float = 64.0,
-        kiss_interval: float = 1.0,
-        kiss_rate: float = 16.0,
-    ) -> None:
-        self.rate, self.burst, self.sources, self.forget = rate, burst, sources, forget
-        self.kiss_interval = kiss_interval
-        # A source's tokens, when it was last heard from, when it was last kissed.
-        self._buckets: collections.OrderedDict[str, tuple[float, float, float]] = (
-            collections.OrderedDict()
-        )
-        self._shared = (float(burst), 0.0)  # tokens, last heard from
-        self._shared_rate = rate * burst
-        self._kisses = (kiss_rate, 0.0)  # the whole server's Kiss-o'-Death bucket
-        self._kiss_rate = kiss_rate
-
-    def allow(self, key: str, now: float) -> bool:
-        """Take a token for `key` if it has one."""
-        entry = self._buckets.pop(key, None)
-        if entry is None:
-            if len(self._buckets) >= self.sources:
-                oldest, (_, heard, _) = next(iter(self._buckets.items()))
-                if now - heard < self.forget:  # every source in use: no room
-                    return self._take_shared(now)
-                del self._buckets[oldest]
-            entry = (self.burst, now, -self.kiss_interval)
-        tokens, then, kissed = entry
-        tokens = min(self.burst, tokens + (now - then) * self.rate)
-        allowed = tokens >= 1
-        self._buckets[key] = (tokens - 1 if allowed else tokens, now, kissed)
-        return allowed
-
-    def _take_shared(self, now: float) -> bool:
-        tokens, then = self._shared
-        tokens = min(self.burst, tokens + (now - then) * self._shared_rate)
-        allowed = tokens >= 1
-        self._shared = (tokens - 1 if allowed else tokens, now)
-        return allowed
-
-    def kiss(self, key: str, now: float) -> bool:
-        """Whether `key`, just over its limit, may be told so now; if so, counted."""
-        entry = self._buckets.get(key)
-        if entry is None or now - entry[2] < self.kiss_interval:
-            return False  # a shared source, or one told too recently
-        tokens, then = self._kisses
-        tokens = min(self._kiss_rate, tokens + (now - then) * self._kiss_rate)
-        if tokens < 1:
-            self._kisses = (tokens, now)
-            return False
-        self._kisses = (tokens - 1, now)
-        self._buckets[key] = (entry[0], entry[1], now)
-        return True
 
 
 class Reply:
@@ -512,7 +300,9 @@ class DatagramServer(
         logger.log(level, "%s: %r", format_address(client_address), exc)
 
     def server_close(self) -> None:
-        super().server_close()
+        """Stop listening, give up the port, log what the logs hold."""
+        self.socket.close()
         if self._served_port is not None:
             SERVED_PORTS.remove(self._served_port)
             self._served_port = None
+        self.flush_logs()

@@ -11,11 +11,22 @@ import ctypes
 import ctypes.util
 import logging
 import time
+from dataclasses import dataclass
 
-from . import capabilities
-from .ntp import LEAP_DELETE, LEAP_INSERT, LEAP_NONE, KernelState, precision_of
+from ..host import capabilities
+from ..wire.ntp import LEAP_DELETE, LEAP_INSERT, LEAP_NONE, precision_of
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class KernelState:
+    """What the kernel says of its clock (adjtimex): synchronised, leap, error."""
+
+    synchronised: bool
+    leap: int  # LEAP_NONE, LEAP_INSERT or LEAP_DELETE
+    max_error: float  # seconds
+
 
 STA_INS, STA_DEL, STA_UNSYNC = 0x0010, 0x0020, 0x0040
 TIME_ERROR = 5  # what the call returns while the clock is unsynchronised

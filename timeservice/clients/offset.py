@@ -20,15 +20,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
 
-EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 NANOSECONDS = 1_000_000_000
-
-
-def timestamp_ns(moment: datetime) -> int:
-    """An aware datetime as nanoseconds since the epoch, exactly."""
-    return (moment - EPOCH) // timedelta(microseconds=1) * 1000
 
 
 @dataclass(frozen=True)

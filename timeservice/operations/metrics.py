@@ -12,12 +12,11 @@ import socket
 import socketserver
 import threading
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
-from . import kernelclock, ntp
-from .endpoint import EndpointHandler, EndpointServer
-from .server import TimeServer
-from .standard import NtpServer
+from ..clock import claims, kernel
+from ..transport.endpoint import EndpointHandler, EndpointServer
+from ..wire import ntp
 
 PATH = "/metrics"
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -69,7 +68,7 @@ def collect(servers: Sequence[socketserver.BaseServer]) -> list[Family]:
             errors.append(({**labels, "reason": reason}, count))
         for cause, count in counts["refused"].items():
             refused.append(({**labels, "cause": cause}, count))
-        if isinstance(server, TimeServer):
+        if "open_connections" in counts:  # a server that keeps connections open
             open_connections.append((labels, counts["open_connections"]))
     families: list[Family] = [
         (
@@ -107,14 +106,22 @@ def collect(servers: Sequence[socketserver.BaseServer]) -> list[Family]:
     return families + clock_families(servers)
 
 
+@runtime_checkable
+class ClockSource(Protocol):
+    """A server that tells its clients about its clock (the NTP server):
+    what the metrics read the clock's state from."""
+
+    def state(self) -> ntp.ServerState: ...
+
+
 def clock_families(servers: Sequence[socketserver.BaseServer]) -> list[Family]:
     """The clock as the NTP service tells its clients about it."""
-    kernel = kernelclock.read()
-    ntp_servers = [server for server in servers if isinstance(server, NtpServer)]
+    kernel_state = kernel.read()
+    ntp_servers = [server for server in servers if isinstance(server, ClockSource)]
     if ntp_servers:
         state = ntp_servers[0].state()
     else:
-        state = ntp.server_state(kernel, None, 0)
+        state = claims.server_state(kernel_state, None, 0)
     families: list[Family] = [
         (
             "timeservice_clock_synchronised",
@@ -123,13 +130,13 @@ def clock_families(servers: Sequence[socketserver.BaseServer]) -> list[Family]:
             [({}, int(state.leap != ntp.LEAP_UNSYNCHRONISED))],
         )
     ]
-    if kernel is not None:
+    if kernel_state is not None:
         families.append(
             (
                 "timeservice_clock_maximum_error_seconds",
                 "gauge",
                 "The kernel's maximum error of the clock.",
-                [({}, kernel.max_error)],
+                [({}, kernel_state.max_error)],
             )
         )
     return families

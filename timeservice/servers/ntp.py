@@ -1,12 +1,6 @@
-"""The standard time services: small handlers over the TCP and UDP servers.
-
-Daytime (RFC 867) and Time (RFC 868) answer on TCP connect and to any UDP
-datagram, one handler each for both transports; NTP (RFC 5905, server mode)
-answers client packets over UDP. The wire formats are in daytime, rfc868 and
-ntp; these classes only move bytes. When the clock fails, nothing is sent:
-RFC 868 says never to send a wrong time, and no made-up time goes out on any
-protocol.
-"""
+"""NTP server mode (RFC 5905, the SNTP server of RFC 4330): the handler,
+the server that never claims a synchronisation the machine lacks, and the
+query that asks the daemon that synchronised the clock what to claim."""
 
 from __future__ import annotations
 
@@ -17,60 +11,15 @@ import threading
 import time
 from typing import Any
 
-from . import kernelclock, ntp, rfc868
-from .datagram import LOCAL_ADDRESSES, SERVED_PORTS, DatagramServer
-from .daytime import daytime_line
-from .protocol import Clock, nanoseconds_source, reply_source
-from .server import format_address
+from ..clock import claims, kernel
+from ..clock.system import nanoseconds_source
+from ..transport.datagram import DatagramServer
+from ..transport.local import LOCAL_ADDRESSES, SERVED_PORTS
+from ..wire import ntp
+from ..wire.addresses import format_address
+from .oneshot import clock_failed
 
 logger = logging.getLogger(__name__)
-
-
-def clock_failed(handler: socketserver.BaseRequestHandler, exc: Exception) -> None:
-    logger.error(
-        "%s: cannot read the clock: %r", format_address(handler.client_address), exc
-    )
-
-
-class AnswerHandler(socketserver.BaseRequestHandler):
-    """Sends answer(clock): on a TCP connection, which the server then closes,
-    or to a datagram's sender. Nothing at all if the clock fails."""
-
-    @staticmethod
-    def answer(clock: Clock) -> bytes:
-        raise NotImplementedError
-
-    def handle(self) -> None:
-        try:
-            data = self.answer(self.server.clock)  # type: ignore[attr-defined]
-        except Exception as exc:
-            clock_failed(self, exc)
-            return
-        self.server.answered += 1  # type: ignore[attr-defined]
-        if isinstance(self.request, tuple):  # a datagram: (data, socket, time)
-            self.request[1].sendto(data, self.client_address)
-        else:
-            self.request.sendall(data)
-
-
-class DaytimeHandler(AnswerHandler):
-    """RFC 867: the time as one line, in the line protocol's form, ending in CRLF."""
-
-    protocol = "daytime"
-
-    @staticmethod
-    def answer(clock: Clock) -> bytes:
-        return daytime_line(reply_source(clock)())
-
-
-class TimeHandler(AnswerHandler):
-    """RFC 868: 4 bytes, the seconds since 1900 modulo 2**32."""
-
-    protocol = "time"
-
-    @staticmethod
-    def answer(clock: Clock) -> bytes:
-        return rfc868.encode(nanoseconds_source(clock)() // 1_000_000_000)
 
 
 class NtpHandler(socketserver.BaseRequestHandler):
@@ -185,7 +134,7 @@ class NtpServer(DatagramServer):
 
     It reads the kernel's clock state once a second and never claims a
     synchronisation the machine does not have, nor a source it does not
-    know (see ntp.server_state()): while the kernel says synchronised, it
+    know (see claims.server_state()): while the kernel says synchronised, it
     claims what `upstream` (the daemon that synchronises the clock) says,
     asked through an UpstreamQuery, or else what `upstream_claim` (stratum,
     reference ID) configures.
@@ -216,7 +165,7 @@ class NtpServer(DatagramServer):
         self.query: UpstreamQuery | None = None  # a failed bind closes at once
         super().__init__(server_address, handler_class, bind_and_activate, **settings)
         self.now_ns = nanoseconds_source(self.clock)
-        self.precision = kernelclock.precision()
+        self.precision = kernel.precision()
         self._state: tuple[float, ntp.ServerState] | None = None
         if self.upstream is not None:
             self.query = UpstreamQuery(self.upstream)
@@ -225,19 +174,19 @@ class NtpServer(DatagramServer):
         """The server's clock state, from the kernel's, at most a second old."""
         now = time.monotonic()
         if self._state is None or now - self._state[0] >= self.state_interval:
-            kernel = kernelclock.read()
-            upstream, age = self._upstream(kernel, now)
-            state = ntp.server_state(
-                kernel, self.local_stratum, self.precision, upstream, age
+            kernel_state = kernel.read()
+            upstream, age = self._upstream(kernel_state, now)
+            state = claims.server_state(
+                kernel_state, self.local_stratum, self.precision, upstream, age
             )
             self._state = (now, state)
         return self._state[1]
 
     def _upstream(
-        self, kernel: ntp.KernelState | None, now: float
+        self, kernel_state: kernel.KernelState | None, now: float
     ) -> tuple[ntp.Upstream | None, float]:
         """What the server the kernel's clock follows claims, and its age."""
-        if kernel is None or not kernel.synchronised:
+        if kernel_state is None or not kernel_state.synchronised:
             return None, 0.0
         found = None if self.query is None else self.query.current(now)
         if found is not None:
@@ -245,7 +194,7 @@ class NtpServer(DatagramServer):
         if self.upstream_claim is not None:
             stratum, reference_id = self.upstream_claim
             claim = ntp.Upstream(
-                kernel.leap, stratum, reference_id, 0.0, kernel.max_error
+                kernel_state.leap, stratum, reference_id, 0.0, kernel_state.max_error
             )
             return claim, 0.0
         return None, 0.0

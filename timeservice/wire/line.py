@@ -1,6 +1,6 @@
-"""The time protocol as pure functions: parse a request line, build the reply line.
+"""The line protocol as pure functions: parse a request line, build the reply line.
 
-No sockets here, so the rules can be tested directly and with a fixed clock.
+No sockets here, so the rules can be tested directly and with a fixed time.
 
 Requests and replies are lines of UTF-8 text ending in LF; a CR before the LF
 is dropped. The one request is ``send time`` (any case, any run of blanks
@@ -13,22 +13,48 @@ starting with ``ERR `` and a reason a person can read.
 from __future__ import annotations
 
 import re
-import time
-from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
+from datetime import datetime
 
-from .offset import timestamp_ns
+from .errors import ReplyError
+
+__all__ = [
+    "COMMAND",
+    "DEFAULT_PORT",
+    "MAX_LINE_BYTES",
+    "MAX_REPLY_BYTES",
+    "REQUEST",
+    "ReplyError",
+    "RequestError",
+    "error_line",
+    "format_timestamp",
+    "parse_reply",
+    "parse_request",
+    "parse_timestamp",
+    "request_error",
+    "strip_line_ending",
+]
 
 COMMAND = "send time"
+
+
 REQUEST = f"{COMMAND}\n".encode()
+
+
 _USUAL_REQUEST = COMMAND.encode()
+
+
 DEFAULT_PORT = 8037
+
+
 MAX_LINE_BYTES = 256
+
+
 MAX_REPLY_BYTES = 256
 
-Clock = Callable[[], datetime]
 
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")  # C0 but tab, DEL, C1
+
+
 _TIMESTAMP = re.compile(
     r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}(?:[+-]\d\d:\d\d|Z)", re.ASCII
 )
@@ -38,53 +64,11 @@ class RequestError(ValueError):
     """A request line that is not ``send time``; the message is the reason."""
 
 
-class ReplyError(Exception):
-    """A reply that is an ``ERR`` line or not a timestamp at all."""
-
-
 def format_timestamp(moment: datetime) -> str:
     """RFC 3339 with exactly six fractional digits, so replies have one shape."""
     if moment.utcoffset() is None:
         raise ValueError("a timestamp needs a time zone")
     return moment.isoformat(timespec="microseconds")
-
-
-class SystemClock:
-    """The machine's clock, in its own time zone or in UTC.
-
-    Called, it returns a datetime like any Clock. line() returns the reply
-    line for the current time, as format_timestamp() would write it, several
-    times faster: the date, the time of day and the offset change once a
-    second, so they are formatted once a second and only the microseconds on
-    each call.
-    """
-
-    def __init__(self, utc: bool = False) -> None:
-        self.utc = utc
-        self._second: tuple[int, bytes, bytes] = (-1, b"", b"")
-
-    def __call__(self) -> datetime:
-        return datetime.now(timezone.utc) if self.utc else datetime.now().astimezone()
-
-    def line(self) -> bytes:
-        """The current time as a reply line; reply_source() uses it unless
-        a subclass changes what __call__ returns."""
-        second, nanoseconds = divmod(time.time_ns(), 1_000_000_000)
-        cached, head, tail = self._second
-        if second != cached:
-            head, tail = self._format_second(second)
-            self._second = second, head, tail  # one store, so threads may share it
-        return b"%b%06d%b" % (head, nanoseconds // 1000, tail)
-
-    def _format_second(self, second: int) -> tuple[bytes, bytes]:
-        fields = time.gmtime(second) if self.utc else time.localtime(second)
-        zone = timezone(timedelta(seconds=fields.tm_gmtoff or 0))
-        text = datetime(*fields[:6], tzinfo=zone).isoformat().encode("ascii")
-        return text[:19] + b".", text[19:] + b"\n"
-
-
-local_now = SystemClock()
-utc_now = SystemClock(utc=True)
 
 
 def parse_timestamp(text: str) -> datetime:
@@ -124,11 +108,6 @@ def error_line(reason: str) -> bytes:
     return f"ERR {reason}\n".encode()
 
 
-def respond(request: bytes, clock: Clock = local_now) -> bytes:
-    """Return the reply line for one request line (without its line ending)."""
-    return request_error(request) or time_line(clock)
-
-
 def request_error(request: bytes) -> bytes | None:
     """The ``ERR`` line for a request that is not ``send time``, else None."""
     if request == _USUAL_REQUEST:  # the usual spelling needs no parsing
@@ -138,31 +117,6 @@ def request_error(request: bytes) -> bytes | None:
     except RequestError as exc:
         return error_line(str(exc))
     return None
-
-
-def reply_source(clock: Clock) -> Callable[[], bytes]:
-    """The function that makes the reply line to ``send time`` from `clock`.
-
-    A SystemClock's fast line() reads the system clock, so it stands in for
-    the clock only while __call__ is SystemClock's own: a subclass that
-    shifts the time gets its own time formatted.
-    """
-    if type(clock).__call__ is SystemClock.__call__:
-        return clock.line  # type: ignore[attr-defined]
-    return lambda: f"{format_timestamp(clock())}\n".encode("ascii")
-
-
-def nanoseconds_source(clock: Clock) -> Callable[[], int]:
-    """The clock as nanoseconds since 1970; time.time_ns itself for the system
-    clock (not for a subclass that shifts it), as reply_source() decides."""
-    if type(clock).__call__ is SystemClock.__call__:
-        return time.time_ns
-    return lambda: timestamp_ns(clock())
-
-
-def time_line(clock: Clock) -> bytes:
-    """The reply line to ``send time``: the clock's time."""
-    return reply_source(clock)()
 
 
 def parse_reply(line: bytes) -> str:

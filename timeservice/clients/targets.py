@@ -1,0 +1,116 @@
+"""The skew check's targets: ``[PROTOCOL://]HOST[:PORT]`` parsed, and each
+asked in its protocol, many at once, every failure one row."""
+
+from __future__ import annotations
+
+import queue
+import socket
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from ..wire import ntp
+from ..wire.addresses import split_host_port
+from ..wire.errors import ReplyError
+from .line import DEFAULT_TIMEOUT, TimeClient, shown
+from .offset import Estimate, Sample, estimate
+from .sampling import spacing, take_samples
+from .selection import Failure, Reading, Target
+from .standard import PORTS, ask_daytime, ask_ntp, ask_time
+
+
+def parse_target(text: str) -> Target:
+    """``[PROTOCOL://]HOST[:PORT]``, an IPv6 address in brackets; else ValueError."""
+    protocol, separator, rest = text.partition("://")
+    if not separator:
+        protocol, rest = "line", text
+    if protocol not in PORTS:
+        raise ValueError(f"unknown protocol {protocol!r} (one of {', '.join(PORTS)})")
+    host, port = split_host_port(rest)
+    return Target(text, protocol, host, PORTS[protocol] if port is None else port)
+
+
+@dataclass(frozen=True)
+class Asking:
+    """How each target is asked: samples, the limit of each exchange, NTP's
+    pacing and the root distance it takes at most."""
+
+    samples: int = 4
+    timeout: float = DEFAULT_TIMEOUT
+    burst: bool = False
+    max_distance: float = ntp.MAX_DISTANCE
+
+
+def measure(target: Target, asking: Asking) -> Reading | Failure:
+    """Ask one target and keep the best of its samples; never raises."""
+    try:
+        best = ask_target(target, asking)
+    except (socket.gaierror, UnicodeError) as exc:  # IDNA: "a..b", long labels
+        reason = getattr(exc, "strerror", None) or str(exc)
+        return Failure(target, "bad target", f"cannot resolve: {reason}")
+    except TimeoutError:
+        return Failure(target, "unreachable", f"no answer within {asking.timeout:g} s")
+    except ConnectionRefusedError:
+        return Failure(target, "unreachable", "connection refused")
+    except OSError as exc:
+        return Failure(target, "unreachable", exc.strerror or str(exc))
+    except ReplyError as exc:
+        return Failure(target, "refused", str(exc))
+    return Reading(target, best.offset, best.error, best.delay)
+
+
+def ask_target(target: Target, asking: Asking) -> Estimate:
+    """The best of the samples, over one connection where the protocol has
+    one; those taken before a failure (a Kiss-o'-Death) are kept."""
+    where = (target.host, target.port)
+    timeout = asking.timeout
+    if target.protocol == "line":
+        with TimeClient(*where, timeout) as client:
+            return client.measure_offset(asking.samples)
+
+    def ask_once() -> Sample:
+        if target.protocol == "ntp":
+            return ask_ntp(*where, timeout=timeout, max_distance=asking.max_distance)
+        if target.protocol == "time":
+            return ask_time(*where, timeout=timeout)
+        text, sample = ask_daytime(*where, timeout=timeout)
+        if sample is None:
+            raise ReplyError(f"cannot read the daytime form {shown(text)}")
+        return sample
+
+    taken, _ = take_samples(
+        ask_once, asking.samples, spacing(target.protocol, asking.burst)
+    )
+    return estimate(taken)
+
+
+def measure_all(
+    targets: Sequence[Target], asking: Asking, parallel: int
+) -> list[Reading | Failure]:
+    """Every target, at most `parallel` at a time, in the order given."""
+    if not targets:
+        return []
+    results: list[Reading | Failure | None] = [None] * len(targets)
+    waiting: queue.SimpleQueue[int] = queue.SimpleQueue()
+    for index in range(len(targets)):
+        waiting.put(index)
+
+    def work() -> None:
+        while True:
+            try:
+                index = waiting.get_nowait()
+            except queue.Empty:
+                return
+            results[index] = measure(targets[index], asking)
+
+    # Daemon threads, not a ThreadPoolExecutor's: after a Ctrl-C the program
+    # ends at once, not when the slowest exchange times out.
+    workers = [
+        threading.Thread(target=work, name="timeservice skew", daemon=True)
+        for _ in range(min(parallel, len(targets)))
+    ]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    return [result for result in results if result is not None]

@@ -1,0 +1,102 @@
+"""Who may ask: access lists as chrony's ``allow`` and ``deny`` decide them,
+and whom a client counts as for the limits (its address, its IPv6 /64).
+
+An access list decides as chrony's does: the most specific subnet that holds
+the address wins.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+NETWORK_FACTOR = 4  # an IPv6 /64 may have this many times one address's share
+
+
+def address_key(address: tuple) -> str:
+    """Who a client is: its address as the kernel wrote it, an IPv4-mapped
+    IPv6 address as the IPv4 one, without an IPv6 scope."""
+    if ":" not in address[0]:  # IPv4 as the kernel wrote it: no parsing needed
+        return address[0]
+    host = ipaddress.IPv6Address(address[0].split("%")[0])
+    if host.ipv4_mapped is not None:
+        return str(host.ipv4_mapped)
+    return str(host)
+
+
+def network_key(address: tuple) -> str | None:
+    """The network a client shares a limit with: its IPv6 /64; None for IPv4.
+
+    A LAN is one /64, so its hosts must not share one address's limit; but
+    one host may hold a whole /64 and pick a new address for every request,
+    so the /64 has a limit of its own too, NETWORK_FACTOR times larger.
+    """
+    if ":" not in address[0]:
+        return None
+    host = ipaddress.IPv6Address(address[0].split("%")[0])
+    if host.ipv4_mapped is not None:
+        return None
+    return str(ipaddress.IPv6Network((host, 64), strict=False))
+
+
+def parse_subnet(text: str) -> Network:
+    """``ADDRESS`` or ``ADDRESS/PREFIX``, IPv4 or IPv6; host bits are ignored."""
+    try:
+        return ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        raise ValueError(f"not an IPv4 or IPv6 subnet: {text!r}") from None
+
+
+class AccessList:
+    """Allowed and denied subnets; the most specific subnet holding an address wins.
+
+    For the same subnet given twice, the later rule wins. An address no
+    subnet holds is denied if any subnet is allowed (``allow`` on its own
+    means "only these"), and allowed otherwise. Answers are remembered for
+    the last `remembered` addresses: parsing one costs microseconds.
+    """
+
+    remembered = 4096
+
+    def __init__(self, rules: Iterable[tuple[Network, bool]]) -> None:
+        latest: dict[Network, bool] = {}
+        for network, allowed in rules:
+            latest.pop(network, None)
+            latest[network] = allowed
+        # Most specific first; a stable sort keeps the given order otherwise.
+        self.rules = sorted(latest.items(), key=lambda rule: -rule[0].prefixlen)
+        self.default = not any(allowed for _, allowed in self.rules)
+        self._answers: dict[str, bool] = {}
+
+    @classmethod
+    def from_options(cls, allow: Iterable[str], deny: Iterable[str]) -> AccessList:
+        """The list that ``--allow`` and ``--deny`` give, allows before denies.
+
+        Only the same subnet in both could depend on the order: then the
+        deny wins, as the safer reading.
+        """
+        return cls(
+            [(parse_subnet(text), True) for text in allow]
+            + [(parse_subnet(text), False) for text in deny]
+        )
+
+    def allows(self, host: str) -> bool:
+        """Whether the client at `host` (as the kernel wrote it) may ask."""
+        answer = self._answers.get(host)
+        if answer is None:
+            if len(self._answers) >= self.remembered:
+                self._answers.clear()  # simpler than an LRU, and as bounded
+            answer = self._answers[host] = self._decide(host)
+        return answer
+
+    def _decide(self, host: str) -> bool:
+        address = ipaddress.ip_address(host.split("%")[0])
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+            address = address.ipv4_mapped
+        for network, allowed in self.rules:
+            if address in network:
+                return allowed
+        return self.default

@@ -1,0 +1,237 @@
+"""The client program: ask a time server for the time and print the answer,
+or how far this machine's clock is from the server's."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import socket
+import sys
+from collections.abc import Sequence
+from contextlib import nullcontext
+
+from .. import __version__
+from ..clients.line import DEFAULT_HOST, DEFAULT_TIMEOUT, TimeClient, shown
+from ..clients.offset import Estimate, Sample, estimate, verdict
+from ..clients.sampling import (
+    NTP_SAMPLES,
+    NTP_SPACING,
+    OFFSET_SAMPLES,
+    spacing,
+    take_samples,
+)
+from ..clients.standard import PORTS, ask_daytime, ask_ntp, ask_time, local_timestamp
+from ..wire import ntp
+from ..wire.addresses import format_address, split_host_port
+from ..wire.errors import ReplyError
+from ..wire.line import DEFAULT_PORT
+from .options import port_number, positive, program, program_name, seconds
+
+
+def printable(text: str, most: int = 256) -> str:
+    """A line a server sent, to print as the answer: its control characters
+    escaped (an escape sequence would reach the terminal raw), and at most
+    `most` characters of it."""
+    escaped = "".join(
+        char if char.isprintable() else repr(char)[1:-1] for char in text[:most]
+    )
+    return escaped + "..." if len(text) > most else escaped
+
+
+def offset_line(result: Estimate) -> str:
+    """The estimate in one line for people."""
+    return (
+        f"offset {result.offset:+.6f} s ± {result.error:.6f} s, "
+        f"delay {result.delay:.6f} s (best of {len(result.samples)}; "
+        f"{verdict(result.offset, result.error)})"
+    )
+
+
+def offset_json(result: Estimate, server: str) -> str:
+    """The estimate as one line of JSON for scripts; times are seconds."""
+    best = result.best
+    return json.dumps(
+        {
+            "server": server,
+            "offset": round(result.offset, 9),
+            "error": round(result.error, 9),
+            "delay": round(result.delay, 9),
+            "samples": len(result.samples),
+            "t1": local_timestamp(best.t1),
+            "ts": best.answer,
+            "t4": local_timestamp(best.t4),
+        }
+    )
+
+
+def ask(args: argparse.Namespace) -> Sample | str:
+    """One answer by the protocol the arguments name: a Sample, or the text of
+    a daytime form this client does not read."""
+    where = (args.host, args.port)
+    if args.protocol == "ntp":
+        return ask_ntp(*where, timeout=args.timeout, max_distance=args.max_distance)
+    if args.protocol == "time":
+        return ask_time(*where, udp=args.udp, timeout=args.timeout)
+    text, sample = ask_daytime(*where, udp=args.udp, timeout=args.timeout)
+    if sample is None and args.offset:
+        raise ReplyError(f"cannot read the daytime form {shown(text)}")
+    return text if sample is None else sample
+
+
+def collect(args: argparse.Namespace) -> tuple[Estimate | None, Exception | None]:
+    """Ask as the arguments say; print each answer unless only JSON is wanted.
+    The estimate, if asked for, and the failure that ended the sampling early."""
+    default = NTP_SAMPLES if args.protocol == "ntp" else OFFSET_SAMPLES
+    count = args.count or (default if args.offset else 1)
+    if args.protocol == "line":
+        with TimeClient(args.host, args.port, args.timeout) as client:
+            if args.offset:
+                return client.measure_offset(count), None
+            for _ in range(count):
+                print(client.get_time(), flush=True)
+        return None, None
+
+    def ask_and_print() -> Sample | str:
+        answer = ask(args)
+        text = answer if isinstance(answer, str) else answer.answer
+        print(printable(text), flush=True)  # a server's text, whatever it sent
+        return answer
+
+    answers, failure = take_samples(
+        ask_and_print, count, spacing(args.protocol, args.burst)
+    )
+    samples = [answer for answer in answers if isinstance(answer, Sample)]
+    return (estimate(samples) if args.offset else None), failure
+
+
+@program
+def main(argv: Sequence[str] | None = None) -> int:
+    """Ask a time server for the time and print the answer."""
+    prog = program_name("timeservice.client")
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Ask a time server for the date and time and print it.",
+        epilog=f"examples: {prog} 192.0.2.10 {DEFAULT_PORT}; "
+        f"{prog} --protocol ntp --offset 192.0.2.10",
+    )
+    parser.add_argument(
+        "host",
+        nargs="?",
+        default=DEFAULT_HOST,
+        help="server, HOST or HOST:PORT ([IPV6]:PORT) (default: %(default)s)",
+    )
+    parser.add_argument(
+        "port",
+        nargs="?",
+        type=port_number,
+        help="server port (default: the protocol's, "
+        + ", ".join(f"{name} {port}" for name, port in PORTS.items())
+        + ")",
+    )
+    parser.add_argument(
+        "--protocol",
+        choices=PORTS,
+        default="line",
+        help="line: this project's 'send time'; daytime: RFC 867; time: RFC 868; "
+        "ntp: RFC 5905 (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--udp",
+        action="store_true",
+        help="ask daytime or time over UDP instead of TCP (NTP is always UDP)",
+    )
+    parser.add_argument(
+        "-n",
+        "--count",
+        type=positive(int),
+        metavar="N",
+        help=f"ask N times (the line protocol over one connection; default: 1, "
+        f"with --offset {OFFSET_SAMPLES}, {NTP_SAMPLES} for NTP)",
+    )
+    parser.add_argument(
+        "--offset",
+        action="store_true",
+        help="estimate how far the local clock is from the server's, from the "
+        "answer with the tightest bound (Cristian's algorithm; NTP's for ntp)",
+    )
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="with --offset: print the estimate as one line of JSON instead",
+    )
+    parser.add_argument(
+        "--burst",
+        action="store_true",
+        help=f"send NTP requests back to back, for a server you run yourself "
+        f"(default: {NTP_SPACING:g} s apart, as servers expect of a client)",
+    )
+    parser.add_argument(
+        "--max-distance",
+        type=seconds,
+        default=ntp.MAX_DISTANCE,
+        metavar="SECONDS",
+        help="refuse an NTP server whose root distance is more "
+        "(default: %(default)s, RFC 5905's MAXDIST)",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=seconds,
+        default=DEFAULT_TIMEOUT,
+        metavar="SECONDS",
+        help="limit for the connect and for each reply (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"%(prog)s {__version__}"
+    )
+    args = parser.parse_args(argv)
+    if args.json and not args.offset:
+        parser.error("--json goes with --offset")
+    if args.udp and args.protocol == "line":
+        parser.error("--udp goes with --protocol daytime or time")
+    if args.host.count(":") < 2 or args.host.startswith("["):  # not a bare IPv6
+        try:
+            args.host, port = split_host_port(args.host)
+        except ValueError as exc:
+            parser.error(f"{args.host!r}: {exc}")
+        if port is not None and args.port is not None:
+            parser.error(f"the port is given twice: {port} and {args.port}")
+        args.port = args.port if port is None else port
+    if args.port is None:
+        args.port = PORTS[args.protocol]
+
+    where = format_address((args.host, args.port))
+    try:
+        with contextlib.redirect_stdout(io.StringIO()) if args.json else nullcontext():
+            result, stopped = collect(args)
+    except (OSError, ReplyError, UnicodeError) as exc:
+        print(f"{prog}: {failure_line(exc, where, args)}", file=sys.stderr)
+        return 1
+    if stopped is not None:  # the samples taken before it stand
+        problem = failure_line(stopped, where, args)
+        print(f"{prog}: stopped asking: {problem}", file=sys.stderr)
+    if result is not None and args.json:
+        print(offset_json(result, where))
+    elif result is not None:
+        if args.protocol == "line":
+            for sample in result.samples:
+                print(sample.answer)
+        print(offset_line(result))
+    return 0
+
+
+def failure_line(exc: Exception, where: str, args: argparse.Namespace) -> str:
+    """Why asking `where` failed, in one line for people."""
+    if isinstance(exc, ConnectionRefusedError):
+        return f"connection refused by {where}: is the server running?"
+    if isinstance(exc, TimeoutError):
+        return f"no answer from {where} within {args.timeout:g} s"
+    if isinstance(exc, socket.gaierror):
+        return f"cannot resolve {args.host!r}: {exc.strerror}"
+    if isinstance(exc, UnicodeError):  # IDNA: "a..b", a label over 63 characters
+        return f"cannot resolve {args.host!r}: not a host name ({exc})"
+    if isinstance(exc, ReplyError):
+        return f"{where}: {exc}"
+    assert isinstance(exc, OSError)
+    return f"cannot talk to {where}: {exc.strerror or exc}"

@@ -1,0 +1,154 @@
+"""What the command lines share: argument types, binding a server with one
+clear line on failure, the start-up line, logging, and how every command
+ends on Ctrl-C or a closed pipe."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import logging
+import os
+import signal
+import socketserver
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+from ..wire.addresses import format_address
+
+T = TypeVar("T")
+
+
+def program_name(module: str) -> str:
+    """What the user typed: the console script's name, or ``python -m MODULE``."""
+    name = os.path.basename(sys.argv[0])
+    return f"python -m {module}" if name.endswith(".py") else name
+
+
+def positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
+    """An argparse type for numbers above zero (and not NaN)."""
+
+    def convert(text: str) -> Any:
+        value = kind(text)
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be above 0: {text}")
+        return value
+
+    convert.__name__ = kind.__name__  # argparse names the type in its messages
+    return convert
+
+
+MAX_SECONDS = 10**6  # eleven days: more than any wait here, less than a timer overflows
+
+
+def seconds(text: str) -> float:
+    """An argparse type for a duration: above 0, at most MAX_SECONDS (a
+    socket's timeout cannot hold inf or 1e300)."""
+    value = positive(float)(text)
+    if not value <= MAX_SECONDS:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_SECONDS}: {text}")
+    return value
+
+
+def program(main: Callable[..., int]) -> Callable[..., int]:
+    """A command's main(): Ctrl-C ends it with status 130 and a closed pipe
+    (``| head``) with 141, each quietly, as a shell expects, instead of with
+    a traceback."""
+
+    @functools.wraps(main)
+    def run(argv: Sequence[str] | None = None) -> int:
+        try:
+            return main(argv)
+        except KeyboardInterrupt:
+            print(file=sys.stderr)  # the line the ^C was typed on ends
+            return 128 + signal.SIGINT
+        except BrokenPipeError:
+            # Nothing more can reach the reader; flushing at exit would fail
+            # again, so what is left goes nowhere.
+            with contextlib.suppress(OSError):
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, sys.stdout.fileno())
+            return 128 + signal.SIGPIPE if hasattr(signal, "SIGPIPE") else 1
+
+    return run
+
+
+def port_number(text: str) -> int:
+    """An argparse type for a TCP port; 0 means any free port."""
+    if not (text.isascii() and text.isdigit()) or int(text) > 65535:
+        raise argparse.ArgumentTypeError(f"not a port number (0-65535): {text!r}")
+    return int(text)
+
+
+def metrics_address(text: str) -> tuple[str, int]:
+    """An argparse type for ``[ADDRESS:]PORT``; loopback when no address is given."""
+    host, colon, port = text.rpartition(":")
+    if not colon:
+        host = "127.0.0.1"
+    elif host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise argparse.ArgumentTypeError(f"put an IPv6 address in brackets: {text!r}")
+    if not (port.isascii() and port.isdigit()) or int(port) > 65535 or not host:
+        raise argparse.ArgumentTypeError(f"not [ADDRESS:]PORT: {text!r}")
+    return host, int(port)
+
+
+def add_address_arguments(parser: argparse._ActionsContainer, port: int) -> None:
+    """The -b ADDRESS and PORT arguments, as http.server has them."""
+    parser.add_argument(
+        "-b",
+        "--bind",
+        metavar="ADDRESS",
+        default="127.0.0.1",
+        help="address to listen on; '::' for all IPv6 and IPv4, "
+        "'0.0.0.0' for all IPv4 (default: %(default)s)",
+    )
+    parser.add_argument(
+        "port",
+        nargs="?",
+        type=port_number,
+        default=port,
+        help="port to listen on, 0 for any free port (default: %(default)s)",
+    )
+
+
+def listen(prog: str, host: str, port: int, make: Callable[[tuple], T]) -> T | None:
+    """Bind a server with `make((host, port))`, or say in one line why it can't."""
+    try:
+        return make((host, port))
+    except (OSError, UnicodeError) as exc:  # UnicodeError: IDNA refuses the name
+        cannot_listen(prog, host, port, exc)
+        return None
+
+
+def cannot_listen(prog: str, host: str, port: int, exc: Exception) -> None:
+    """The one line that says why a server cannot listen."""
+    if isinstance(exc, UnicodeError):
+        reason = f"not a host name ({exc})"
+    else:
+        reason = getattr(exc, "strerror", None) or str(exc)
+    print(f"{prog}: cannot listen on {host} port {port}: {reason}", file=sys.stderr)
+
+
+def announce(
+    server: socketserver.BaseServer, name: str = "time", how: str = ""
+) -> None:
+    """Print the start-up line, with the address really bound (port 0 resolved)."""
+    where = format_address(server.server_address)  # type: ignore[arg-type]
+    print(f"Serving {name} on {where}{how} ...", flush=True)
+
+
+def configure_logging(level: int) -> None:
+    """Log to stderr with a time stamp, from `level` up."""
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(message)s")
+
+
+def cpu_choice(text: str) -> str | int:
+    """An argparse type for --cpu: a CPU number, ``auto`` or ``off``."""
+    if text in ("auto", "off"):
+        return text
+    if text.isascii() and text.isdigit():
+        return int(text)
+    raise argparse.ArgumentTypeError(f"not a CPU number, 'auto' or 'off': {text!r}")

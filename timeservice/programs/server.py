@@ -1,0 +1,189 @@
+"""The server program: the servers the command line asks for, in one
+process or several, started, announced and stopped together.
+
+Run it with ``python -m timeservice.server [-b ADDRESS] [PORT] [--daytime
+PORT] [--time PORT] [--ntp PORT]``: the line protocol and each standard
+protocol asked for, on the same address, under one set of signals and one
+shutdown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import socketserver
+import sys
+from collections.abc import Callable, Sequence
+
+from ..clock import claims, kernel
+from ..host import capabilities
+from ..operations import prefork, systemd
+from ..operations.cpu import choose_cpu, kept_on_cpu, worker_cpus
+from ..operations.privileges import Account, become, find_account, running_as_root
+from ..operations.service import Service, serve, stop_on_signals
+from ..servers.ntp import NtpServer
+from ..wire import ntp
+from ..wire.addresses import format_address
+from .opening import Opened, Settings, close_all, open_bound, open_inherited
+from .options import announce, configure_logging, listen, program, program_name
+from .server_options import parse_arguments
+
+logger = logging.getLogger(__name__)
+
+
+def ntp_state_line(server: NtpServer) -> str:
+    """What the NTP service tells clients about this clock, for the log."""
+    state = server.state()
+    if state.leap == ntp.LEAP_UNSYNCHRONISED:
+        why = (
+            "is unsynchronised"
+            if kernel.AVAILABLE
+            else "state cannot be read on this platform"
+        )
+        return (
+            f"NTP: the kernel clock {why}; answering with leap indicator 3, which "
+            "clients ignore (--local-stratum N serves this clock anyway)"
+        )
+    if (
+        state.reference_id == ntp.NO_REFERENCE
+        and state.stratum == claims.UNKNOWN_STRATUM
+    ):
+        asked = (
+            ""
+            if server.upstream is None
+            else (f" until {format_address(server.upstream)} says what it claims")
+        )
+        return (
+            "NTP: the kernel clock is synchronised from a server not known; "
+            f"answering as stratum {state.stratum}, no reference ID{asked} "
+            "(--upstream-stratum N says what it is)"
+        )
+    return f"NTP: answering as stratum {state.stratum}"
+
+
+@program
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the time server from the command line."""
+    prog = program_name("timeservice.server")
+    args = parse_arguments(prog, argv)
+    try:
+        account = None if args.user is None else find_account(args.user, args.group)
+        inherited = systemd.inherited_sockets()
+    except (LookupError, systemd.ActivationError) as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return 1
+    configure_logging(
+        logging.DEBUG
+        if args.verbose
+        else logging.WARNING
+        if args.quiet
+        else logging.INFO
+    )
+    logger.debug("platform: %s", capabilities.describe())
+    settings = Settings.from_arguments(args)
+    if inherited is None:
+        opened = open_bound(prog, args, settings)
+        if opened is None:
+            return 1
+    else:
+        try:
+            opened = open_inherited(inherited, settings)
+        except systemd.ActivationError as exc:
+            print(f"{prog}: {exc}", file=sys.stderr)
+            return 1
+    servers = [server for _, _, group in opened for server in group]
+    if args.metrics is not None:
+        from ..operations.metrics import MetricsServer  # http.server: when asked
+
+        host, port = args.metrics
+        metrics = listen(
+            prog,
+            host,
+            port,
+            lambda a: MetricsServer(a, servers, access=settings.line["access"]),
+        )
+        if metrics is None:
+            close_all(opened)
+            return 1
+        opened.append(("metrics", " (HTTP, /metrics)", [metrics]))
+    notifier = systemd.Notifier()
+    if account is not None:
+        become(account)
+    elif running_as_root():
+        logger.warning(
+            "serving as root; --user NAME serves as NAME once the ports are bound"
+        )
+    servers = [server for _, _, group in opened for server in group]
+
+    def ready(how: str = "") -> None:
+        """Say so once the signals are handled: a stop from now on is clean."""
+        for name, where, (first, *_) in opened:
+            announce(first, name, where)
+            if isinstance(first, NtpServer):
+                logger.info("%s", ntp_state_line(first))
+        if account is not None:
+            print(f"Serving as user {account.user}, group {account.group}.", flush=True)
+        if how:
+            print(how, flush=True)
+        notifier.notify("READY=1", f"STATUS={status_line(opened, account)}")
+
+    def stopping() -> None:
+        notifier.notify("STOPPING=1", "STATUS=Shutting down")
+
+    try:
+        if args.workers > 1:
+            return serve_in_workers(servers, args, stopping, ready, notifier)
+        service = Service(servers)
+
+        def stop() -> None:
+            stopping()
+            service.stop()
+
+        with stop_on_signals(stop), kept_on_cpu(choose_cpu(args.cpu)):
+            ready()
+            return serve(service, notifier)
+    finally:
+        notifier.close()
+
+
+def serve_in_workers(
+    servers: list[socketserver.BaseServer],
+    args: argparse.Namespace,
+    stopping: Callable[[], None],
+    ready: Callable[[str], None],
+    notifier: systemd.Notifier,
+) -> int:
+    """Serve the bound sockets from `args.workers` processes, each on a CPU
+    of its own where --cpu allows; the limits hold in each worker. A worker
+    whose server stops ends with status 1, and the supervisor starts
+    another; each worker keeps systemd's watchdog (NotifyAccess=all)."""
+    for server in servers:
+        # Every worker waits on every socket; those that lose the race for
+        # a connection or a datagram go back to waiting instead of blocking.
+        server.socket.setblocking(False)  # type: ignore[attr-defined]
+    cpus = worker_cpus(args.cpu, args.workers)
+
+    def work(number: int) -> int:
+        service = Service(servers)
+        with stop_on_signals(service.stop), kept_on_cpu(cpus[number]):
+            return serve(service, notifier)
+
+    supervisor = prefork.Supervisor(args.workers, work)
+    supervisor.on_stop = stopping
+    try:
+        return supervisor.serve(
+            lambda: ready(f"Serving from {args.workers} worker processes.")
+        )
+    finally:
+        for server in servers:
+            server.server_close()
+
+
+def status_line(opened: Opened, account: Account | None) -> str:
+    """What systemctl status shows: the services and where they listen."""
+    parts = []
+    for name, _, servers in opened:
+        where = format_address(servers[0].server_address)  # type: ignore[arg-type]
+        parts.append(f"{name} on {where}")
+    user = "" if account is None else f", as {account.user}"
+    return f"Serving {'; '.join(parts)}{user}"

@@ -1,0 +1,277 @@
+"""The server's command line: its options in groups, and the rules between
+them in one function, check_arguments(), which tests call on its own."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+from collections.abc import Sequence
+
+from .. import __version__
+from ..host import capabilities
+from ..policy.access import NETWORK_FACTOR, parse_subnet
+from ..transport.registry import IDLE_TIMEOUT, MAX_CONNECTIONS, MAX_PER_HOST
+from ..wire import ntp
+from ..wire.addresses import split_host_port
+from ..wire.line import COMMAND, DEFAULT_PORT, MAX_LINE_BYTES
+from .opening import STANDARD
+from .options import (
+    add_address_arguments,
+    cpu_choice,
+    metrics_address,
+    port_number,
+    positive,
+    seconds,
+)
+
+
+def upstream_address(text: str) -> tuple | None:
+    """An argparse type for --upstream: ``HOST[:PORT]`` resolved to an
+    address (an IPv6 one in brackets), or ``none``."""
+    if text == "none":
+        return None
+    try:
+        host, port = split_host_port(text)
+        family, _, _, _, address = socket.getaddrinfo(
+            host, port or ntp.DEFAULT_PORT, type=socket.SOCK_DGRAM
+        )[0]
+    except (ValueError, OSError, UnicodeError) as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None
+    return address
+
+
+def reference_id(text: str) -> bytes:
+    """An argparse type for --upstream-id: see ntp.reference_id()."""
+    try:
+        return ntp.reference_id(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def subnet(text: str) -> str:
+    """An argparse type for --allow and --deny: checked here, parsed later."""
+    try:
+        parse_subnet(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def build_parser(prog: str) -> argparse.ArgumentParser:
+    """The server's options, in groups: where it listens, its limits, the
+    protocols and their clock, and running it as a daemon."""
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Answer 'send time' with the current date and time over TCP; "
+        "serve Daytime, Time and NTP too when asked.",
+        epilog=f"example: {prog} -b 0.0.0.0 {DEFAULT_PORT}",
+    )
+    listening = parser.add_argument_group("where it listens")
+    add_address_arguments(listening, DEFAULT_PORT)
+    limits = parser.add_argument_group("limits on every client")
+    protocols = parser.add_argument_group("the standard protocols and NTP's clock")
+    operating = parser.add_argument_group("running it as a daemon")
+    limits.add_argument(
+        "--max-line",
+        type=positive(int),
+        default=MAX_LINE_BYTES,
+        metavar="BYTES",
+        help="longest request line, line ending not counted (default: %(default)s)",
+    )
+    limits.add_argument(
+        "--idle-timeout",
+        type=seconds,
+        default=IDLE_TIMEOUT,
+        metavar="SECONDS",
+        help="time a client has to send each request line (default: %(default)s)",
+    )
+    limits.add_argument(
+        "--max-connections",
+        type=positive(int),
+        default=MAX_CONNECTIONS,
+        metavar="N",
+        help="connections served at once; more get 'ERR busy' (default: %(default)s)",
+    )
+    limits.add_argument(
+        "--max-per-host",
+        type=int,
+        default=MAX_PER_HOST,
+        metavar="N",
+        help="connections one address may have open; more get 'ERR busy'; 0 for "
+        "no such limit (default: %(default)s)",
+    )
+    limits.add_argument(
+        "--max-per-network",
+        type=int,
+        default=NETWORK_FACTOR * MAX_PER_HOST,
+        metavar="N",
+        help="connections one IPv6 /64 may have open (one host may hold a whole "
+        "one); 0 for no such limit (default: %(default)s)",
+    )
+    protocols.add_argument(
+        "--utc", action="store_true", help="answer in UTC instead of local time"
+    )
+    for option, (name, usual, _) in STANDARD.items():
+        protocols.add_argument(
+            f"--{option}",
+            type=port_number,
+            metavar="PORT",
+            help=f"serve {name} on this port too, over TCP and UDP "
+            f"(standard: {usual}; 0 for any free port)",
+        )
+    protocols.add_argument(
+        "--ntp",
+        type=port_number,
+        metavar="PORT",
+        help="serve NTP (server mode) on this UDP port too (standard: 123)",
+    )
+    protocols.add_argument(
+        "--local-stratum",
+        type=int,
+        choices=range(1, 16),
+        metavar="N",
+        help="with --ntp: serve this clock at stratum N (1-15) even when the kernel "
+        "says it is unsynchronised, as chrony's 'local stratum' does",
+    )
+    protocols.add_argument(
+        "--upstream",
+        type=upstream_address,
+        default=("127.0.0.1", ntp.DEFAULT_PORT),
+        metavar="HOST[:PORT]",
+        help="with --ntp: the NTP server that synchronises this machine's clock "
+        "(its daemon), asked what to claim while the kernel says synchronised; "
+        "'none' not to ask (default: 127.0.0.1:123)",
+    )
+    protocols.add_argument(
+        "--upstream-stratum",
+        type=int,
+        choices=range(0, ntp.MAX_STRATUM),
+        metavar="N",
+        help="with --ntp: the stratum of that server (0-14), for when it cannot "
+        "be asked: this one then claims N+1",
+    )
+    protocols.add_argument(
+        "--upstream-id",
+        type=reference_id,
+        metavar="ID",
+        help="with --upstream-stratum: that server's reference ID, its IPv4 "
+        "address or a reference clock's code (GPS, PPS)",
+    )
+    limits.add_argument(
+        "--no-rate-limit",
+        action="store_true",
+        help="answer every datagram (for benchmarks); by default each source "
+        "gets 16 replies at once and 1 a second after that",
+    )
+    limits.add_argument(
+        "--allow",
+        action="append",
+        default=[],
+        type=subnet,
+        metavar="SUBNET",
+        help="let clients in SUBNET ask (e.g. 192.0.2.0/24, 2001:db8::/32); "
+        "alone, it denies everyone else; the most specific subnet wins",
+    )
+    limits.add_argument(
+        "--deny",
+        action="append",
+        default=[],
+        type=subnet,
+        metavar="SUBNET",
+        help="refuse clients in SUBNET; by default everyone may ask",
+    )
+    operating.add_argument(
+        "--user",
+        metavar="NAME",
+        help="once every socket is bound, serve as this user, without root",
+    )
+    operating.add_argument(
+        "--group",
+        metavar="NAME",
+        help="with --user: serve in this group (default: the user's)",
+    )
+    operating.add_argument(
+        "--metrics",
+        type=metrics_address,
+        metavar="[ADDRESS:]PORT",
+        help="serve Prometheus metrics over HTTP at /metrics "
+        "(on 127.0.0.1 unless an address is given)",
+    )
+    operating.add_argument(
+        "--workers",
+        type=positive(int),
+        default=1,
+        metavar="N",
+        help="serve from N processes on the same sockets, to use more than one "
+        "core; every limit holds per worker (default: %(default)s)",
+    )
+    operating.add_argument(
+        "--cpu",
+        type=cpu_choice,
+        default="auto",
+        metavar="N|auto|off",
+        help="keep the serving threads on one CPU, which is faster while only one "
+        "thread runs Python at a time; 'auto' picks one when there are several "
+        "CPUs and a GIL (default: %(default)s)",
+    )
+    verbosity = operating.add_mutually_exclusive_group()
+    verbosity.add_argument(
+        "-v", "--verbose", action="store_true", help="log every request"
+    )
+    verbosity.add_argument(
+        "-q", "--quiet", action="store_true", help="log only warnings and errors"
+    )
+    operating.add_argument(
+        "--version", action="version", version=f"%(prog)s {__version__}"
+    )
+    return parser
+
+
+def parse_arguments(prog: str, argv: Sequence[str] | None) -> argparse.Namespace:
+    """The server's command line, parsed and checked: a rule broken is a
+    usage error."""
+    parser = build_parser(prog)
+    args = parser.parse_args(argv)
+    args.activated = "LISTEN_FDS" in os.environ  # the sockets come from systemd
+    problem = check_arguments(args)
+    if problem is not None:
+        parser.error(problem)
+    return args
+
+
+def check_arguments(args: argparse.Namespace) -> str | None:
+    """The first rule between the options that `args` break, or None."""
+    if args.max_line < len(COMMAND):
+        return f"--max-line must leave room for {COMMAND!r}"
+    for option in ("max_per_host", "max_per_network"):
+        if getattr(args, option) < 0:
+            return f"--{option.replace('_', '-')} must be 0 or more"
+    if args.activated:
+        given = [f"--{o}" for o in ("daytime", "time", "ntp") if getattr(args, o)]
+        if given:
+            return (
+                f"{', '.join(given)}: the sockets come from systemd (LISTEN_FDS); "
+                "name them in the .socket unit instead"
+            )
+    elif args.ntp is None:
+        for option in ("local_stratum", "upstream_stratum"):
+            if getattr(args, option) is not None:
+                return f"--{option.replace('_', '-')} goes with --ntp"
+    if args.upstream_id is not None and args.upstream_stratum is None:
+        return "--upstream-id goes with --upstream-stratum"
+    if args.group is not None and args.user is None:
+        return "--group goes with --user"
+    if args.workers > 1:
+        if not hasattr(os, "fork"):
+            return "--workers needs a system with fork()"
+        if isinstance(args.cpu, int):
+            return (
+                "--cpu N keeps one process on one CPU; with --workers, use auto or off"
+            )
+        if args.metrics is not None:
+            return "--metrics reports one process; not with --workers yet"
+    cpus = capabilities.allowed_cpus()
+    if isinstance(args.cpu, int) and cpus and args.cpu not in cpus:
+        return f"--cpu {args.cpu}: this process may use CPUs {sorted(cpus)}"
+    return None

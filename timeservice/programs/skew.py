@@ -1,0 +1,260 @@
+"""The skew check's command line: ask many time servers at once, find the
+interval most of them agree on, and print it in the monitoring plugins'
+form (a status line with performance data; exit 0 OK, 1 WARNING,
+2 CRITICAL, 3 UNKNOWN)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from .. import __version__
+from ..clients.line import DEFAULT_TIMEOUT
+from ..clients.sampling import NTP_SPACING
+from ..clients.selection import (
+    STATUS,
+    TOLERANCE,
+    UNKNOWN,
+    Failure,
+    Reading,
+    Verdict,
+    judge,
+    largest_skew,
+)
+from ..clients.targets import Asking, measure_all, parse_target
+from ..wire import ntp
+from .options import positive, program, program_name, seconds
+
+
+def performance_data(verdict: Verdict, warning: float, critical: float) -> str:
+    """After the ``|``, as check_ntp_time writes it: label=value;warn;crit;min;max."""
+    total = len(verdict.results)
+    return " ".join(
+        [
+            f"skew={verdict.skew:.6f}s;{warning:.6f};{critical:.6f};",
+            f"offset={verdict.distance:.6f}s;{warning:.6f};{critical:.6f};",
+            f"agree={len(verdict.agree)};;;0;{total}",
+            f"falsetickers={len(verdict.false)};;;0;{total}",
+            f"failed={len(verdict.failures)};;;0;{total}",
+        ]
+    )
+
+
+def status_line(verdict: Verdict, warning: float, critical: float) -> str:
+    data = performance_data(verdict, warning, critical)
+    return f"SKEW {STATUS[verdict.status]}: {verdict.summary} | {data}"
+
+
+def signed(value: float) -> str:
+    return f"{value:+.6f}"
+
+
+def report(verdict: Verdict) -> list[str]:
+    """The table, one row per target, and the lines about the majority."""
+    rows = [("target", "protocol", "offset s", "bound s", "delay s", "verdict")]
+    for item in verdict.results:
+        if isinstance(item, Reading):
+            said = "falseticker" if item in verdict.false else "agrees"
+            if verdict.majority is None:
+                said = "no majority"
+            figures = (signed(item.offset), f"±{item.bound:.6f}", f"{item.delay:.6f}")
+            rows.append((item.target.text, item.target.protocol, *figures, said))
+        else:
+            said = f"{item.verdict} ({item.reason})"
+            rows.append((item.target.text, item.target.protocol, "-", "-", "-", said))
+    widths = [max(len(row[i]) for row in rows) for i in range(5)]
+    lines = [
+        "  ".join(
+            [row[0].ljust(widths[0]), row[1].ljust(widths[1])]
+            + [
+                cell.rjust(width)
+                for cell, width in zip(row[2:5], widths[2:], strict=True)
+            ]
+            + [row[5]]
+        ).rstrip()
+        for row in rows
+    ]
+    lines.append("")
+    if verdict.majority is None:
+        lines.append("majority: none")
+        return lines
+    low, high = verdict.majority
+    middle, half = (low + high) / 2, (high - low) / 2
+    lines.append(
+        f"majority: {signed(middle)} s ± {half:.6f} s from this clock "
+        f"({len(verdict.agree)} of {len(verdict.readings)} agree; RFC 5905 "
+        "intersection)"
+    )
+    if low <= 0 <= high:
+        where = "agrees with the majority"
+    else:
+        where = "is behind the majority" if middle > 0 else "is ahead of the majority"
+    lines.append(f"this clock: {where} ({signed(-middle)} s ± {half:.6f} s)")
+    pair = largest_skew(verdict.agree)
+    if pair is None:
+        lines.append("largest skew among those that agree: none (one target)")
+    else:
+        skew = pair[1].offset - pair[0].offset
+        lines.append(
+            f"largest skew among those that agree: {skew:.6f} s "
+            f"± {pair[0].bound + pair[1].bound:.6f} s "
+            f"({pair[0].target.text} to {pair[1].target.text})"
+        )
+    return lines
+
+
+def as_json(verdict: Verdict) -> str:
+    """One object for scripts: the status, the majority, every target."""
+    targets = []
+    for item in verdict.results:
+        row: dict = {"target": item.target.text, "protocol": item.target.protocol}
+        if isinstance(item, Reading):
+            row.update(offset=item.offset, bound=item.bound, delay=item.delay)
+            row["verdict"] = (
+                "no majority"
+                if verdict.majority is None
+                else "falseticker"
+                if item in verdict.false
+                else "agrees"
+            )
+        else:
+            row.update(verdict=item.verdict, reason=item.reason)
+        targets.append(row)
+    majority = None
+    if verdict.majority is not None:
+        low, high = verdict.majority
+        majority = {"low": low, "high": high, "offset": (low + high) / 2}
+    return json.dumps(
+        {
+            "status": STATUS[verdict.status],
+            "code": verdict.status,
+            "summary": verdict.summary,
+            "majority": majority,
+            "skew": verdict.skew,
+            "distance": verdict.distance,
+            "targets": targets,
+        }
+    )
+
+
+class MonitoringParser(argparse.ArgumentParser):
+    """Usage errors are UNKNOWN (3), as monitoring plugins report them."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        self.exit(UNKNOWN, f"{self.prog}: error: {message}\n")
+
+
+@program
+def main(argv: Sequence[str] | None = None) -> int:
+    """Check the clocks of many machines against each other."""
+    prog = program_name("timeservice.skew")
+    parser = MonitoringParser(
+        prog=prog,
+        description="Ask many time servers at once; find the interval most of "
+        "them agree on (RFC 5905's intersection), the falsetickers, and how "
+        "far this machine's clock is from the majority.",
+        epilog=f"example: {prog} -c 1 ntp://192.0.2.1 ntp://192.0.2.2 "
+        "192.0.2.3 time://[2001:db8::1]:37",
+    )
+    parser.add_argument(
+        "targets",
+        nargs="+",
+        metavar="TARGET",
+        help="[PROTOCOL://]HOST[:PORT], PROTOCOL one of line (default), ntp, "
+        "time, daytime; an IPv6 address in brackets",
+    )
+    parser.add_argument(
+        "-n",
+        "--samples",
+        type=positive(int),
+        default=4,
+        metavar="N",
+        help="samples per target, the best kept (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=seconds,
+        default=DEFAULT_TIMEOUT,
+        metavar="SECONDS",
+        help="limit for each exchange (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--burst",
+        action="store_true",
+        help=f"send NTP requests back to back, for servers you run yourself "
+        f"(default: {NTP_SPACING:g} s apart, as servers expect of a client)",
+    )
+    parser.add_argument(
+        "--max-distance",
+        type=seconds,
+        default=ntp.MAX_DISTANCE,
+        metavar="SECONDS",
+        help="refuse an NTP target whose root distance is more "
+        "(default: %(default)s, RFC 5905's MAXDIST)",
+    )
+    parser.add_argument(
+        "--parallel",
+        type=positive(int),
+        default=32,
+        metavar="N",
+        help="targets asked at once (default: %(default)s)",
+    )
+    parser.add_argument(
+        "-w",
+        "--warning",
+        type=seconds,
+        default=0.1,
+        metavar="SECONDS",
+        help="WARNING above this skew, or this clock this far from the majority "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "-c",
+        "--critical",
+        type=seconds,
+        default=1.0,
+        metavar="SECONDS",
+        help="CRITICAL above this (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--tolerance",
+        type=seconds,
+        default=TOLERANCE,
+        metavar="SECONDS",
+        help="the narrowest interval a target's clock is given: clocks closer "
+        "than this agree (default: %(default)s, RFC 5905's MINDISP)",
+    )
+    parser.add_argument(
+        "--json", action="store_true", help="print one JSON object instead"
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"%(prog)s {__version__}"
+    )
+    args = parser.parse_args(argv)
+
+    targets = []
+    for text in args.targets:
+        try:
+            targets.append(parse_target(text))
+        except ValueError as exc:
+            print(f"{prog}: bad target {text!r}: {exc}", file=sys.stderr)
+    results = []
+    asking = Asking(args.samples, args.timeout, args.burst, args.max_distance)
+    for result in measure_all(targets, asking, args.parallel):
+        if isinstance(result, Failure) and result.verdict == "bad target":
+            print(
+                f"{prog}: bad target {result.target.text!r}: {result.reason}",
+                file=sys.stderr,
+            )
+        else:
+            results.append(result)
+    verdict = judge(results, args.warning, args.critical, args.tolerance)
+    if args.json:
+        print(as_json(verdict))
+    else:
+        print(status_line(verdict, args.warning, args.critical))
+        print("\n".join(report(verdict)))
+    return verdict.status

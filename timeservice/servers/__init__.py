@@ -1,0 +1,2 @@
+"""The servers: one module per protocol, its handler and its server
+together, each composed from the transports' parts."""

@@ -1,0 +1,245 @@
+"""The line protocol's server: TimeServer, a threading TCP server composed
+from the transports' parts, and TimeRequestHandler, which answers the lines
+of one connection as Twisted's LineOnlyReceiver has them."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import io
+import logging
+import os
+import socket
+import socketserver
+import sys
+import time
+from typing import Any, BinaryIO
+
+from ..clock.system import Clock, local_now, reply_source
+from ..host import capabilities
+from ..transport.base import AnyAddressMixIn, SettingsMixIn
+from ..transport.pool import AcceptBackoffMixIn, ThreadPoolMixIn
+from ..transport.registry import ConnectionRegistry, abort, drain
+from ..wire.addresses import format_address
+from ..wire.line import (
+    MAX_LINE_BYTES,
+    REQUEST,
+    error_line,
+    request_error,
+    strip_line_ending,
+)
+
+logger = logging.getLogger(__name__)
+
+
+USUAL_REQUEST = REQUEST[: -len(b"\n")]
+
+
+LINE_TOO_LONG = error_line("line too long")
+
+
+CLOCK_UNAVAILABLE = error_line("clock unavailable")
+
+
+class TimeRequestHandler(socketserver.StreamRequestHandler):
+    """Answers the request lines of one connection until EOF, an error or a deadline.
+
+    Methods that may be overridden, as Twisted's LineOnlyReceiver has them:
+    line_received(request) answers one line; line_too_long(line) ends the
+    connection; time_reply() makes the reply to ``send time``.
+    Class variables that may be overridden: fd_reader, read_buffer.
+
+    The handler sets no socket timeout (that would add a poll to every read)
+    and reads no clock: it counts the requests it answers, and the server's
+    ConnectionRegistry keeps the deadline from that count.
+    """
+
+    server: TimeServer
+    protocol = "line"  # for the metrics
+    disable_nagle_algorithm = True  # replies are small and must not wait for an ACK
+    fd_reader = capabilities.SOCKETS_ARE_FILES  # C reader; else makefile()'s
+    read_buffer = 4096
+
+    def setup(self) -> None:
+        # StreamRequestHandler.setup() makes a reader with makefile(), whose
+        # reads run Python code; a buffered reader over the file descriptor
+        # reads in C. The writer is made only if a subclass asks for wfile:
+        # the handler itself sends with sendall().
+        self.connection = sock = self.request
+        # Blocking, whatever socket.setdefaulttimeout() the program has set:
+        # a socket with a timeout is non-blocking underneath, and a reader
+        # over its descriptor would take "no byte yet" for EOF.
+        sock.settimeout(None)
+        if self.disable_nagle_algorithm:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
+        if self.fd_reader:
+            raw = io.FileIO(sock.fileno(), "rb", closefd=False)
+            self.rfile = io.BufferedReader(raw, self.read_buffer)
+        else:
+            self.rfile = sock.makefile("rb", self.read_buffer)
+        self.peer = format_address(self.client_address)
+        self.debug = logger.isEnabledFor(logging.DEBUG)
+        self.reply = reply_source(self.server.clock)
+        self.requests = self.requests_seen = 0
+        self.stop_reason: str | None = None
+        self.deadline = 0.0  # set by the server's track()
+        self.server.track(self)
+
+    def handle(self) -> None:
+        max_line = self.server.max_line
+        readline, limit = self.rfile.readline, max_line + len(b"\r\n")
+        line_received = self.line_received
+        while True:
+            line = readline(limit)
+            if line == REQUEST:  # the usual request needs no closer look
+                line_received(USUAL_REQUEST)
+                continue
+            request = strip_line_ending(line)
+            if len(request) > max_line:
+                self.line_too_long(line)
+                return
+            if not line.endswith(b"\n"):  # EOF, or the server cut the read short
+                if self.stop_reason:
+                    self.close_with(error_line(self.stop_reason))
+                    return
+                if not request:
+                    return
+                # A last request without its LF is still answered; EOF follows.
+            line_received(request)
+
+    @functools.cached_property
+    def wfile(self) -> BinaryIO:  # type: ignore[override]
+        """The connection as a file to write to, for subclasses; flushed and
+        closed at the end."""
+        return self.connection.makefile("wb")
+
+    def finish(self) -> None:
+        wfile = self.__dict__.get("wfile")  # None unless a subclass made one
+        if wfile is not None:
+            with contextlib.suppress(OSError):  # the client may be gone
+                wfile.close()  # flushes first
+        self.rfile.close()
+        why = f" ({self.stop_reason})" if self.stop_reason else ""
+        self.server.closed_log.note(
+            "%s: closed after %d request(s)%s", self.peer, self.requests, why
+        )
+
+    def line_received(self, request: bytes) -> None:
+        """Answer one request line (its line ending dropped) with one reply line."""
+        reply = request_error(request)
+        if reply is None:
+            reply = self.time_reply()
+        else:
+            self.server.count_error(reply)
+        if self.debug:
+            logger.debug("%s: %r -> %r", self.peer, request, reply)
+        self.connection.sendall(reply)
+        self.requests += 1  # counted, so the server can see progress
+
+    def line_too_long(self, line: bytes) -> None:
+        """A line went past the limit: there is no telling where the next starts."""
+        self.close_with(LINE_TOO_LONG)
+
+    def time_reply(self) -> bytes:
+        """The clock's time as a reply line, or ERR if the clock fails.
+
+        Never a made-up time; the failure is logged in one line.
+        """
+        try:
+            return self.reply()
+        except Exception as exc:
+            logger.error("%s: cannot read the clock: %r", self.peer, exc)
+            self.server.count_error(CLOCK_UNAVAILABLE)
+            return CLOCK_UNAVAILABLE
+
+    def close_with(self, line: bytes) -> None:
+        """Send a last line and make sure it arrives before the connection closes.
+
+        Closing a socket with unread input makes Linux send a reset that can
+        overtake the line, so the input is drained first, for a bounded time.
+        """
+        logger.debug("%s: closing with %r", self.peer, line)
+        self.server.count_error(line)
+        self.connection.sendall(line)
+        self.connection.shutdown(socket.SHUT_WR)
+        drain(self.connection, self.server.linger)
+
+    def expire(self, reason: str, grace: float) -> None:
+        """Cut the connection short; called from another thread (the server's).
+
+        Complete lines already received are still answered, then the handler
+        says why and closes. Still here `grace` seconds later (the client does
+        not read), the connection is reset.
+        """
+        if self.stop_reason is None:
+            self.stop_reason = reason
+            self.deadline = time.monotonic() + grace
+            try:
+                self.connection.shutdown(socket.SHUT_RD)  # wakes the blocked read
+            except OSError:
+                pass
+        else:
+            abort(self.connection)
+
+
+class TimeServer(
+    SettingsMixIn,
+    ConnectionRegistry,
+    ThreadPoolMixIn,
+    AcceptBackoffMixIn,
+    AnyAddressMixIn,
+    socketserver.TCPServer,
+):
+    """A threading TCP server for the time protocol, with limits on every client.
+
+    A connection may send a line of at most `max_line` bytes and must finish
+    each line within `idle_timeout` seconds; at most `max_connections` are
+    served at once, and one more gets ``ERR busy``. Settings of its own:
+    max_line, clock (any callable returning an aware datetime), send_buffer.
+    """
+
+    settings: tuple[str, ...] = ("max_line", "clock", "send_buffer")
+    max_line = MAX_LINE_BYTES  # longest request line, line ending not counted
+    clock: Clock = local_now
+    send_buffer = 64 * 1024  # replies the kernel holds for a client that reads slowly
+    allow_reuse_address = True  # restart at once on the same port
+    request_queue_size = socket.SOMAXCONN
+
+    def __init__(
+        self,
+        server_address: tuple,
+        handler_class: type[TimeRequestHandler] = TimeRequestHandler,
+        bind_and_activate: bool = True,
+        **settings: Any,
+    ) -> None:
+        super().__init__(server_address, handler_class, bind_and_activate, **settings)
+
+    def socket_options(self) -> None:
+        # Accepted connections inherit the listening socket's buffer size.
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.send_buffer)
+        if capabilities.SOCKETS_ARE_FILES:
+            # Connections already waiting are accepted in the same wake-up,
+            # until accept() fails (ThreadPoolMixIn). Only the descriptor
+            # stops blocking: the socket object keeps no timeout, so that
+            # handle_request() still waits; handlers make theirs blocking.
+            os.set_blocking(self.socket.fileno(), False)
+        super().socket_options()
+
+    def server_close(self) -> None:
+        """Close in this order, each step once: stop listening; tell the
+        handlers to answer what they have and close, and close the sockets
+        being drained; end the idle threads and join every thread; wait for
+        the watchdog; log what the summarised logs hold."""
+        self.socket.close()
+        self.expire_connections()
+        self.join_threads()
+        self.join_watchdog()
+        self.flush_logs()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """Log a failed connection; a client that resets or vanishes is ordinary."""
+        exc = sys.exc_info()[1]
+        if isinstance(exc, OSError):
+            logger.debug("%s: %s", format_address(client_address), exc)
+        else:
+            logger.exception("%s: unexpected error", format_address(client_address))

@@ -1,0 +1,72 @@
+"""The protocols that answer and are done: the server that answers on TCP
+connect, and the handler that sends a protocol's few bytes over TCP or to a
+datagram's sender. Nothing at all when the clock fails: RFC 868 says never
+to send a wrong time, and no made-up time goes out on any protocol."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import socketserver
+
+from ..clock.system import Clock, local_now
+from ..transport.base import AdmissionMixIn, AnyAddressMixIn, SettingsMixIn
+from ..transport.pool import AcceptBackoffMixIn
+from ..wire.addresses import format_address
+from .line import TimeServer
+
+logger = logging.getLogger(__name__)
+
+
+def clock_failed(handler: socketserver.BaseRequestHandler, exc: Exception) -> None:
+    logger.error(
+        "%s: cannot read the clock: %r", format_address(handler.client_address), exc
+    )
+
+
+class AnswerHandler(socketserver.BaseRequestHandler):
+    """Sends answer(clock): on a TCP connection, which the server then closes,
+    or to a datagram's sender. Nothing at all if the clock fails."""
+
+    @staticmethod
+    def answer(clock: Clock) -> bytes:
+        raise NotImplementedError
+
+    def handle(self) -> None:
+        try:
+            data = self.answer(self.server.clock)  # type: ignore[attr-defined]
+        except Exception as exc:
+            clock_failed(self, exc)
+            return
+        self.server.answered += 1  # type: ignore[attr-defined]
+        if isinstance(self.request, tuple):  # a datagram: (data, socket, time)
+            self.request[1].sendto(data, self.client_address)
+        else:
+            self.request.sendall(data)
+
+
+class OneShotServer(
+    SettingsMixIn,
+    AdmissionMixIn,
+    AcceptBackoffMixIn,
+    AnyAddressMixIn,
+    socketserver.TCPServer,
+):
+    """A TCP server for protocols that answer on connect, then close: Daytime, Time.
+
+    The answer is a few bytes into a new socket's empty buffer, which cannot
+    block, so the serving thread sends it itself: no thread per connection
+    and no connection left open to cap. Settings: clock, and AdmissionMixIn's.
+    """
+
+    settings: tuple[str, ...] = ("clock",)
+    clock: Clock = local_now
+    allow_reuse_address = True
+    request_queue_size = socket.SOMAXCONN
+
+    handle_error = TimeServer.handle_error
+
+    def server_close(self) -> None:
+        """Stop listening, log what the logs hold."""
+        self.socket.close()
+        self.flush_logs()

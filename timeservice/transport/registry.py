@@ -1,0 +1,338 @@
+"""The stream servers' registry of open connections: the caps in all, per
+address and per IPv6 /64, the idle deadlines kept by a watchdog thread, the
+refused drained within the open-file limit, and a clean close."""
+
+from __future__ import annotations
+
+import collections
+import logging
+import socket
+import socketserver
+import struct
+import threading
+import time
+from typing import Any
+
+from ..host import capabilities
+from ..policy.access import NETWORK_FACTOR, address_key, network_key
+from ..policy.logs import BoundedLog
+from ..wire.line import error_line
+from .base import AdmissionMixIn
+
+logger = logging.getLogger(__name__)
+
+
+IDLE_TIMEOUT = 60.0
+
+
+MAX_CONNECTIONS = 512
+
+
+MAX_PER_HOST = 64  # an eighth of the default cap: one host alone cannot fill it
+
+
+MIN_CONNECTIONS = 128
+
+
+RESERVED_FILES = 32  # for the listening socket, standard streams, logging
+
+
+WATCHDOG_THREAD = "timeservice watchdog"  # the thread that keeps the deadlines
+
+
+def connection_cap(requested: int) -> int:
+    """Lower the cap to what the open-file limit leaves room for, but not below 128."""
+    soft = capabilities.open_file_limit()
+    if soft is None:
+        return requested
+    return min(requested, max(MIN_CONNECTIONS, soft - RESERVED_FILES))
+
+
+def socket_budget(connections: int) -> int:
+    """How many sockets a server may hold at once, those it serves and those it
+    drains after a refusal: what the open-file limit leaves (twice the cap
+    where there is none)."""
+    soft = capabilities.open_file_limit()
+    return 2 * connections if soft is None else soft - RESERVED_FILES
+
+
+def abort(sock: socket.socket) -> None:
+    """Wake a thread blocked on `sock`, and make its close a reset.
+
+    A reset frees the replies queued for a client that does not read them,
+    where a normal close would keep them in the kernel for minutes.
+    """
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    except OSError:
+        pass  # a plain close then; the shutdown below still wakes the thread
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+
+
+def drain(sock: socket.socket, seconds: float, chunk: int = 4096) -> None:
+    """Read and discard input until EOF or for at most `seconds`."""
+    deadline = time.monotonic() + seconds
+    while (remaining := deadline - time.monotonic()) > 0:
+        sock.settimeout(remaining)
+        try:
+            if not sock.recv(chunk):
+                return
+        except OSError:
+            return
+
+
+def drained(sock: socket.socket, most: int = 16, chunk: int = 4096) -> bool:
+    """Discard what a non-blocking socket has received; True once at EOF or failed."""
+    for _ in range(most):
+        try:
+            if not sock.recv(chunk):
+                return True
+        except BlockingIOError:
+            return False
+        except OSError:
+            return True
+    return False
+
+
+class ConnectionRegistry(AdmissionMixIn, socketserver.TCPServer):
+    """Knows every open connection: the caps, the idle deadlines, a clean close.
+
+    At most `max_connections` are open at once, at most `max_per_host` from
+    one address and `max_per_network` from one IPv6 /64 (None for no such
+    limit).
+    Methods that may be overridden: refuse(request, client_address, reason)
+    answers a connection that cannot be served; sweep(now) keeps the
+    deadlines. It extends verify_request() and shutdown_request(), and
+    gives server_close() its steps expire_connections() and
+    join_watchdog(); handlers call track(handler) once they run and
+    count_error(line) for each ERR line they send.
+
+    The deadlines are kept by a watchdog thread that runs while any
+    connection is open, so they hold however the program serves:
+    serve_forever(), handle_request(), or between shutdown() and
+    server_close(). The handlers only count their answers and read no clock.
+    """
+
+    settings: tuple[str, ...] = (
+        "max_connections",
+        "max_per_host",
+        "max_per_network",
+        "idle_timeout",
+        "linger",
+        "shutdown_grace",
+        "sweep_interval",
+    )
+    max_connections = MAX_CONNECTIONS  # one more gets ERR busy
+    max_per_host: int | None = MAX_PER_HOST  # one more from the address: ERR busy
+    max_per_network: int | None = NETWORK_FACTOR * MAX_PER_HOST  # from the /64
+    idle_timeout = IDLE_TIMEOUT  # seconds a client has for each request line
+    linger = 0.5  # seconds a closing connection is drained, then reset
+    shutdown_grace = 1.0  # seconds handlers have to finish after server_close()
+    sweep_interval = 0.1  # how often the watchdog looks at the deadlines
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        requested = self.max_connections
+        self.max_connections = connection_cap(requested)
+        self.max_sockets = socket_budget(self.max_connections)
+        if self.max_connections < requested:
+            logger.warning(
+                "open-file limit allows %d connections, not %d",
+                self.max_connections,
+                requested,
+            )
+        self._lock = threading.Lock()
+        self._connections: dict[socket.socket, Any] = {}  # the handler, once it runs
+        self._keys_of: dict[socket.socket, list[str]] = {}  # addresses, networks
+        self._per_key: dict[str, int] = {}  # connections open by each
+        self.errors: collections.Counter[str] = collections.Counter()
+        self._draining: dict[socket.socket, float] = {}  # refused, until EOF or then
+        self.closed_log = BoundedLog("connection(s) closed")
+        self._watchdog: threading.Thread | None = None
+        self._wake = threading.Event()
+        self._closing = False
+        super().__init__(*args, **kwargs)
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        """Admit a connection while under the caps; refuse it with ``ERR busy``."""
+        if not super().verify_request(request, client_address):
+            return False
+        limits = self._limits(client_address)
+        with self._lock:
+            over = [c for k, n, c in limits if self._per_key.get(k, 0) >= n]
+            if len(self._connections) >= self.max_connections:
+                cause = "busy"
+            elif over:
+                cause = over[0]
+            elif not self._watch():
+                cause = "busy"
+            else:
+                self._connections[request] = None
+                if limits:
+                    keys = self._keys_of[request] = [key for key, _, _ in limits]
+                    for key in keys:
+                        self._per_key[key] = self._per_key.get(key, 0) + 1
+                return True
+        self.count_refusal(cause, client_address)
+        self.refuse(request, client_address, "busy")
+        return False
+
+    def _limits(self, client_address: Any) -> list[tuple[str, int, str]]:
+        """The counts a connection from `client_address` adds to: each key,
+        its limit and the cause of a refusal over it."""
+        limits = []
+        if self.max_per_host is not None:
+            limits.append((address_key(client_address), self.max_per_host, "per_host"))
+        if self.max_per_network is not None:
+            network = network_key(client_address)
+            if network is not None:
+                limits.append((network, self.max_per_network, "per_network"))
+        return limits
+
+    def denied(self, request: Any, client_address: Any) -> None:
+        """The line protocol says why: ``ERR not allowed``."""
+        self.refuse(request, client_address, "not allowed")
+
+    def count_error(self, line: bytes) -> None:
+        """Count an ERR line sent, by its reason."""
+        with self._lock:
+            self.errors[line[4:-1].decode()] += 1
+
+    def statistics(self) -> dict[str, Any]:
+        with self._lock:  # answered and the open handlers' counts together
+            counts = super().statistics()
+            counts["requests"] += sum(
+                handler.requests
+                for handler in self._connections.values()
+                if handler is not None
+            )
+            counts["errors"] = dict(self.errors)
+            counts["open_connections"] = len(self._connections)
+        return counts
+
+    def refuse(self, request: Any, client_address: Any, reason: str) -> None:
+        """Answer ``ERR reason`` and close, without the serving loop waiting.
+
+        The socket is drained by the watchdog until the client closes or
+        `linger` runs out: closing it with unread input would send a reset
+        that can overtake the line. Sockets being drained count against the
+        open-file limit with those served (`max_sockets`): past it, what has
+        already come is drained and the socket closed at once, so that a
+        flood of refused clients cannot take the descriptors that the next
+        refusal needs.
+        """
+        try:  # a new socket's buffer is empty: this does not block
+            request.sendall(error_line(reason))
+            request.shutdown(socket.SHUT_WR)
+            request.setblocking(False)
+        except OSError:
+            pass
+        with self._lock:
+            self._forget(request)
+            held = len(self._connections) + len(self._draining)
+            if held < self.max_sockets and self._watch():
+                self._draining[request] = time.monotonic() + self.linger
+                return
+        drained(request)  # what has come so far, so that the close is no reset
+        request.close()
+
+    def service_actions(self) -> None:
+        super().service_actions()
+        self.closed_log.flush()
+
+    def track(self, handler: Any) -> None:
+        """Give a running handler its deadline, and let the watchdog see it."""
+        with self._lock:
+            handler.deadline = time.monotonic() + self.idle_timeout
+            self._connections[handler.request] = handler
+            if self._closing:
+                handler.expire("server shutting down", self.shutdown_grace)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._lock:  # after this, no other thread touches the socket
+            self._forget(request)
+            if request in self._draining:
+                return  # the watchdog closes it
+        super().shutdown_request(request)
+
+    def sweep(self, now: float) -> None:
+        """Move the deadlines of connections that answered; cut off the overdue."""
+        with self._lock:
+            for handler in self._connections.values():
+                if handler is None:
+                    continue
+                if (
+                    handler.requests != handler.requests_seen
+                    and not handler.stop_reason
+                ):
+                    handler.requests_seen = handler.requests
+                    handler.deadline = now + self.idle_timeout
+                elif handler.deadline < now:
+                    handler.expire("timeout", self.linger)
+            for sock, deadline in list(self._draining.items()):
+                if deadline < now or drained(sock):
+                    del self._draining[sock]
+                    sock.close()
+
+    def expire_connections(self) -> None:
+        """Tell every handler to answer what it has and close (``ERR server
+        shutting down``), and close the sockets being drained; a step of
+        server_close()."""
+        with self._lock:
+            self._closing = True
+            for handler in self._connections.values():
+                if handler is not None:
+                    handler.expire("server shutting down", self.shutdown_grace)
+            for sock in self._draining:
+                sock.close()
+            self._draining.clear()
+
+    def join_watchdog(self) -> None:
+        """Wait for the watchdog to see the handlers out; a step of server_close()."""
+        watchdog = self._watchdog
+        if watchdog is not None and getattr(self, "block_on_close", True):
+            self._wake.set()
+            watchdog.join()
+
+    def flush_logs(self) -> None:
+        super().flush_logs()
+        self.closed_log.flush(force=True)
+
+    def _forget(self, request: Any) -> None:
+        """Take a connection out of the counts (the lock is held)."""
+        handler = self._connections.pop(request, None)
+        if handler is not None:
+            self.answered += handler.requests
+        for key in self._keys_of.pop(request, ()):
+            left = self._per_key[key] - 1
+            if left:
+                self._per_key[key] = left
+            else:
+                del self._per_key[key]
+
+    def _watch(self) -> bool:
+        """Make sure the watchdog runs (the lock is held); False if it cannot."""
+        if self._watchdog is None:
+            watchdog = threading.Thread(
+                target=self._keep_deadlines, name=WATCHDOG_THREAD
+            )
+            watchdog.daemon = True
+            try:
+                watchdog.start()
+            except RuntimeError as exc:  # out of threads
+                logger.warning("cannot start the watchdog thread: %s", exc)
+                return False
+            self._watchdog = watchdog
+        return True
+
+    def _keep_deadlines(self) -> None:
+        while True:
+            if self._wake.wait(self.sweep_interval):
+                self._wake.clear()
+            self.sweep(time.monotonic())
+            with self._lock:
+                if not self._connections and not self._draining:
+                    self._watchdog = None
+                    return
