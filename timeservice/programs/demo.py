@@ -72,13 +72,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     with server:
         announce(server)
+        # Daemon threads, the server's too: whenever a Ctrl-C comes, even
+        # inside a start(), nothing is left that keeps the program running.
         serving = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": POLL_INTERVAL}
+            target=server.serve_forever,
+            kwargs={"poll_interval": POLL_INTERVAL},
+            daemon=True,
         )
-        serving.start()
         try:
-            # Daemon threads: after a Ctrl-C, a client still waiting on its
-            # answer does not keep the program from ending.
+            serving.start()
             clients = [
                 threading.Thread(target=ask, args=(i,), daemon=True)
                 for i in range(args.clients)
@@ -88,8 +90,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             for thread in clients:
                 thread.join()
         finally:  # stop serving before the socket closes, even on Ctrl-C
-            server.shutdown()
-            serving.join()
+            if serving.is_alive():
+                server.shutdown()
+                serving.join()
 
     failed = 0
     for number, answer in enumerate(answers, 1):
