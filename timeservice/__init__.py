@@ -13,4 +13,4 @@ if sys.version_info < (3, 10):  # noqa: UP036
         f"timeservice needs Python 3.10 or newer; this is {sys.version.split()[0]}"
     )
 
-__version__ = "1.0.0"
+__version__ = "2.0.0"
