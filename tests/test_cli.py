@@ -27,6 +27,7 @@ from timeservice import __version__
 from timeservice.client import TimeClient
 from timeservice.programs import client as client_program
 from timeservice.programs import server as server_program
+from timeservice.programs import server_options
 from timeservice.wire.line import parse_timestamp
 
 
@@ -345,3 +346,35 @@ def test_client_process_talks_to_a_server_process():
     assert len(lines) == 2
     for line in lines:
         parse_timestamp(line)
+
+
+@pytest.mark.parametrize(
+    "argv, environ, problem",
+    [
+        (["--max-line", "3"], {}, "--max-line must leave room for 'send time'"),
+        (["--max-per-network", "-1"], {}, "--max-per-network must be 0 or more"),
+        (["--local-stratum", "10"], {}, "--local-stratum goes with --ntp"),
+        (["--ntp", "0", "--upstream-id", "GPS"], {}, "--upstream-id goes with"),
+        (["--group", "nogroup"], {}, "--group goes with --user"),
+        (["--ntp", "123"], {"LISTEN_FDS": "1"}, "the sockets come from systemd"),
+        (["--ntp", "0", "--local-stratum", "10"], {}, None),
+    ],
+)
+def test_the_rules_between_the_servers_options(argv, environ, problem):
+    """The cross-option rules, one function, called without a command line."""
+    args = server_options.build_parser("server").parse_args(argv)
+    args.activated = "LISTEN_FDS" in environ
+    found = server_options.check_arguments(args)
+    assert found == problem or (problem is not None and problem in found)
+
+
+def test_the_servers_help_groups_its_options(capsys):
+    with pytest.raises(SystemExit):
+        server_options.build_parser("server").parse_args(["--help"])
+    out = capsys.readouterr().out
+    groups = ["where it listens:", "limits on every client:"]
+    groups += ["the standard protocols and NTP's clock:", "running it as a daemon:"]
+    assert all(group in out for group in groups)
+    options = out[out.index("\noptions:") :]
+    assert options.index("  --allow") > options.index("limits on every client:")
+    assert options.index("  --workers") > options.index("running it as a daemon:")

@@ -107,6 +107,24 @@ def test_a_closed_pipe_ends_the_demo_quietly():
     demo.stderr.close()
 
 
+@on_posix
+@pytest.mark.slow
+def test_a_closed_pipe_ends_the_client_and_skew_quietly(start_server):
+    server = start_server()
+    where = "{}:{}".format(*server.server_address[:2])
+    buffered = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    for module, args in (
+        ("timeservice.client", [where, "-n", "3000", "--offset"]),  # more than a pipe
+        ("timeservice.skew", [where, where]),  # all at the end, in one write
+    ):
+        asking = program(module, *args, env=buffered)  # a pipe buffers output
+        asking.stdout.close()  # as `| head -0` does
+        assert asking.wait(TIMEOUT) == 141, module
+        err = asking.stderr.read()
+        asking.stderr.close()
+        assert "Traceback" not in err and "Exception ignored" not in err, err
+
+
 # One line for each mistake
 
 

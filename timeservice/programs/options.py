@@ -59,7 +59,9 @@ def program(main: Callable[..., int]) -> Callable[..., int]:
     @functools.wraps(main)
     def run(argv: Sequence[str] | None = None) -> int:
         try:
-            return main(argv)
+            status = main(argv)
+            sys.stdout.flush()  # a closed pipe fails here, where it is handled
+            return status
         except KeyboardInterrupt:
             print(file=sys.stderr)  # the line the ^C was typed on ends
             return 128 + signal.SIGINT
