@@ -15,12 +15,16 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
+from timeservice.clock.system import local_now
+from timeservice.policy.access import AccessList
 from timeservice.server import TimeServer
+from timeservice.wire import ntp
 from timeservice.wire.line import parse_timestamp
 
 # No read in the tests waits longer than this. It only bounds a hang, so it
@@ -33,6 +37,21 @@ STARTUP = re.compile(r"Serving time on (\S+) port (\d+) \.\.\.\n")
 needs_sigterm = pytest.mark.skipif(
     sys.platform == "win32", reason="stops a server with SIGTERM (POSIX)"
 )
+on_linux = pytest.mark.skipif(
+    not sys.platform.startswith("linux"),
+    reason="clients from 127.0.0.2 and up: all of 127/8 is loopback on Linux",
+)
+
+# Derandomised, so that CI runs the same cases every time; no deadline, as
+# the machine is shared; no database of failures left in the tree.
+settings.register_profile(
+    "timeservice",
+    derandomize=True,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.load_profile("timeservice")
 
 
 def timestamp(line: bytes) -> datetime:
@@ -279,3 +298,89 @@ def connect():
     yield open_connection
     for connection in opened:
         connection.close()
+
+
+@pytest.fixture
+def serve(serving):
+    """Start a server class on `host`, port 0, served as `serving` serves them;
+    a class that takes no handler is given `handler=None`."""
+
+    def start(server_class, handler, host="127.0.0.1", **settings):
+        if handler is None:
+            return serving(server_class((host, 0), **settings))
+        return serving(server_class((host, 0), handler, **settings))
+
+    return start
+
+
+def port_of(server) -> int:
+    return server.server_address[1]
+
+
+def ntp_port_of(process: subprocess.Popen) -> int:
+    """The NTP port a server process says it serves, from its start-up lines."""
+    for _ in range(3):
+        line = process.stdout.readline()
+        if line.startswith("Serving NTP on"):
+            return int(line.split(" port ")[1].split()[0])
+    raise AssertionError(f"no NTP start-up line: {line!r}")
+
+
+def read_all(sock: socket.socket) -> bytes:
+    data = b""
+    while chunk := sock.recv(4096):
+        data += chunk
+    return data
+
+
+@contextlib.contextmanager
+def datagram_from(source: str) -> Iterator[socket.socket]:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(TIMEOUT)
+        sock.bind((source, 0))
+        yield sock
+
+
+@contextlib.contextmanager
+def oneshot_server(reply: bytes):
+    """A TCP server that sends `reply` to one connection and closes."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        listener.settimeout(TIMEOUT)
+
+        def serve():
+            conn, _ = listener.accept()
+            with conn:
+                conn.sendall(reply)
+
+        thread = threading.Thread(target=serve)
+        thread.start()
+        try:
+            yield listener.getsockname()[1]
+        finally:
+            thread.join(TIMEOUT)
+
+
+def access(allow=(), deny=()) -> AccessList:
+    return AccessList.from_options(allow, deny)
+
+
+def reply_to(request: bytes, **fields) -> bytes:
+    """An NTP server's reply to `request`, with `fields` set as a test needs."""
+    base = {
+        "leap": 0, "version": 4, "mode": 4, "stratum": 2, "poll": 0, "precision": -20,
+        "root_delay": 0, "root_dispersion": 0, "reference_id": bytes(4),
+        "reference": 0, "origin": ntp.Packet.unpack(request).transmit,
+        "receive": 1 << 32, "transmit": 2 << 32,
+    }  # fmt: skip
+    return ntp.Packet(**{**base, **fields}).pack()
+
+
+def shifted(shift: timedelta, stall=None):
+    """A server clock `shift` ahead of this machine's, optionally slow to answer."""
+
+    def clock():
+        if stall is not None:
+            stall()
+        return local_now() + shift
+
+    return clock

@@ -24,13 +24,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
-from conftest import (
-    ROOT,
-    TIMEOUT,
-    readline_within,
-    server_process,
-    signal_launched,
-)
+from conftest import ROOT, TIMEOUT, readline_within, server_process, signal_launched
 
 from timeservice.clock import kernel as kernelclock
 from timeservice.wire import ntp

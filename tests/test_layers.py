@@ -1,6 +1,7 @@
 """The shape of the package, kept: which layer may import which (the rule in
 docs/design.md), no import circle, wire formats without sockets, threads or
-clock, a client that loads no server code, and files one can read."""
+clock, a client that loads no server code, files one can read, and tests
+laid out as the layers are."""
 
 from __future__ import annotations
 
@@ -172,3 +173,17 @@ def test_the_client_side_loads_no_server_code(face):
         or layer_of(m) in {"transport", "servers", "operations", "programs", "policy"}
     ]
     assert server_side == []
+
+
+def test_the_tests_are_laid_out_as_the_layers():
+    """Each folder of tests is a layer of the package, and every layer has
+    one; what crosses them all stays in tests/ itself."""
+    folders = {
+        path.name
+        for path in (ROOT / "tests").iterdir()
+        if path.is_dir() and any(path.glob("test_*.py"))
+    }
+    layers = {
+        path.name for path in PACKAGE.iterdir() if (path / "__init__.py").exists()
+    }
+    assert folders == layers

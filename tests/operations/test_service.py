@@ -13,8 +13,7 @@ import threading
 from collections.abc import Iterator
 
 import pytest
-from conftest import ROOT, TIMEOUT, bounded, udp_socket
-from test_datagram import ntp_port_of
+from conftest import ROOT, TIMEOUT, bounded, ntp_port_of, udp_socket
 
 from timeservice.operations import service
 from timeservice.server import TimeHandler, TimeServer

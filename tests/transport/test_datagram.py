@@ -17,7 +17,9 @@ from conftest import (
     TIMEOUT,
     bounded,
     free_port,
+    ntp_port_of,
     one_line,
+    port_of,
     replies,
     udp_socket,
 )
@@ -46,20 +48,6 @@ from timeservice.transport.local import SERVED_PORTS, LocalAddresses
 from timeservice.wire import ntp
 
 LOOPBACK_ONLY = AccessList.from_options(["127.0.0.0/8", "::1"], [])
-
-
-@pytest.fixture
-def serve(serving):
-    """Start a server class on `host`, port 0; conftest's `serving` stops it."""
-
-    def start(server_class, handler, host="127.0.0.1", **settings):
-        return serving(server_class((host, 0), handler, **settings))
-
-    return start
-
-
-def port_of(server) -> int:
-    return server.server_address[1]
 
 
 def spoof(source_port: int, port: int, payload: bytes) -> None:
@@ -125,14 +113,6 @@ def ntp_service(*options: str) -> subprocess.Popen:
         stderr=subprocess.PIPE,
         text=True,
     )
-
-
-def ntp_port_of(process: subprocess.Popen) -> int:
-    for _ in range(3):
-        line = process.stdout.readline()
-        if line.startswith("Serving NTP on"):
-            return int(line.split(" port ")[1].split()[0])
-    raise AssertionError(f"no NTP start-up line: {line!r}")
 
 
 @pytest.mark.slow

@@ -12,17 +12,11 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import (
-    ROOT,
-    TIMEOUT,
-    one_line,
-    readline_within,
-)
+from conftest import ROOT, TIMEOUT, one_line, oneshot_server, readline_within
 
 from timeservice import client
 from timeservice.programs import client as client_program
@@ -173,28 +167,9 @@ def test_an_old_python_is_told_which_it_needs(version):
 # A server's bytes, printed
 
 
-@contextlib.contextmanager
-def saying(text: bytes) -> Iterator[int]:
-    """A TCP port that sends `text` to one connection, then closes it."""
-    with socket.create_server(("127.0.0.1", 0)) as listener:
-        listener.settimeout(TIMEOUT)
-
-        def serve() -> None:
-            conn, _ = listener.accept()
-            with conn:
-                conn.sendall(text)
-
-        thread = threading.Thread(target=serve)
-        thread.start()
-        try:
-            yield listener.getsockname()[1]
-        finally:
-            thread.join(TIMEOUT)
-
-
 def test_what_a_server_sends_is_printed_escaped_and_bounded(capsys):
     hostile = b"\x1b[2J\x1b]0;owned\x07" + b"A" * 4000 + b"\r\n"
-    with saying(hostile) as port:
+    with oneshot_server(hostile) as port:
         assert (
             client_program.main(["--protocol", "daytime", "127.0.0.1", str(port)]) == 0
         )
@@ -267,7 +242,7 @@ def test_a_reply_in_another_protocol_is_named(serving, start_server):
     with pytest.raises(client.ReplyError, match="4 bytes that are not an NTP reply"):
         client.ask_ntp("127.0.0.1", time_server.server_address[1], timeout=1)
     stamp = rfc868.encode(1_800_000_000)
-    with saying(stamp) as port:
+    with oneshot_server(stamp) as port:
         with client.TimeClient("127.0.0.1", port) as asking:
             with pytest.raises(client.ReplyError, match="after 4 bytes that are not"):
                 asking.get_time()

@@ -1,39 +1,24 @@
-"""Every parser of what comes from outside, given anything at all: it returns a
-value or raises its documented error, nothing else; and what is built from
-values reads back as those values."""
+"""Every wire format given anything at all: it returns a value or raises its
+documented error, nothing else; and what is built from values reads back."""
 
 from __future__ import annotations
 
-import ipaddress
-import os
-import string
 from datetime import datetime, timedelta, timezone
 
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
-from timeservice import client, skew
 from timeservice.clock import claims
 from timeservice.clock import system as system_clock
-from timeservice.operations import systemd
-from timeservice.policy.access import AccessList, address_key, network_key, parse_subnet
-from timeservice.wire import addresses, daytime, ntp, rfc868
+from timeservice.wire import daytime, ntp, rfc868
 from timeservice.wire import line as protocol
 
-# Derandomised, so that CI runs the same cases every time; no deadline, as
-# the machine is shared; no database of failures left in the tree.
-settings.register_profile(
-    "timeservice",
-    derandomize=True,
-    deadline=None,
-    database=None,
-    suppress_health_check=[HealthCheck.too_slow],
-)
-settings.load_profile("timeservice")
-
 S = 1_000_000_000
+
 NOW = 1_796_000_000 * S  # 2026-11-30, nanoseconds since 1970
+
 STATE = claims.server_state(None, 10, -20)
+
 ports = st.integers(0, 65535)
 
 
@@ -202,90 +187,3 @@ def test_any_reply_line_is_a_timestamp_or_a_reply_error(line):
 def test_a_timestamp_reads_back(moment):
     text = protocol.format_timestamp(moment)
     assert protocol.parse_timestamp(text) == moment
-
-
-# Subnets, addresses, targets
-
-
-@given(st.text(max_size=50))
-def test_any_text_is_a_subnet_or_a_value_error(text):
-    try:
-        network = parse_subnet(text)
-    except ValueError:
-        return
-    assert parse_subnet(str(network)) == network
-
-
-@given(st.ip_addresses(), st.integers(0, 128))
-def test_a_subnet_reads_back_and_holds_its_addresses(address, prefix):
-    # An IPv4-mapped client is matched as the IPv4 address it is (by design).
-    assume(getattr(address, "ipv4_mapped", None) is None)
-    prefix = min(prefix, address.max_prefixlen)
-    network = ipaddress.ip_network((address, prefix), strict=False)
-    assert parse_subnet(str(network)) == network
-    assert AccessList([(network, True)]).allows(str(address))
-    assert not AccessList([(network, False)]).allows(str(address))
-
-
-@given(st.ip_addresses(v=6))
-def test_an_ipv6_client_is_its_address_within_its_slash_64(address):
-    key = address_key((str(address), 1, 0, 0))
-    network = network_key((str(address), 1, 0, 0))
-    if address.ipv4_mapped is not None:
-        assert key == str(address.ipv4_mapped) and network is None
-    else:
-        assert ipaddress.ip_address(key) in ipaddress.ip_network(network)
-
-
-@given(st.text(max_size=40))
-def test_any_text_is_a_target_or_a_value_error(text):
-    try:
-        target = skew.parse_target(text)
-    except ValueError:
-        return
-    assert target.protocol in client.PORTS and target.host and 0 <= target.port <= 65535
-
-
-hosts = st.one_of(
-    st.ip_addresses(v=4).map(str),
-    st.ip_addresses(v=6).map(lambda a: f"[{a}]"),
-    st.text(string.ascii_lowercase + string.digits + ".-", min_size=1, max_size=30),
-)
-
-
-@given(st.sampled_from(sorted(client.PORTS)), hosts, st.one_of(st.none(), ports))
-def test_a_target_reads_back(protocol_name, host, port):
-    text = f"{protocol_name}://{host}" + ("" if port is None else f":{port}")
-    target = skew.parse_target(text)
-    assert target.host == host.strip("[]")
-    assert target.port == (client.PORTS[protocol_name] if port is None else port)
-    assert addresses.split_host_port(text.split("://")[1]) == (host.strip("[]"), port)
-
-
-# systemd's variables
-
-numbers = st.one_of(st.integers(0, 10**6).map(str), st.text(max_size=8))
-
-
-@given(numbers, numbers, st.text(max_size=30))
-def test_any_activation_variables_are_sockets_or_one_activation_error(
-    count, pid, names
-):
-    if pid.strip() == str(os.getpid()):
-        pid = "1"  # never this process's: it would take the test's descriptors
-    environ = {"LISTEN_FDS": count, "LISTEN_PID": pid, "LISTEN_FDNAMES": names}
-    try:
-        systemd.inherited_sockets(environ)
-    except systemd.ActivationError:
-        pass
-    assert "LISTEN_FDS" not in environ  # taken out, whatever they said
-
-
-@given(numbers, st.one_of(st.none(), numbers))
-def test_any_watchdog_variables_are_a_timeout_or_none(usec, pid):
-    environ = {"WATCHDOG_USEC": usec}
-    if pid is not None:
-        environ["WATCHDOG_PID"] = pid
-    seconds = systemd.watchdog_seconds(environ)
-    assert seconds is None or seconds > 0
-    assert environ == {}

@@ -1,5 +1,5 @@
-"""timeservice.skew: the intersection worked by hand, then many servers at once,
-shifted with faketime, and programs nobody here wrote among them."""
+"""timeservice.skew on the wire, among servers shifted with faketime and
+programs nobody here wrote."""
 
 from __future__ import annotations
 
@@ -30,207 +30,8 @@ from conftest import (
 from timeservice.clock import kernel as kernelclock
 from timeservice.programs import skew as skew_program
 from timeservice.server import NtpServer, TimeServer
-from timeservice.skew import (
-    CRITICAL,
-    OK,
-    UNKNOWN,
-    WARNING,
-    Failure,
-    Reading,
-    Target,
-    intersection,
-    judge,
-    parse_target,
-)
+from timeservice.skew import CRITICAL, OK, UNKNOWN
 from timeservice.wire import ntp
-
-# Targets
-
-
-@pytest.mark.parametrize(
-    "text, protocol, host, port",
-    [
-        ("192.0.2.1", "line", "192.0.2.1", 8037),
-        ("192.0.2.1:9000", "line", "192.0.2.1", 9000),
-        ("ntp://time.example", "ntp", "time.example", 123),
-        ("ntp://[2001:db8::1]:123", "ntp", "2001:db8::1", 123),
-        ("time://[2001:db8::1]", "time", "2001:db8::1", 37),
-        ("daytime://host:13", "daytime", "host", 13),
-        ("line://[::1]:8037", "line", "::1", 8037),
-    ],
-)
-def test_targets(text, protocol, host, port):
-    assert parse_target(text) == Target(text, protocol, host, port)
-
-
-@pytest.mark.parametrize(
-    "text, problem",
-    [
-        ("smtp://host", "unknown protocol 'smtp'"),
-        ("2001:db8::1", "brackets"),
-        ("ntp://[2001:db8::1", "brackets"),
-        ("ntp://[2001:db8::1]x", "brackets"),
-        ("ntp://:123", "no host"),
-        ("host:http", "not a port number: 'http'"),
-        ("host:65536", "not a port number"),
-    ],
-)
-def test_bad_targets(text, problem):
-    with pytest.raises(ValueError, match=re.escape(problem)):
-        parse_target(text)
-
-
-# The intersection, RFC 5905 section 11.2.1, by hand
-
-
-@pytest.mark.parametrize(
-    "intervals, expected",
-    [
-        # One target: its own interval.
-        ([(-1, 1)], (-1, 1)),
-        # Two that overlap: what they share.
-        ([(-1, 1), (0, 2)], (0, 1)),
-        # Two that do not: no majority of two.
-        ([(0, 1), (2, 3)], None),
-        # Two that touch at one point: no interval of any width.
-        ([(0, 1), (1, 2)], None),
-        # Three, one far off: f = 0 fails (no point is in all three); with
-        # f = 1 the scans stop at 0 (two lows) and 1 (two highs), and one
-        # midpoint (A's, at 0) lies outside: 1 <= f.
-        ([(-1, 1), (0, 2), (10, 12)], (0, 1)),
-        # Nested: all three share [0.5, 0.6], but two midpoints (0, 0) lie
-        # outside it, more than f = 0 allows; with f = 1 the interval is
-        # the outer two's [-1, 1].
-        ([(-10, 10), (-1, 1), (0.5, 0.6)], (-1, 1)),
-        # Two against two: no majority.
-        ([(0, 1), (0.5, 1.5), (10, 11), (10.5, 11.5)], None),
-        # Three against two: with f = 2 the scans stop at 1 and 2, and the
-        # two midpoints met on the way (11, 10.5) are no more than f.
-        ([(0, 2), (0.5, 2.5), (1, 3), (10, 11), (10.5, 11.5)], (1, 2)),
-        # The same with narrower three: [0.8, 1] would be shared by three,
-        # but four midpoints (0.5, 1.4, 10.5, 11) lie outside it, more than
-        # f = 2. RFC 5905 asks more than Marzullo's algorithm here: no majority.
-        ([(0, 1), (0.5, 1.5), (0.8, 2), (10, 11), (10.5, 11.5)], None),
-        # Ties: the same interval three times.
-        ([(0, 1), (0, 1), (0, 1)], (0, 1)),
-        # Three touching the same point and a fourth holding it: the point
-        # has no width, so the widest agreement that has some is kept.
-        ([(-1, 0), (0, 1), (-2, 2)], (-1, 1)),
-    ],
-)
-def test_the_intersection_by_hand(intervals, expected):
-    assert intersection(intervals) == expected
-
-
-def reading(name: str, offset: float, bound: float = 0.001) -> Reading:
-    return Reading(Target(name, "line", name, 8037), offset, bound, bound * 2)
-
-
-def test_a_falseticker_is_named_and_spoils_nothing_else():
-    readings = [
-        reading("a", 0.0),
-        reading("b", 0.003),
-        reading("c", -0.002),
-        reading("d", 5.0),
-    ]
-    verdict = judge(readings, warning=0.1, critical=1.0)
-    assert [r.target.text for r in verdict.false] == ["d"]
-    # Each interval is at least +-10 ms wide (the tolerance): [-0.01, 0.01],
-    # [-0.007, 0.013], [-0.012, 0.008] share [-0.007, 0.008], and all three
-    # midpoints lie inside it; d's [4.99, 5.01] misses it.
-    assert verdict.majority == pytest.approx((-0.007, 0.008))
-    assert verdict.distance == 0  # zero is inside it
-    assert verdict.skew == pytest.approx(5.002 - 0.002)  # c to d, less both bounds
-    assert verdict.status == CRITICAL
-    assert verdict.summary.startswith("d is at least 5.000000 s ahead of c;")
-    assert "falseticker d" in verdict.summary
-    without = judge(readings[:3], warning=0.1, critical=1.0)
-    assert without.status == OK and without.false == ()
-    assert without.skew == pytest.approx(0.005 - 0.002)
-
-
-def test_the_thresholds():
-    # 0.5 s apart, bounds of 1 ms: with a tolerance of 1 s they agree,
-    # and they are at least 0.498 s apart.
-    two = [reading("a", 0.0), reading("b", 0.5)]
-    assert judge(two, 0.6, 1.0, tolerance=1.0).status == OK
-    assert judge(two, 0.4, 1.0, tolerance=1.0).status == WARNING
-    assert judge(two, 0.1, 0.4, tolerance=1.0).status == CRITICAL
-    assert judge(two, 0.1, 0.4, tolerance=1.0).skew == pytest.approx(0.498)
-    # Bounds wider than the skew prove nothing: no alarm.
-    vague = [reading("a", 0.0, 0.6), reading("b", 0.5, 0.6)]
-    assert judge(vague, 0.1, 0.4).skew == 0
-    assert judge(vague, 0.1, 0.4).status == OK
-    # Agreeing among themselves, but far from this clock: [1.991, 2.01].
-    far = [reading("a", 2.0), reading("b", 2.001)]
-    verdict = judge(far, warning=0.1, critical=1.0)
-    assert verdict.status == CRITICAL
-    assert verdict.distance == pytest.approx(1.991)
-    assert "this clock is at least 1.991000 s off the majority" in verdict.summary
-
-
-def test_two_targets_agree_only_if_each_is_inside_the_others_interval():
-    # RFC 5905's midpoint rule: [-0.3, 0.3] and [0.2, 0.8] overlap, but
-    # neither offset lies in the other's interval.
-    assert (
-        judge([reading("a", 0.0, 0.3), reading("b", 0.5, 0.3)], 1, 2).majority is None
-    )
-    # The tolerance widens narrow bounds: 5 ms apart agree at 10 ms, not at 1 ms.
-    close = [reading("a", 0.0, 0.0001), reading("b", 0.005, 0.0001)]
-    assert judge(close, 1, 2).majority == pytest.approx((-0.005, 0.01))
-    assert judge(close, 1, 2, tolerance=0.001).status == UNKNOWN
-
-
-def test_nothing_answered_is_unknown():
-    down = Failure(Target("a", "line", "a", 1), "unreachable", "connection refused")
-    assert judge([down], 0.1, 1.0).status == UNKNOWN
-    assert judge([], 0.1, 1.0).status == UNKNOWN
-
-
-def test_without_a_majority_the_status_follows_the_skew_proven():
-    # Which of two is wrong cannot be told; that they are apart can.
-    split = [reading("a", 0.0), reading("b", 1.0)]
-    verdict = judge(split, 0.1, 1.0)
-    assert verdict.status == WARNING
-    assert verdict.summary.startswith("no majority: the 2 answers do not agree; ")
-    assert "b is at least 0.99" in verdict.summary
-    assert verdict.skew == pytest.approx(1.0, abs=0.01)
-    far = judge([reading("a", 0.0), reading("b", 10.0)], 0.1, 1.0)
-    assert far.status == CRITICAL and far.skew == pytest.approx(10.0, abs=0.01)
-    assert "skew=9.99" in skew_program.status_line(far, 0.1, 1.0)
-
-
-def test_one_target_agrees_with_itself():
-    verdict = judge([reading("a", 0.25)], 0.1, 1.0)
-    assert verdict.majority == pytest.approx((0.24, 0.26))
-    assert verdict.skew == 0.0
-    assert verdict.status == WARNING  # this clock is at least 0.24 s from it
-    assert (
-        "largest skew among those that agree: none (one target)"
-        in skew_program.report(verdict)
-    )
-
-
-def test_an_unreachable_target_is_reported_and_spoils_nothing():
-    down = Failure(Target("x", "ntp", "x", 123), "unreachable", "no answer within 1 s")
-    verdict = judge([reading("a", 0.0), down, reading("b", 0.001)], 0.1, 1.0)
-    assert verdict.status == OK
-    assert verdict.summary.endswith("1 without a reading")
-    rows = skew_program.report(verdict)
-    assert rows[2].split() == [
-        "x",
-        "ntp",
-        "-",
-        "-",
-        "-",
-        "unreachable",
-        "(no",
-        "answer",
-        "within",
-        "1",
-        "s)",
-    ]
-
 
 # On the wire
 
@@ -417,6 +218,7 @@ needs_faketime = pytest.mark.skipif(
     shutil.which("faketime") is None and FAKETIME_LIBRARY is None,
     reason="needs faketime (Debian: faketime; scripts/test installs it as root)",
 )
+
 SERVING_NTP = re.compile(r"Serving NTP on \S+ port (\d+)")
 
 

@@ -1,0 +1,54 @@
+"""The line client after an error."""
+
+from __future__ import annotations
+
+import threading
+from datetime import datetime, timezone
+
+import pytest
+from conftest import TIMEOUT, timestamp
+
+from timeservice.client import TimeClient
+from timeservice.wire.errors import ReplyError
+
+
+def test_after_a_timeout_the_client_does_not_read_the_late_answer(start_server):
+    released = threading.Event()
+    old = datetime(2000, 1, 1, tzinfo=timezone.utc)
+
+    def clock():
+        if not released.is_set():
+            released.wait(TIMEOUT)
+            return old  # the late answer to the request that timed out
+        return datetime.now(timezone.utc)
+
+    server = start_server(clock=clock)
+    time_client = TimeClient(*server.server_address[:2], timeout=0.2)
+    with time_client:
+        with pytest.raises(TimeoutError):
+            time_client.get_time()
+        released.set()
+        with pytest.raises(ValueError, match="closed after an error"):
+            time_client.get_time()
+        time_client.connect()  # a fresh connection: no late answer on it
+        assert datetime.fromisoformat(time_client.get_time()) > old
+
+
+def test_after_an_err_reply_the_client_must_connect_again(start_server):
+    failing = threading.Event()
+    failing.set()
+
+    def clock():
+        if failing.is_set():
+            raise OSError("no clock")
+        return datetime.now(timezone.utc)
+
+    server = start_server(clock=clock)
+    with TimeClient(*server.server_address[:2]) as time_client:
+        with pytest.raises(ReplyError, match="clock unavailable"):
+            time_client.measure_offset(3)
+        with pytest.raises(ValueError, match="closed after an error"):
+            time_client.get_time()
+        failing.clear()
+        time_client.connect()
+        timestamp(f"{time_client.get_time()}\n".encode())

@@ -1,0 +1,87 @@
+"""Access lists by hand: the most specific subnet wins; whom a client counts as."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+from conftest import access
+
+from timeservice.policy.access import AccessList, address_key, network_key, parse_subnet
+
+
+@pytest.mark.parametrize(
+    "allow, deny, expected",
+    [
+        # allow alone: only these
+        (["192.0.2.0/24"], [], {"192.0.2.7": True, "198.51.100.1": False}),
+        # deny alone: everyone else
+        ([], ["192.0.2.0/24"], {"192.0.2.7": False, "198.51.100.1": True}),
+        # the most specific subnet wins, either way round
+        (
+            ["192.0.2.0/24", "192.0.2.128"],
+            ["192.0.2.128/25"],
+            {"192.0.2.1": True, "192.0.2.129": False, "192.0.2.128": True},
+        ),
+        (
+            ["10.0.0.0/8"],
+            ["10.1.0.0/16"],
+            {"10.2.3.4": True, "10.1.3.4": False, "11.0.0.1": False},
+        ),
+        # the same subnet in both: the deny wins
+        (["192.0.2.0/24"], ["192.0.2.0/24"], {"192.0.2.7": False}),
+        # IPv6, and IPv4 as a dual-stack socket writes it
+        (
+            ["2001:db8::/32"],
+            ["2001:db8:1::/48"],
+            {
+                "2001:db8:2::1": True,
+                "2001:db8:1::1": False,
+                "2001:db8:1::1%eth0": False,
+                "::ffff:192.0.2.7": False,
+            },
+        ),
+        ([], ["192.0.2.7"], {"::ffff:192.0.2.7": False, "::ffff:192.0.2.8": True}),
+        # host bits in a subnet are ignored, as chrony ignores them
+        (["192.0.2.77/24"], [], {"192.0.2.1": True}),
+    ],
+)
+def test_the_most_specific_subnet_wins(allow, deny, expected):
+    rules = access(allow, deny)
+    assert {host: rules.allows(host) for host in expected} == expected
+
+
+def test_for_the_same_subnet_the_later_rule_wins():
+    net = ipaddress.ip_network("192.0.2.0/24")
+    assert not AccessList([(net, True), (net, False)]).allows("192.0.2.1")
+    assert AccessList([(net, False), (net, True)]).allows("192.0.2.1")
+
+
+def test_answers_are_remembered_for_a_bounded_number_of_addresses():
+    rules = access(["192.0.2.0/24"])
+    rules.remembered = 3
+    hosts = [f"192.0.2.{n}" for n in range(5)] + ["198.51.100.1"]
+    assert [rules.allows(h) for h in hosts] == [True] * 5 + [False]
+    assert len(rules._answers) <= 3
+    assert [rules.allows(h) for h in hosts] == [True] * 5 + [False]  # the same
+
+
+def test_a_subnet_that_is_not_one_is_refused():
+    with pytest.raises(ValueError, match="not an IPv4 or IPv6 subnet: '192.0.2.0/33'"):
+        parse_subnet("192.0.2.0/33")
+
+
+@pytest.mark.parametrize(
+    "address, key, network",
+    [
+        (("192.0.2.7", 1), "192.0.2.7", None),
+        (("2001:db8::1", 1, 0, 0), "2001:db8::1", "2001:db8::/64"),
+        (("2001:db8::ffff:1", 5), "2001:db8::ffff:1", "2001:db8::/64"),
+        (("::ffff:192.0.2.7", 1, 0, 0), "192.0.2.7", None),
+        (("fe80::1%lo", 5, 0, 1), "fe80::1", "fe80::/64"),
+    ],
+)
+def test_a_client_is_its_address_and_an_ipv6_one_its_slash_64_too(
+    address, key, network
+):
+    assert (address_key(address), network_key(address)) == (key, network)

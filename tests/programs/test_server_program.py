@@ -1,0 +1,138 @@
+"""The server's command line with the standard protocols."""
+
+from __future__ import annotations
+
+import errno
+import json
+import re
+import socket
+import subprocess
+import sys
+
+import pytest
+from conftest import (
+    ROOT,
+    TIMEOUT,
+    one_line,
+    readline_within,
+    server_process,
+    udp_socket,
+)
+
+from timeservice.programs import opening
+from timeservice.programs import server as server_program
+from timeservice.server import OneShotServer
+
+
+def test_the_server_process_serves_every_protocol_asked_for():
+    options = ("--daytime", "0", "--time", "0", "--ntp", "0", "--local-stratum", "10")
+    with server_process("0", *options) as (process, _):
+        lines = [readline_within(process.stdout) for _ in range(3)]
+        ports = {}
+        for line, name, how in zip(
+            lines,
+            ("daytime", r"time \(RFC 868\)", "NTP"),
+            (r"\(TCP, UDP\)", r"\(TCP, UDP\)", r"\(UDP\)"),
+            strict=True,
+        ):
+            found = re.fullmatch(
+                rf"Serving {name} on 127\.0\.0\.1 port (\d+) {how} \.\.\.\n", line
+            )
+            assert found, line
+            ports[name] = int(found[1])
+        for argv in (
+            ["--protocol", "daytime", "--udp"],
+            ["--protocol", "time"],
+            ["--protocol", "ntp"],
+        ):
+            port = ports[
+                {"daytime": "daytime", "time": r"time \(RFC 868\)", "ntp": "NTP"}[
+                    argv[1]
+                ]
+            ]
+            result = run_client(
+                *argv, "127.0.0.1", str(port), "--offset", "--json", "--burst"
+            )
+            assert result.returncode == 0, result.stderr
+            figures = json.loads(result.stdout)
+            assert abs(figures["offset"]) <= figures["error"]
+        process.terminate()
+        assert process.wait(TIMEOUT) == 0
+        log = process.stderr.read()
+    assert "NTP: answering as stratum 10" in log
+    assert "Traceback" not in log
+
+
+def run_client(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "timeservice.client", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+def test_the_server_says_why_a_standard_port_cannot_be_had(capsys):
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        port = taken.getsockname()[1]
+        assert server_program.main(["0", "--ntp", str(port)]) == 1
+    err = one_line(capsys.readouterr().err)
+    assert f"cannot listen on 127.0.0.1 port {port}: Address already in use" in err
+
+
+@pytest.mark.parametrize(
+    "argv, problem",
+    [
+        (["--local-stratum", "10"], "--local-stratum goes with --ntp"),
+        (["--ntp", "0", "--local-stratum", "16"], "--local-stratum"),
+        (["--daytime", "70000"], "not a port number"),
+    ],
+)
+def test_the_server_rejects_bad_protocol_options(capsys, argv, problem):
+    with pytest.raises(SystemExit) as exited:
+        server_program.main(argv)
+    assert exited.value.code == 2
+    assert problem in capsys.readouterr().err
+
+
+def test_a_udp_port_taken_for_daytime_is_one_line(capsys):
+    with socket.create_server(("127.0.0.1", 0)) as tcp:
+        port = tcp.getsockname()[1]  # free for TCP; now take it for UDP
+        try:
+            taken = udp_socket(port=port)
+        except OSError:
+            pytest.skip("the UDP port of the same number is in use")
+    with taken:
+        assert server_program.main(["0", "--daytime", str(port)]) == 1
+    err = one_line(capsys.readouterr().err)
+    assert f"cannot listen on 127.0.0.1 port {port}: Address already in use" in err
+
+
+def test_port_0_tries_again_when_udp_is_taken(monkeypatch, capsys):
+    def taken(*args, **kwargs):
+        raise OSError(errno.EADDRINUSE, "Address already in use")
+
+    monkeypatch.setattr(opening, "DatagramServer", taken)
+    assert server_program.main(["0", "--time", "0"]) == 1
+    assert "no port free for both TCP and UDP on 127.0.0.1" in one_line(
+        capsys.readouterr().err
+    )
+
+
+def test_when_one_service_cannot_listen_the_others_are_closed(monkeypatch, capsys):
+    opened = []
+    real = OneShotServer
+
+    def recording(*args, **kwargs):
+        server = real(*args, **kwargs)
+        opened.append(server)
+        return server
+
+    monkeypatch.setattr(opening, "OneShotServer", recording)
+    with udp_socket() as taken:
+        port = str(taken.getsockname()[1])
+        assert server_program.main(["0", "--daytime", "0", "--ntp", port]) == 1
+    assert opened and all(server.socket.fileno() == -1 for server in opened)
+    assert "cannot listen" in one_line(capsys.readouterr().err)
