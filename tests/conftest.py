@@ -54,6 +54,20 @@ settings.register_profile(
 settings.load_profile("timeservice")
 
 
+@pytest.fixture(autouse=True, scope="session")
+def ctrl_c_as_from_a_terminal() -> Iterator[None]:
+    """The tests press Ctrl-C (SIGINT) as a terminal would. A shell starts a
+    background job with SIGINT ignored, and the programs a test starts would
+    inherit that and never hear it; so the session hears SIGINT as Python's
+    default has it while it runs."""
+    ignored = signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    if ignored:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    if ignored:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def timestamp(line: bytes) -> datetime:
     """The moment a reply line carries; fails the test if it is anything else."""
     assert line.endswith(b"\n"), line
