@@ -17,17 +17,22 @@ from ..clients.line import DEFAULT_HOST, DEFAULT_TIMEOUT, TimeClient, shown
 from ..clients.offset import Estimate, Sample, estimate, verdict
 from ..clients.sampling import (
     NTP_SAMPLES,
-    NTP_SPACING,
     OFFSET_SAMPLES,
     spacing,
     take_samples,
 )
 from ..clients.standard import PORTS, ask_daytime, ask_ntp, ask_time, local_timestamp
-from ..wire import ntp
 from ..wire.addresses import format_address, split_host_port
 from ..wire.errors import ReplyError
 from ..wire.line import DEFAULT_PORT
-from .options import port_number, positive, program, program_name, seconds
+from .options import (
+    add_sampling_arguments,
+    port_number,
+    positive,
+    program,
+    program_name,
+    seconds,
+)
 
 
 def printable(text: str, most: int = 256) -> str:
@@ -161,20 +166,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="with --offset: print the estimate as one line of JSON instead",
     )
-    parser.add_argument(
-        "--burst",
-        action="store_true",
-        help=f"send NTP requests back to back, for a server you run yourself "
-        f"(default: {NTP_SPACING:g} s apart, as servers expect of a client)",
-    )
-    parser.add_argument(
-        "--max-distance",
-        type=seconds,
-        default=ntp.MAX_DISTANCE,
-        metavar="SECONDS",
-        help="refuse an NTP server whose root distance is more "
-        "(default: %(default)s, RFC 5905's MAXDIST)",
-    )
+    add_sampling_arguments(parser)
     parser.add_argument(
         "--timeout",
         type=seconds,

@@ -15,6 +15,8 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
+from ..clients.sampling import NTP_SPACING
+from ..wire import ntp
 from ..wire.addresses import format_address
 
 T = TypeVar("T")
@@ -113,6 +115,25 @@ def add_address_arguments(parser: argparse._ActionsContainer, port: int) -> None
         type=port_number,
         default=port,
         help="port to listen on, 0 for any free port (default: %(default)s)",
+    )
+
+
+def add_sampling_arguments(parser: argparse._ActionsContainer) -> None:
+    """--burst and --max-distance: how NTP servers are asked, and which of
+    their answers are believed, for the client and the skew check alike."""
+    parser.add_argument(
+        "--burst",
+        action="store_true",
+        help=f"send NTP requests back to back, for a server you run yourself "
+        f"(default: {NTP_SPACING:g} s apart, as servers expect of a client)",
+    )
+    parser.add_argument(
+        "--max-distance",
+        type=seconds,
+        default=ntp.MAX_DISTANCE,
+        metavar="SECONDS",
+        help="refuse an NTP server whose root distance is more "
+        "(default: %(default)s, RFC 5905's MAXDIST)",
     )
 
 

@@ -12,7 +12,6 @@ from collections.abc import Sequence
 
 from .. import __version__
 from ..clients.line import DEFAULT_TIMEOUT
-from ..clients.sampling import NTP_SPACING
 from ..clients.selection import (
     STATUS,
     TOLERANCE,
@@ -24,8 +23,7 @@ from ..clients.selection import (
     largest_skew,
 )
 from ..clients.targets import Asking, measure_all, parse_target
-from ..wire import ntp
-from .options import positive, program, program_name, seconds
+from .options import add_sampling_arguments, positive, program, program_name, seconds
 
 
 def performance_data(verdict: Verdict, warning: float, critical: float) -> str:
@@ -181,20 +179,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="SECONDS",
         help="limit for each exchange (default: %(default)s)",
     )
-    parser.add_argument(
-        "--burst",
-        action="store_true",
-        help=f"send NTP requests back to back, for servers you run yourself "
-        f"(default: {NTP_SPACING:g} s apart, as servers expect of a client)",
-    )
-    parser.add_argument(
-        "--max-distance",
-        type=seconds,
-        default=ntp.MAX_DISTANCE,
-        metavar="SECONDS",
-        help="refuse an NTP target whose root distance is more "
-        "(default: %(default)s, RFC 5905's MAXDIST)",
-    )
+    add_sampling_arguments(parser)
     parser.add_argument(
         "--parallel",
         type=positive(int),
