@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from conftest import ROOT, TIMEOUT, one_line, oneshot_server, readline_within
 
 from timeservice import client
 from timeservice.programs import client as client_program
-from timeservice.programs import opening, server_options
+from timeservice.programs import demo, opening, options, server_options
 from timeservice.programs import server as server_program
 from timeservice.programs import skew as skew_program
 from timeservice.server import TimeHandler
@@ -57,6 +58,43 @@ def test_ctrl_c_ends_the_demo_at_once_without_a_traceback():
             demo.kill()
         _, err = demo.communicate(timeout=TIMEOUT)
     assert "Traceback" not in err
+
+
+def test_a_ctrl_c_inside_a_held_block_comes_when_the_block_ends():
+    reached = []
+    with pytest.raises(KeyboardInterrupt):
+        with options.ctrl_c_held():
+            signal.raise_signal(signal.SIGINT)
+            reached.append("the rest of the block")
+    assert reached == ["the rest of the block"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_held_block_leaves_an_ignored_ctrl_c_ignored(monkeypatch):
+    monkeypatch.setattr(signal, "getsignal", lambda signum: signal.SIG_IGN)
+    with options.ctrl_c_held():
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+
+
+def test_a_ctrl_c_while_the_demo_starts_serving_waits_until_it_serves(
+    monkeypatch, capsys
+):
+    started = []
+    real_start = threading.Thread.start
+
+    def start_on_ctrl_c(thread: threading.Thread) -> None:
+        if not started:  # the first thread the demo starts serves
+            signal.raise_signal(signal.SIGINT)
+            real_start(thread)
+            started.append(thread)
+        else:
+            real_start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", start_on_ctrl_c)
+    assert demo.main([]) == 130
+    [serving] = started
+    assert not serving.is_alive()  # shut down, not left on a closed socket
+    assert "Traceback" not in capsys.readouterr().err
 
 
 @contextlib.contextmanager

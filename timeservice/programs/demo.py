@@ -19,6 +19,7 @@ from .options import (
     add_address_arguments,
     announce,
     configure_logging,
+    ctrl_c_held,
     listen,
     positive,
     program,
@@ -73,14 +74,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     with server:
         announce(server)
         # Daemon threads, the server's too: whenever a Ctrl-C comes, even
-        # inside a start(), nothing is left that keeps the program running.
+        # inside a client's start(), nothing is left that keeps the program
+        # running.
         serving = threading.Thread(
             target=server.serve_forever,
             kwargs={"poll_interval": POLL_INTERVAL},
             daemon=True,
         )
         try:
-            serving.start()
+            with ctrl_c_held():  # started whole, so the finally knows it runs
+                serving.start()
             clients = [
                 threading.Thread(target=ask, args=(i,), daemon=True)
                 for i in range(args.clients)
@@ -90,9 +93,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             for thread in clients:
                 thread.join()
         finally:  # stop serving before the socket closes, even on Ctrl-C
-            if serving.is_alive():
-                server.shutdown()
-                serving.join()
+            with ctrl_c_held():
+                if serving.is_alive():
+                    server.shutdown()
+                    serving.join()
 
     failed = 0
     for number, answer in enumerate(answers, 1):

@@ -12,7 +12,9 @@ import os
 import signal
 import socketserver
 import sys
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from types import FrameType
 from typing import Any, TypeVar
 
 from ..clients.sampling import NTP_SPACING
@@ -76,6 +78,31 @@ def program(main: Callable[..., int]) -> Callable[..., int]:
             return 128 + signal.SIGPIPE if hasattr(signal, "SIGPIPE") else 1
 
     return run
+
+
+@contextlib.contextmanager
+def ctrl_c_held() -> Iterator[None]:
+    """Hold a Ctrl-C until the block ends, then deliver it.
+
+    Ctrl-C raises KeyboardInterrupt wherever the main thread happens to be,
+    even halfway through Thread.start(), after which nobody knows whether
+    the thread runs. A block that starts or stops a thread under this runs
+    whole. Outside the main thread, or where Ctrl-C is ignored or left to
+    the system, there is nothing to hold.
+    """
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGINT) if main_thread else None
+    if not callable(previous):
+        yield
+        return
+    held: list[tuple[int, FrameType | None]] = []
+    signal.signal(signal.SIGINT, lambda signum, frame: held.append((signum, frame)))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if held:
+        previous(*held[0])
 
 
 def port_number(text: str) -> int:
