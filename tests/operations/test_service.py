@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -178,4 +179,45 @@ def test_the_servers_of_a_service_stop_together():
     bounded(together.stop)
     serving.join(TIMEOUT)
     assert not serving.is_alive() and not stopping.broken
+    assert all(server.socket.fileno() == -1 for server in servers)
+
+
+def refuse_to_start(thread: threading.Thread) -> None:
+    raise AssertionError("a thread started from a signal handler")
+
+
+def test_a_stop_signal_starts_no_thread(monkeypatch):
+    """A handler runs between any two steps of the main thread, even inside
+    Thread.start(), holding threading's own lock: the stop it makes only
+    wakes the service, and the service stops at once."""
+    server = TimeServer(("127.0.0.1", 0))
+    together = service.Service([server])
+    with server, service.stop_on_signals(together.stop):
+        with monkeypatch.context() as patched:
+            patched.setattr(threading.Thread, "start", refuse_to_start)
+            signal.raise_signal(signal.SIGTERM)
+        together.serve_forever(0.5)  # stopped before it served
+        assert server.socket.fileno() == -1
+
+
+@pytest.mark.skipif(not hasattr(signal, "pthread_kill"), reason="POSIX signals")
+def test_a_stop_signal_to_the_serving_thread_ends_the_service():
+    servers = [TimeServer(("127.0.0.1", 0)) for _ in range(2)]
+    together = service.Service(servers)
+    main = threading.get_ident()
+
+    def stop_once_it_answers() -> None:
+        for server in servers:
+            address = server.server_address[:2]
+            with socket.create_connection(address, timeout=TIMEOUT) as conn:
+                conn.sendall(b"send time\n")
+                assert conn.recv(100).startswith(b"20")
+        signal.pthread_kill(main, signal.SIGINT)
+
+    asking = threading.Thread(target=stop_once_it_answers)
+    with service.stop_on_signals(together.stop):
+        asking.start()
+        together.serve_forever(0.5)
+    asking.join(TIMEOUT)
+    assert not asking.is_alive()
     assert all(server.socket.fileno() == -1 for server in servers)

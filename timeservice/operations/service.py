@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import select
 import signal
 import socket
 import socketserver
@@ -37,25 +38,31 @@ class Service:
     """Several servers in one process, watched and stopped together.
 
     serve_forever() serves each server in a thread of its own; stop(), from
-    any other thread, ends them all, and each server's server_close() then
-    finishes its clients. A server whose loop ends on its own (an exception
-    out of serve_forever(), or a shutdown() from elsewhere) ends the whole
-    service too, and serve_forever() then raises ServerStopped: a service
-    half serving is worse than one that stops and is restarted. watch()
-    calls a function, such as systemd's watchdog, only while every server's
-    loop still turns.
+    any other thread or a signal handler, ends them all, and each server's
+    server_close() then finishes its clients. A server whose loop ends on
+    its own (an exception out of serve_forever(), or a shutdown() from
+    elsewhere) ends the whole service too, and serve_forever() then raises
+    ServerStopped: a service half serving is worse than one that stops and
+    is restarted. watch() calls a function, such as systemd's watchdog,
+    only while every server's loop still turns.
     """
 
     def __init__(self, servers: Sequence[socketserver.BaseServer]) -> None:
         if not servers:
             raise ValueError("a service needs a server")
         self.servers = list(servers)
-        self._stopped = threading.Event()  # stop() was called
-        self._ended = threading.Event()  # a server's loop has ended
+        self._stopped = False  # stop() was called; a plain flag, set from signals
+        self._ended = threading.Event()  # serve_forever() is stopping its servers
+        # While serving, a byte on this pair wakes serve_forever(): from
+        # stop(), which may run in a signal handler and so takes no lock,
+        # or from a loop that ended.
+        self._wake: socket.socket | None = None
         self._failure: str | None = None
         self._watcher: tuple[float, Callable[[], None]] | None = None
 
     def serve_forever(self, poll_interval: float = 0.5) -> None:
+        waking, self._wake = socket.socketpair()
+        self._wake.setblocking(False)
         threads = [
             threading.Thread(
                 target=self._serve,
@@ -70,8 +77,10 @@ class Service:
             threads.append(threading.Thread(target=self._watch, daemon=True))
             threads[-1].start()
         try:
-            self._ended.wait()
+            if not self._stopped:  # a stop() before the pair existed
+                select.select([waking], [], [])
         finally:
+            self._ended.set()
             # Each shutdown() waits for its loop's next turn: all at once.
             stopping = [
                 threading.Thread(target=server.shutdown) for server in self.servers
@@ -82,13 +91,16 @@ class Service:
                 thread.join()
             for server in self.servers:
                 server.server_close()
+            waking.close()
+            self._wake.close()
         if self._failure is not None:
             raise ServerStopped(self._failure)
 
     def stop(self) -> None:
-        """End serve_forever(); not from a thread that one of the servers runs."""
-        self._stopped.set()
-        self._ended.set()
+        """End serve_forever(), from any thread but one the servers run, or
+        from a signal handler."""
+        self._stopped = True
+        self._wake_up()
 
     def watch(self, interval: float, beat: Callable[[], None]) -> None:
         """While serving, call `beat` every `interval` seconds, but only if every
@@ -102,10 +114,18 @@ class Service:
         except BaseException as exc:  # any end but a stop ends the service
             self._fail(f"{describe(server)} stopped: {exc!r}")
         else:
-            if not self._stopped.is_set():
+            if not self._stopped:
                 self._fail(f"{describe(server)} stopped serving")
         finally:
-            self._ended.set()
+            self._wake_up()
+
+    def _wake_up(self) -> None:
+        # Not yet serving, full (a byte is there already) or closed (serving
+        # is over): either way serve_forever() needs no more waking.
+        wake = self._wake
+        if wake is not None:
+            with contextlib.suppress(OSError):
+                wake.send(b"\0")
 
     def _fail(self, reason: str) -> None:
         if self._failure is None:
@@ -152,15 +172,14 @@ STOP_SIGNALS = [
 
 @contextlib.contextmanager
 def stop_on_signals(stop: Callable[[], None]) -> Iterator[None]:
-    """While in the block, SIGINT and SIGTERM call `stop` in a thread of its own.
-
-    A thread, because the signal handler runs in the thread that serves,
-    and socketserver's shutdown() waits for that very thread.
-    """
+    """While in the block, SIGINT and SIGTERM call `stop`, such as
+    Service.stop(), which only wakes the thread that then stops the servers:
+    a handler runs between any two steps of the main thread, which may
+    hold a lock the handler would wait for."""
 
     def on_signal(signum: int, frame: object) -> None:
         logger.info("%s received, shutting down", signal.Signals(signum).name)
-        threading.Thread(target=stop).start()
+        stop()
 
     previous = {sig: signal.signal(sig, on_signal) for sig in STOP_SIGNALS}
     try:
