@@ -14,7 +14,7 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -356,15 +356,20 @@ def datagram_from(source: str) -> Iterator[socket.socket]:
 
 
 @contextlib.contextmanager
-def oneshot_server(reply: bytes):
-    """A TCP server that sends `reply` to one connection and closes."""
+def oneshot_server(reply: bytes | Callable[[socket.socket], None]):
+    """A TCP server for one connection: it sends `reply`, or hands the
+    connection to it, and closes."""
     with socket.create_server(("127.0.0.1", 0)) as listener:
         listener.settimeout(TIMEOUT)
 
         def serve():
             conn, _ = listener.accept()
             with conn:
-                conn.sendall(reply)
+                conn.settimeout(TIMEOUT)
+                if callable(reply):
+                    reply(conn)
+                else:
+                    conn.sendall(reply)
 
         thread = threading.Thread(target=serve)
         thread.start()

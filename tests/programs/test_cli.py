@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import socket
@@ -10,7 +9,7 @@ import struct
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -20,6 +19,7 @@ from conftest import (
     listening_socket,
     needs_sigterm,
     one_line,
+    oneshot_server,
     server_process,
 )
 
@@ -248,26 +248,14 @@ def test_client_reports_an_err_reply(start_server, connect, capsys):
     )
 
 
-@contextlib.contextmanager
-def fake_server(behaviour: Callable[[socket.socket], None]) -> Iterator[int]:
+def fake_server(behaviour: Callable[[socket.socket], None]):
     """A server for one connection that reads the request, then acts as told."""
-    listener = socket.create_server(("127.0.0.1", 0))
-    listener.settimeout(TIMEOUT)
 
-    def serve() -> None:
-        conn, _ = listener.accept()
-        with conn:
-            conn.settimeout(TIMEOUT)
-            conn.recv(100)
-            behaviour(conn)
+    def answer(conn: socket.socket) -> None:
+        conn.recv(100)
+        behaviour(conn)
 
-    thread = threading.Thread(target=serve)
-    thread.start()
-    try:
-        yield listener.getsockname()[1]
-    finally:
-        thread.join(TIMEOUT)
-        listener.close()
+    return oneshot_server(answer)
 
 
 def send_reset(conn: socket.socket) -> None:

@@ -73,13 +73,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     with server:
         announce(server)
-        # Daemon threads, the server's too: whenever a Ctrl-C comes, even
-        # inside a client's start(), nothing is left that keeps the program
-        # running.
+        # The server's thread starts and stops whole, below; the clients'
+        # are daemons: whenever a Ctrl-C comes, even inside a client's
+        # start(), none is left that keeps the program running.
         serving = threading.Thread(
-            target=server.serve_forever,
-            kwargs={"poll_interval": POLL_INTERVAL},
-            daemon=True,
+            target=server.serve_forever, kwargs={"poll_interval": POLL_INTERVAL}
         )
         try:
             with ctrl_c_held():  # started whole, so the finally knows it runs
