@@ -92,13 +92,20 @@ SERVERS = {
 }
 
 
+# Where each server's code is: ROOT, but for --against's "before".
+TREES: dict[str, Path] = {}
+
+
 class Server:
     """One server process to benchmark, ended by its pid when done."""
 
     def __init__(self, name: str, command=None, line: str | None = r"port (\d+)"):
         self.name = name
         self.process = subprocess.Popen(
-            command or SERVERS[name], cwd=ROOT, stdout=subprocess.PIPE, text=True
+            command or SERVERS[name],
+            cwd=TREES.get(name, ROOT),
+            stdout=subprocess.PIPE,
+            text=True,
         )
         if line is None:  # the caller knows the address and when it is ready
             return
@@ -508,7 +515,7 @@ def start_ntp_server(name, workdir):
     chronyd has no rate limit unless its configuration sets one; -x leaves
     the system clock alone. It is ready once it answers.
     """
-    if name == "ours":
+    if name in ("ours", "before"):
         return Server(name, OURS_NTP, r"Serving NTP on \S+ port (\d+)")
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
         probe.bind(("127.0.0.1", 0))
@@ -603,21 +610,33 @@ def run(args):
     generator, label = choose_generator(workdir, args.python_load)
     if not hasattr(os, "fork"):
         SERVERS.pop("workers")
-    servers = list(SERVERS)
+    if args.against is not None:  # the same server from another checkout
+        TREES["before"] = args.against
+        SERVERS["before"] = SERVERS["ours"]
+        SERVER_NAMES["before"] = NTP_NAMES["before"] = "before"
+    wanted = (
+        set(args.only or SERVERS) | {"ours"} | ({"before"} if args.against else set())
+    )
+    servers = [name for name in SERVERS if name in wanted]
     memory_ok = raise_file_limit(IDLE_CONNECTIONS + 200)
     if not memory_ok:
         print(
             f"open-file limit too low for {MEMORY}; skipping that run", file=sys.stderr
         )
-    samples = {name: {server: [] for server in servers} for name, _, _ in WORKLOADS}
+    workloads = WORKLOADS if "tcp" in args.parts else []
+    memory_ok = memory_ok and "memory" in args.parts
+    samples = {name: {server: [] for server in servers} for name, _, _ in workloads}
     memory = {server: [] for server in servers}
-    ntp_servers = list(NTP_NAMES) if shutil.which("chronyd") else []
-    if not ntp_servers:
-        print("chronyd is not installed; no NTP row", file=sys.stderr)
+    ntp_servers = [n for n in NTP_NAMES if n in wanted | {"chronyd"}]
+    if not shutil.which("chronyd"):
+        print("chronyd is not installed; no chronyd row", file=sys.stderr)
+        ntp_servers.remove("chronyd")
+    if "ntp" not in args.parts:
+        ntp_servers = []
     ntp = {server: [] for server in ntp_servers}
     for number in range(args.rounds):
         order = servers[number % len(servers) :] + servers[: number % len(servers)]
-        for name, connections, mode in WORKLOADS:
+        for name, connections, mode in workloads:
             for server_name in order:
                 progress(number, args.rounds, SERVER_NAMES[server_name], name)
                 with Server(server_name) as server:
@@ -638,7 +657,8 @@ def run(args):
                 with Server(server_name) as server:
                     memory[server_name].append(idle_memory(server, IDLE_CONNECTIONS))
         name, clients, mode = NTP_WORKLOAD
-        for server_name in ntp_servers[number % 2 :] + ntp_servers[: number % 2]:
+        turn = number % max(1, len(ntp_servers))
+        for server_name in ntp_servers[turn:] + ntp_servers[:turn]:
             progress(number, args.rounds, NTP_NAMES[server_name], name)
             with start_ntp_server(server_name, workdir) as server:
                 ntp[server_name].append(
@@ -731,7 +751,7 @@ def summarise(args, generator, samples, memory, ntp):
         "ratios": ratios,
         "memory": memory_results,
         "ntp": ntp_results,
-        "ntp_ratio": compare(ntp_results, "chronyd").get("chronyd"),
+        "ntp_ratios": compare(ntp_results, "chronyd") if ntp_results else {},
     }
 
 
@@ -782,13 +802,18 @@ def table(report):
     for name, by_server in report["workloads"].items():
         for i, (server, r) in enumerate(by_server.items()):
             out.append(row(name if i == 0 else "", SERVER_NAMES[server], r))
-    peers = list(next(iter(report["ratios"].values())))
+    peers = list(next(iter(report["ratios"].values()), []))
     heading = "".join(f" {SERVER_NAMES[peer]:>12}" for peer in peers)
-    out += ["", f"{'timeservice req/s ÷ peer req/s':<34}{heading}"]
+    if peers:
+        out += ["", f"{'timeservice req/s ÷ peer req/s':<34}{heading}"]
     for name, by_peer in report["ratios"].items():
         out.append(
             f"{name:<34}" + "".join(f" {ratio(by_peer[p]['rps']):>12}" for p in peers)
         )
+    if "before" in peers:  # an A/B run: what the change costs, per reply
+        out += ["", f"{'timeservice CPU per reply ÷ before':<34}"]
+        for name, by_peer in report["ratios"].items():
+            out.append(f"{name:<34} {by_peer['before']['server_us']:>12.2f}x")
     if report["memory"]:
         heading = f"{MEMORY}, RSS"
         out += ["", f"{heading:<34} {'server':<12} {'idle MiB':>8} {'+ MiB':>7}"]
@@ -801,10 +826,16 @@ def table(report):
         out += ["", *HEADINGS]
         for i, (server, r) in enumerate(report["ntp"].items()):
             out.append(row(NTP_WORKLOAD[0] if i == 0 else "", NTP_NAMES[server], r))
-        out.append(
-            f"{'timeservice req/s ÷ chronyd req/s':<47}"
-            f" {ratio(report['ntp_ratio']['rps']):>8}"
-        )
+        for peer, figures in report["ntp_ratios"].items():
+            out.append(
+                f"{f'timeservice req/s ÷ {NTP_NAMES[peer]} req/s':<47}"
+                f" {ratio(figures['rps']):>8}"
+            )
+            if peer == "before":
+                out.append(
+                    f"{'timeservice CPU per reply ÷ before':<47}"
+                    f" {figures['server_us']:>7.2f}x"
+                )
     bad = sum(
         r["bad_replies"] for by in report["workloads"].values() for r in by.values()
     ) + sum(r["bad_replies"] for r in report["ntp"].values())
@@ -857,6 +888,26 @@ def main(argv=None):
         help="drive the load from Python processes, as where there is no C compiler",
     )
     parser.add_argument("--json", metavar="FILE", help="also write the figures to FILE")
+    parser.add_argument(
+        "--against",
+        type=Path,
+        metavar="TREE",
+        help="also measure the server of another checkout, as 'before', "
+        "interleaved with this one: an A/B run",
+    )
+    parser.add_argument(
+        "--only",
+        type=lambda text: text.split(","),
+        metavar="NAME,...",
+        help="only these servers besides ours: workers, seed, asyncio, c, chronyd",
+    )
+    parser.add_argument(
+        "--parts",
+        type=lambda text: set(text.split(",")),
+        default={"tcp", "memory", "ntp"},
+        metavar="PART,...",
+        help="what to measure: tcp, memory, ntp (default: all)",
+    )
     args = parser.parse_args(argv)
     args.argv = argv
     if args.quick:
