@@ -3,6 +3,7 @@ them, and the bounded endpoint."""
 
 from __future__ import annotations
 
+import contextlib
 import re
 import socket
 import struct
@@ -227,6 +228,26 @@ def test_the_endpoint_serves_a_bounded_number_of_connections(serving):
             break
     else:
         raise AssertionError("no place came free")
+
+
+@on_linux
+def test_one_address_holding_connections_leaves_scrapes_from_others(serving):
+    metrics = metrics_server(serving)
+    port = metrics.server_address[1]
+    holding = [connect_from_address(port, "127.0.0.1") for _ in range(64)]
+    try:
+        for sock in holding:  # half a request each, and then nothing
+            with contextlib.suppress(OSError):  # refused ones may be closed
+                sock.sendall(b"GET /metrics HTTP/1.0\r\n")
+        answered = [
+            http_get(port, source="127.0.0.2").startswith(b"HTTP/1.0 200 ")
+            for _ in range(5)
+        ]
+    finally:
+        for sock in holding:
+            sock.close()
+    assert answered == [True] * 5  # 2.0.0: 0 of 5
+    assert metrics.refused["per_host"] == 64 - 4
 
 
 def test_the_access_list_applies_to_the_metrics(serving):

@@ -14,6 +14,7 @@ from timeservice import client
 from timeservice.host import capabilities
 from timeservice.operations import cpu
 from timeservice.programs import server as server_program
+from timeservice.wire import ntp
 
 pytestmark = [
     needs_sigterm,
@@ -147,3 +148,28 @@ def test_worker_cpus():
         assert cpu.worker_cpus("auto", 3) == [cpus[0], cpus[1], cpus[2 % len(cpus)]]
     else:
         assert cpu.worker_cpus("auto", 2) == [None, None]
+
+
+@pytest.mark.slow
+def test_each_worker_keeps_its_own_limits_so_a_source_gets_up_to_n_times():
+    """Documented, and measured here: the kernel hands each datagram to
+    whichever worker reads first, and each has its own table."""
+    options = ("0", "--workers", "2", "--ntp", "0", "--local-stratum", "10", "-q")
+    with server_process(*options) as (process, _):
+        port = int(until(process.stdout, re.compile(r"NTP on \S+ port (\d+)"))[1])
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as flood:
+            flood.settimeout(0.3)
+            for _ in range(400):
+                flood.sendto(ntp.request_packet(0), ("127.0.0.1", port))
+            got = 0
+            for _ in range(1000):
+                try:
+                    flood.recv(512)
+                except TimeoutError:
+                    break
+                got += 1
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(TIMEOUT) == 0
+    print(f"two workers: {got} of 400 datagrams from one source got a reply")
+    # One worker's bound: its burst of 16 and what may go over at once (6).
+    assert 16 <= got <= 2 * (16 + 6)

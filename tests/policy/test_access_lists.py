@@ -7,7 +7,8 @@ import ipaddress
 import pytest
 from conftest import access
 
-from timeservice.policy.access import AccessList, address_key, network_key, parse_subnet
+from timeservice.policy.access import AccessList, parse_subnet
+from timeservice.policy.sources import address_key, network_key
 
 
 @pytest.mark.parametrize(

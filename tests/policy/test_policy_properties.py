@@ -7,7 +7,8 @@ import ipaddress
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from timeservice.policy.access import AccessList, address_key, network_key, parse_subnet
+from timeservice.policy.access import AccessList, parse_subnet
+from timeservice.policy.sources import address_key, network_key
 
 
 @given(st.text(max_size=50))

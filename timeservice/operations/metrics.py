@@ -60,6 +60,8 @@ def collect(servers: Sequence[socketserver.BaseServer]) -> list[Family]:
     errors: list[Sample] = []
     refused: list[Sample] = []
     open_connections: list[Sample] = []
+    sources: list[Sample] = []
+    leaked: list[Sample] = []
     for server in servers:
         labels = labels_of(server)
         counts = server.statistics()  # type: ignore[attr-defined]
@@ -70,6 +72,9 @@ def collect(servers: Sequence[socketserver.BaseServer]) -> list[Family]:
             refused.append(({**labels, "cause": cause}, count))
         if "open_connections" in counts:  # a server that keeps connections open
             open_connections.append((labels, counts["open_connections"]))
+        if "sources" in counts:  # a datagram server with its limits on
+            sources.append((labels, counts["sources"]))
+            leaked.append((labels, counts["leaked"]))
     families: list[Family] = [
         (
             "timeservice_requests_total",
@@ -95,6 +100,18 @@ def collect(servers: Sequence[socketserver.BaseServer]) -> list[Family]:
             "gauge",
             "Connections open on the line protocol.",
             open_connections,
+        ),
+        (
+            "timeservice_rate_limit_sources",
+            "gauge",
+            "Sources a UDP server's rate limit remembers (an IPv6 /64 is one).",
+            sources,
+        ),
+        (
+            "timeservice_leaked_total",
+            "counter",
+            "Datagrams answered over their source's limit, at random.",
+            leaked,
         ),
         (
             "timeservice_threads",

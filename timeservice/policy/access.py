@@ -1,9 +1,5 @@
 """Who may ask: access lists as chrony's ``allow`` and ``deny`` decide them,
-and whom a client counts as for the limits (its address, its IPv6 /64).
-
-An access list decides as chrony's does: the most specific subnet that holds
-the address wins.
-"""
+the most specific subnet that holds the address winning."""
 
 from __future__ import annotations
 
@@ -11,35 +7,6 @@ import ipaddress
 from collections.abc import Iterable
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-NETWORK_FACTOR = 4  # an IPv6 /64 may have this many times one address's share
-
-
-def address_key(address: tuple) -> str:
-    """Who a client is: its address as the kernel wrote it, an IPv4-mapped
-    IPv6 address as the IPv4 one, without an IPv6 scope."""
-    if ":" not in address[0]:  # IPv4 as the kernel wrote it: no parsing needed
-        return address[0]
-    host = ipaddress.IPv6Address(address[0].split("%")[0])
-    if host.ipv4_mapped is not None:
-        return str(host.ipv4_mapped)
-    return str(host)
-
-
-def network_key(address: tuple) -> str | None:
-    """The network a client shares a limit with: its IPv6 /64; None for IPv4.
-
-    A LAN is one /64, so its hosts must not share one address's limit; but
-    one host may hold a whole /64 and pick a new address for every request,
-    so the /64 has a limit of its own too, NETWORK_FACTOR times larger.
-    """
-    if ":" not in address[0]:
-        return None
-    host = ipaddress.IPv6Address(address[0].split("%")[0])
-    if host.ipv4_mapped is not None:
-        return None
-    return str(ipaddress.IPv6Network((host, 64), strict=False))
 
 
 def parse_subnet(text: str) -> Network:

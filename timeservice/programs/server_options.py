@@ -10,7 +10,8 @@ from collections.abc import Sequence
 
 from .. import __version__
 from ..host import capabilities
-from ..policy.access import NETWORK_FACTOR, parse_subnet
+from ..policy.access import parse_subnet
+from ..policy.sources import NETWORK_FACTOR
 from ..transport.registry import IDLE_TIMEOUT, MAX_CONNECTIONS, MAX_PER_HOST
 from ..wire import ntp
 from ..wire.addresses import split_host_port

@@ -24,8 +24,7 @@ from typing import Any
 
 from ..clock.system import Clock, local_now
 from ..host import capabilities
-from ..policy.access import NETWORK_FACTOR, address_key, network_key
-from ..policy.limits import RateLimiter
+from ..policy.sources import ANSWER, DROP, KISS, SourceLimits, Verdict
 from ..wire.addresses import format_address
 from .ancillary import (
     _PKTINFO_SPACE,
@@ -74,10 +73,15 @@ class DatagramServer(
 ):
     """A UDP server that limits replies per source and reads no more than a datagram.
 
-    Methods that may be overridden: over_limit(request, client_address),
-    what to answer a datagram over its source's limit when the limiter lets
-    the source be told (by default nothing: it is dropped).
-    Settings: rate, burst (None turns the limit off), min_source_port
+    Methods that may be overridden: verify_request(request, client_address),
+    as in socketserver, whether the source may ask at all;
+    admit(request, client_address), what the datagram gets (a Verdict:
+    ANSWER, DROP or KISS), by default verify_request() and then the
+    source's limits; over_limit(request, client_address), what to send a
+    datagram whose verdict is KISS (by default nothing). None of them
+    sends: the serving loop acts on the verdict.
+    Settings: rate, burst (None turns the limit off), limits (a
+    SourceLimits made with its own clock or settings), min_source_port
     (datagrams from lower ports are dropped, as inetd does against loops
     between services; port 0 is always dropped), loop_guard (drop datagrams
     from this host's addresses and the UDP ports this process serves, for
@@ -95,12 +99,14 @@ class DatagramServer(
     settings: tuple[str, ...] = (
         "rate",
         "burst",
+        "limits",
         "min_source_port",
         "loop_guard",
         "clock",
     )
     rate = 1.0  # replies per second per source, after the burst
     burst: int | None = 16  # replies a source may have at once
+    limits: SourceLimits | None = None  # made from rate and burst unless given
     min_source_port = 0
     loop_guard = True
     clock: Clock = local_now
@@ -124,13 +130,9 @@ class DatagramServer(
         self._served_port: int | None = None
         self._ancillary_space = 0  # what recvmsg() reads beside the data
         self._replies: dict[bytes, Reply] = {}  # by the address asked at
-        self.refusal: bytes | None = None  # see _handle_request_noblock()
         super().__init__(server_address, handler_class, bind_and_activate, **settings)
-        self.limiter = self.network_limiter = None
-        if self.burst is not None:
-            self.limiter = RateLimiter(self.rate, self.burst)
-            factor = NETWORK_FACTOR
-            self.network_limiter = RateLimiter(factor * self.rate, factor * self.burst)
+        if self.limits is None and self.burst is not None:
+            self.limits = SourceLimits(self.rate, self.burst)
         if self._served_port is None:  # not activated yet
             self._plain_reply = self.socket
 
@@ -225,12 +227,12 @@ class DatagramServer(
         waiting, then those already behind it, up to `batch` in all.
 
         socketserver's own loop serves one request per wake-up and sends
-        nothing for one that verify_request() refuses. Here verify_request()
-        decides, and for a refused datagram may leave in `refusal` what to
-        answer it with (NTP's Kiss-o'-Death); this loop sends that, and the
-        handlers send the answers, through the datagram's reply, every error
-        handled as handle_error() handles a request's. Datagrams are
-        answered in this thread: a reply costs less than starting a thread.
+        nothing for one that verify_request() refuses. Here admit() decides
+        what each datagram gets; the handler sends an answer, and this loop
+        sends a kiss (over_limit()'s), both through the datagram's reply,
+        every error handled as handle_error() handles a request's. Datagrams
+        are answered in this thread: a reply costs less than starting a
+        thread.
         """
         flags = 0
         for _ in range(self.batch):
@@ -239,11 +241,13 @@ class DatagramServer(
             except OSError:  # none waiting
                 return
             try:
-                if self.verify_request(request, client_address):
+                verdict = self.admit(request, client_address)
+                if verdict is ANSWER:
                     self.finish_request(request, client_address)
-                elif self.refusal is not None:
-                    answer, self.refusal = self.refusal, None
-                    request[1].sendto(answer, client_address)
+                elif verdict is KISS:
+                    kiss = self.over_limit(request, client_address)
+                    if kiss is not None:
+                        request[1].sendto(kiss, client_address)
             except Exception:
                 self.handle_error(request, client_address)
             if not _DONT_WAIT:  # no read that returns when none is waiting
@@ -251,8 +255,8 @@ class DatagramServer(
             flags = _DONT_WAIT
 
     def verify_request(self, request: Any, client_address: Any) -> bool:
-        """Decide; never send, never raise. A refused datagram is counted, and
-        what it is to be answered with, if anything, left in `refusal`."""
+        """Who may ask at all: the access list, the source port, the loop
+        guard. Decides and counts, never sends."""
         if not super().verify_request(request, client_address):
             return False
         port = client_address[1]
@@ -266,20 +270,23 @@ class DatagramServer(
         ):
             self.count_refusal("loop", client_address)
             return False
-        if self.limiter is None:
-            return True
-        key, now = address_key(client_address), time.monotonic()
-        if self.limiter.allow(key, now):
-            network, networks = network_key(client_address), self.network_limiter
-            if network is None or networks is None or networks.allow(network, now):
-                return True
-        self.count_refusal("rate_limited", client_address)
-        if self.limiter.kiss(key, now):
-            self.refusal = self.over_limit(request, client_address)
-        return False
+        return True
+
+    def admit(self, request: Any, client_address: Any) -> Verdict:
+        """What a datagram gets: nothing unless verify_request() lets its
+        source ask, then what its SourceLimits decide. Never sends."""
+        if not self.verify_request(request, client_address):
+            return DROP
+        limits = self.limits
+        if limits is None:
+            return ANSWER
+        verdict = limits.decide(client_address)
+        if verdict is not ANSWER:
+            self.count_refusal("rate_limited", client_address)
+        return verdict
 
     def over_limit(self, request: Any, client_address: Any) -> bytes | None:
-        """What to answer a datagram over its source's limit, or None."""
+        """What to send a datagram whose verdict is KISS, or None."""
         return None
 
     def drop(self, reason: str) -> None:
@@ -291,6 +298,9 @@ class DatagramServer(
         counts = super().statistics()
         with self._count_lock:
             counts["errors"] = dict(self.dropped)
+        if self.limits is not None:  # read without the serving thread's help
+            counts["sources"] = len(self.limits)
+            counts["leaked"] = self.limits.leaked
         return counts
 
     def handle_error(self, request: Any, client_address: Any) -> None:

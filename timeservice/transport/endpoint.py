@@ -4,8 +4,9 @@ http.server reads a request's head with a timeout per read, up to 100 header
 lines of 64 KB each, on as many connections as come: a few slow clients can
 hold hundreds of megabytes and as many threads. Here a connection has
 `request_seconds` for its whole request head and `max_request_bytes` for it,
-at most `max_connections` are served at once (one more is closed at once),
-and the access list applies as for every server. Errors are one line in the
+at most `max_connections` are served at once and `max_per_host` from one
+address (one more is closed at once), and the access list applies as for
+every server. Errors are one line in the
 log; a client that resets is ordinary.
 """
 
@@ -14,11 +15,13 @@ from __future__ import annotations
 import http.client
 import http.server
 import logging
+import socket
 import sys
 import threading
 import time
 from typing import Any
 
+from ..policy.sources import NETWORK_FACTOR, ConnectionLimits
 from ..wire.addresses import format_address
 from .base import AdmissionMixIn, AnyAddressMixIn, SettingsMixIn
 
@@ -27,6 +30,7 @@ logger = logging.getLogger(__name__)
 MAX_REQUEST_BYTES = 8192  # a scraper's GET is a few hundred bytes
 REQUEST_SECONDS = 5.0  # for the whole request head, however it trickles in
 MAX_CONNECTIONS = 16
+MAX_PER_HOST = 4  # a quarter: one address cannot hold every scrape's place
 
 
 class BoundedReader:
@@ -92,15 +96,22 @@ class EndpointServer(
     http.server.ThreadingHTTPServer,
 ):
     """An HTTP server with a thread per connection, at most `max_connections`
-    of them. Settings: max_connections, max_request_bytes, request_seconds,
-    and AdmissionMixIn's (a denied client is closed at once)."""
+    of them, `max_per_host` from one address and NETWORK_FACTOR times that
+    from one IPv6 /64. Settings: max_connections, max_per_host,
+    max_request_bytes, request_seconds, and AdmissionMixIn's (a denied
+    client is closed at once)."""
 
     settings: tuple[str, ...] = (
         "max_connections",
+        "max_per_host",
         "max_request_bytes",
         "request_seconds",
     )
     max_connections = MAX_CONNECTIONS
+    max_per_host: int | None = MAX_PER_HOST
+    # socketserver's 5: a few connections refused in a burst would leave the
+    # next scrape waiting for the kernel to retry its handshake.
+    request_queue_size = socket.SOMAXCONN
     max_request_bytes = MAX_REQUEST_BYTES
     request_seconds = REQUEST_SECONDS
 
@@ -111,36 +122,44 @@ class EndpointServer(
         bind_and_activate: bool = True,
         **settings: Any,
     ) -> None:
-        self._open = 0
+        self._open: dict[Any, tuple[str, ...]] = {}  # whom each counts as
         self._open_lock = threading.Lock()
         super().__init__(server_address, handler_class, bind_and_activate, **settings)
+        per_host = self.max_per_host
+        per_network = None if per_host is None else NETWORK_FACTOR * per_host
+        self.limits = ConnectionLimits(self.max_connections, per_host, per_network)
 
     def verify_request(self, request: Any, client_address: Any) -> bool:
         if not super().verify_request(request, client_address):
             return False
+        keys = self.limits.keys(client_address)
         with self._open_lock:
-            if self._open < self.max_connections:
-                self._open += 1
+            cause = self.limits.refusal(keys)
+            if cause is None:
+                self.limits.add(keys)
+                self._open[request] = keys
                 return True
-        self.count_refusal("busy", client_address)
+        self.count_refusal(cause, client_address)
         return False
 
     def process_request(self, request: Any, client_address: Any) -> None:
         try:
             super().process_request(request, client_address)
         except BaseException:  # no thread: its place is free again
-            self._closed()
+            self._closed(request)
             raise
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         try:
             super().process_request_thread(request, client_address)
         finally:
-            self._closed()
+            self._closed(request)
 
-    def _closed(self) -> None:
+    def _closed(self, request: Any) -> None:
         with self._open_lock:
-            self._open -= 1
+            keys = self._open.pop(request, None)
+            if keys is not None:
+                self.limits.remove(keys)
 
     def server_close(self) -> None:
         """Stop listening, log what the logs hold."""

@@ -14,8 +14,8 @@ import time
 from typing import Any
 
 from ..host import capabilities
-from ..policy.access import NETWORK_FACTOR, address_key, network_key
 from ..policy.logs import BoundedLog
+from ..policy.sources import NETWORK_FACTOR, ConnectionLimits
 from ..wire.line import error_line
 from .base import AdmissionMixIn
 
@@ -145,8 +145,10 @@ class ConnectionRegistry(AdmissionMixIn, socketserver.TCPServer):
             )
         self._lock = threading.Lock()
         self._connections: dict[socket.socket, Any] = {}  # the handler, once it runs
-        self._keys_of: dict[socket.socket, list[str]] = {}  # addresses, networks
-        self._per_key: dict[str, int] = {}  # connections open by each
+        self._keys_of: dict[socket.socket, tuple[str, ...]] = {}  # whom each counts as
+        self.limits = ConnectionLimits(
+            self.max_connections, self.max_per_host, self.max_per_network
+        )
         self.errors: collections.Counter[str] = collections.Counter()
         self._draining: dict[socket.socket, float] = {}  # refused, until EOF or then
         self.closed_log = BoundedLog("connection(s) closed")
@@ -159,37 +161,19 @@ class ConnectionRegistry(AdmissionMixIn, socketserver.TCPServer):
         """Admit a connection while under the caps; refuse it with ``ERR busy``."""
         if not super().verify_request(request, client_address):
             return False
-        limits = self._limits(client_address)
+        keys = self.limits.keys(client_address)
         with self._lock:
-            over = [c for k, n, c in limits if self._per_key.get(k, 0) >= n]
-            if len(self._connections) >= self.max_connections:
+            cause = self.limits.refusal(keys)
+            if cause is None and not self._watch():
                 cause = "busy"
-            elif over:
-                cause = over[0]
-            elif not self._watch():
-                cause = "busy"
-            else:
+            if cause is None:
                 self._connections[request] = None
-                if limits:
-                    keys = self._keys_of[request] = [key for key, _, _ in limits]
-                    for key in keys:
-                        self._per_key[key] = self._per_key.get(key, 0) + 1
+                self.limits.add(keys)
+                self._keys_of[request] = keys
                 return True
         self.count_refusal(cause, client_address)
         self.refuse(request, client_address, "busy")
         return False
-
-    def _limits(self, client_address: Any) -> list[tuple[str, int, str]]:
-        """The counts a connection from `client_address` adds to: each key,
-        its limit and the cause of a refusal over it."""
-        limits = []
-        if self.max_per_host is not None:
-            limits.append((address_key(client_address), self.max_per_host, "per_host"))
-        if self.max_per_network is not None:
-            network = network_key(client_address)
-            if network is not None:
-                limits.append((network, self.max_per_network, "per_network"))
-        return limits
 
     def denied(self, request: Any, client_address: Any) -> None:
         """The line protocol says why: ``ERR not allowed``."""
@@ -302,15 +286,12 @@ class ConnectionRegistry(AdmissionMixIn, socketserver.TCPServer):
 
     def _forget(self, request: Any) -> None:
         """Take a connection out of the counts (the lock is held)."""
-        handler = self._connections.pop(request, None)
+        if request not in self._connections:
+            return
+        handler = self._connections.pop(request)
         if handler is not None:
             self.answered += handler.requests
-        for key in self._keys_of.pop(request, ()):
-            left = self._per_key[key] - 1
-            if left:
-                self._per_key[key] = left
-            else:
-                del self._per_key[key]
+        self.limits.remove(self._keys_of.pop(request))
 
     def _watch(self) -> bool:
         """Make sure the watchdog runs (the lock is held); False if it cannot."""
