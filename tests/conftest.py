@@ -9,6 +9,7 @@ import os
 import queue
 import re
 import select
+import shutil
 import signal
 import socket
 import subprocess
@@ -403,3 +404,68 @@ def shifted(shift: timedelta, stall=None):
         return local_now() + shift
 
     return clock
+
+
+# Hosts of the test's own: network namespaces, removed whatever happens
+
+needs_netns = pytest.mark.skipif(
+    not hasattr(os, "geteuid") or os.geteuid() != 0 or shutil.which("ip") is None,
+    reason="needs root and ip (iproute2) to make network namespaces",
+)
+SERVER_V4, CLIENT_V4 = "192.0.2.1", "192.0.2.2"  # documentation ranges only
+SERVER_V6, CLIENT_V6 = "2001:db8::1", "2001:db8::2"
+
+
+def ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True, timeout=TIMEOUT)
+
+
+@contextlib.contextmanager
+def namespace(tag: str) -> Iterator[str]:
+    """A network namespace of the test's own, loopback up; removed after."""
+    name = f"ts{tag}{os.getpid()}"
+    ip("netns", "add", name)
+    try:
+        ip("-n", name, "link", "set", "lo", "up")
+        yield name
+    finally:
+        subprocess.run(
+            ["ip", "netns", "del", name], capture_output=True, timeout=TIMEOUT
+        )
+
+
+@contextlib.contextmanager
+def two_hosts() -> Iterator[tuple[str, str]]:
+    """Two network namespaces on one veth pair (SERVER_V4 and CLIENT_V4, and
+    the IPv6 pair, on a /24 and a /64); removed whatever happens."""
+    with namespace("s") as server_ns, namespace("c") as client_ns:
+        tag = f"ts{os.getpid()}"
+        try:
+            ip("link", "add", f"{tag}s", "type", "veth", "peer", "name", f"{tag}c")
+            for ns, end, v4, v6 in (
+                (server_ns, f"{tag}s", SERVER_V4, SERVER_V6),
+                (client_ns, f"{tag}c", CLIENT_V4, CLIENT_V6),
+            ):
+                ip("link", "set", end, "netns", ns)
+                ip("-n", ns, "addr", "add", f"{v4}/24", "dev", end)
+                ip("-n", ns, "addr", "add", f"{v6}/64", "dev", end, "nodad")
+                ip("-n", ns, "link", "set", end, "up")
+            yield server_ns, client_ns
+        finally:  # in case it never reached its namespace
+            subprocess.run(
+                ["ip", "link", "del", f"{tag}s"], capture_output=True, timeout=TIMEOUT
+            )
+
+
+def in_namespace(ns: str, code: str, *args: str) -> str:
+    """What Python `code` prints, run in namespace `ns` (the project's code
+    importable); a failure fails the test with its stderr."""
+    run = subprocess.run(
+        ["ip", "netns", "exec", ns, sys.executable, "-c", code, *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stderr
+    return run.stdout

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
 
 import pytest
-from conftest import ROOT, TIMEOUT, one_line, readline_within, server_process, timestamp
+from conftest import (
+    ROOT,
+    TIMEOUT,
+    namespace,
+    one_line,
+    readline_within,
+    server_process,
+    timestamp,
+)
 
 from timeservice.operations import privileges
 from timeservice.programs import server as server_program
@@ -22,23 +28,9 @@ needs_root = pytest.mark.skipif(
 )
 
 
-@contextlib.contextmanager
-def network_namespace() -> Iterator[str]:
-    """A network namespace of the test's own, with only loopback; removed after."""
-    name = f"tsop{os.getpid()}"
-    subprocess.run(["ip", "netns", "add", name], check=True, timeout=TIMEOUT)
-    try:
-        subprocess.run(
-            ["ip", "-n", name, "link", "set", "lo", "up"], check=True, timeout=TIMEOUT
-        )
-        yield name
-    finally:
-        subprocess.run(["ip", "netns", "del", name], timeout=TIMEOUT)
-
-
-def client_in(namespace: str, *args: str) -> str:
+def client_in(ns: str, *args: str) -> str:
     result = subprocess.run(
-        ["ip", "netns", "exec", namespace, sys.executable, "-m", "timeservice.client"]
+        ["ip", "netns", "exec", ns, sys.executable, "-m", "timeservice.client"]
         + list(args),
         cwd=ROOT,
         capture_output=True,
@@ -76,8 +68,8 @@ def test_the_standard_ports_are_served_as_nobody(monkeypatch):
         "--local-stratum",
         "10",
     )
-    with network_namespace() as namespace:
-        launcher = ("ip", "netns", "exec", namespace)
+    with namespace("op") as ns:
+        launcher = ("ip", "netns", "exec", ns)
         with server_process("80", *options, "--user", "nobody", launcher=launcher) as (
             process,
             port,
@@ -89,11 +81,9 @@ def test_the_standard_ports_are_served_as_nobody(monkeypatch):
             assert status["Uid"] == [str(nobody.pw_uid)] * 4
             assert status["Gid"] == [str(nobody.pw_gid)] * 4
             assert status["Groups"] == []
-            timestamp(client_in(namespace, "127.0.0.1", "80").encode())
+            timestamp(client_in(ns, "127.0.0.1", "80").encode())
             for protocol, port_ in (("daytime", "13"), ("time", "37"), ("ntp", "123")):
-                answer = client_in(
-                    namespace, "--protocol", protocol, "127.0.0.1", port_
-                )
+                answer = client_in(ns, "--protocol", protocol, "127.0.0.1", port_)
                 assert answer.strip()
             process.terminate()
             assert process.wait(TIMEOUT) == 0

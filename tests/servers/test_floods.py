@@ -14,17 +14,14 @@ from __future__ import annotations
 import collections
 import contextlib
 import json
-import os
 import random
-import shutil
 import socket
 import struct
 import subprocess
-import sys
 from collections.abc import Iterator
 
 import pytest
-from conftest import ROOT, TIMEOUT, on_linux
+from conftest import TIMEOUT, in_namespace, ip, namespace, needs_netns, on_linux
 
 from timeservice.policy.sources import SourceLimits
 from timeservice.server import NtpHandler, NtpServer
@@ -182,11 +179,6 @@ def test_a_forger_sending_from_a_clients_address_cannot_starve_it(ntp_server):
 
 # IPv6: one host rotating its /64, in a network namespace
 
-needs_netns = pytest.mark.skipif(
-    not hasattr(os, "geteuid") or os.geteuid() != 0 or shutil.which("ip") is None,
-    reason="needs root and ip (iproute2) for a network namespace",
-)
-
 # Runs inside the namespace: a server on the test's clock; one host sending
 # from 20 new addresses of 2001:db8:1::/64 a second (anything in the /64 is
 # local there), a client in 2001:db8:2::/64 asking once a second.
@@ -231,17 +223,19 @@ server.shutdown()
 def namespace_with_slash_64s() -> Iterator[str]:
     """A namespace of the test's own where 2001:db8:1::/64 and :2::/64 are
     local, and a socket may bind any address in them."""
-    name = f"tsflood{os.getpid()}"
-    subprocess.run(["ip", "netns", "add", name], check=True, timeout=TIMEOUT)
-    try:
-        for command in (
-            ["link", "set", "lo", "up"],
-            *(
-                ["-6", "route", "add", "local", f"2001:db8:{n}::/64", "dev", "lo"]
-                for n in (1, 2)
-            ),
-        ):
-            subprocess.run(["ip", "-n", name, *command], check=True, timeout=TIMEOUT)
+    with namespace("flood") as name:
+        for n in (1, 2):
+            ip(
+                "-n",
+                name,
+                "-6",
+                "route",
+                "add",
+                "local",
+                f"2001:db8:{n}::/64",
+                "dev",
+                "lo",
+            )
         subprocess.run(
             [
                 "ip",
@@ -256,23 +250,13 @@ def namespace_with_slash_64s() -> Iterator[str]:
             timeout=TIMEOUT,
         )
         yield name
-    finally:
-        subprocess.run(["ip", "netns", "del", name], timeout=TIMEOUT)
 
 
 @pytest.mark.slow
 @needs_netns
 def test_one_host_rotating_its_slash_64_takes_one_place_and_its_own_share():
     with namespace_with_slash_64s() as name:
-        run = subprocess.run(
-            ["ip", "netns", "exec", name, sys.executable, "-c", ROTATING],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-    assert run.returncode == 0, run.stderr
-    result = json.loads(run.stdout)
+        result = json.loads(in_namespace(name, ROTATING))
     print(f"rotating /64: {result}")
     assert result["client"].count(10) >= 60 * 7 / 8  # outside that /64: unaffected
     assert result["sources"] <= 2  # the /64 and the client

@@ -19,11 +19,20 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from datetime import datetime, timezone
 
 import pytest
-from conftest import ROOT, TIMEOUT, needs_sigterm, server_process, timestamp
+from conftest import (
+    ROOT,
+    SERVER_V4,
+    SERVER_V6,
+    TIMEOUT,
+    needs_netns,
+    needs_sigterm,
+    server_process,
+    timestamp,
+    two_hosts,
+)
 
 from timeservice.host import capabilities
 from timeservice.transport.pool import CONNECTION_THREAD
@@ -484,46 +493,6 @@ def test_soak_memory_and_threads_settle():
 
 
 # Across two hosts: network namespaces joined by a veth pair
-
-needs_netns = pytest.mark.skipif(
-    not hasattr(os, "geteuid") or os.geteuid() != 0 or shutil.which("ip") is None,
-    reason="needs root and ip (iproute2) to make network namespaces",
-)
-SERVER_V4, CLIENT_V4 = "192.0.2.1", "192.0.2.2"  # documentation ranges only
-SERVER_V6, CLIENT_V6 = "2001:db8::1", "2001:db8::2"
-
-
-def ip(*args: str) -> None:
-    subprocess.run(["ip", *args], check=True, capture_output=True, timeout=TIMEOUT)
-
-
-@contextlib.contextmanager
-def two_hosts() -> Iterator[tuple[str, str]]:
-    """Two network namespaces on one veth pair; removed whatever happens."""
-    tag = f"ts{os.getpid()}"
-    server_ns, client_ns = f"{tag}s", f"{tag}c"
-    try:
-        ip("netns", "add", server_ns)
-        ip("netns", "add", client_ns)
-        ip("link", "add", f"{tag}s", "type", "veth", "peer", "name", f"{tag}c")
-        for ns, v4, v6 in (
-            (server_ns, SERVER_V4, SERVER_V6),
-            (client_ns, CLIENT_V4, CLIENT_V6),
-        ):
-            link = ns  # each end is named after its namespace
-            ip("link", "set", link, "netns", ns)
-            ip("-n", ns, "addr", "add", f"{v4}/24", "dev", link)
-            ip("-n", ns, "addr", "add", f"{v6}/64", "dev", link, "nodad")
-            ip("-n", ns, "link", "set", link, "up")
-            ip("-n", ns, "link", "set", "lo", "up")
-        yield server_ns, client_ns
-    finally:
-        for command in (
-            ("netns", "del", server_ns),
-            ("netns", "del", client_ns),
-            ("link", "del", f"{tag}s"),  # in case it never reached its namespace
-        ):
-            subprocess.run(["ip", *command], capture_output=True, timeout=TIMEOUT)
 
 
 def client_in(ns: str, *args: str) -> subprocess.CompletedProcess:
