@@ -86,3 +86,27 @@ def test_a_client_is_its_address_and_an_ipv6_one_its_slash_64_too(
     address, key, network
 ):
     assert (address_key(address), network_key(address)) == (key, network)
+
+
+@pytest.mark.parametrize(
+    "rule, client, matched",
+    [
+        ("::ffff:127.0.0.0/104", "127.0.0.1", True),
+        ("::ffff:127.0.0.0/104", "::ffff:127.0.0.9", True),
+        ("::ffff:192.0.2.7", "192.0.2.7", True),
+        ("::ffff:192.0.2.7", "192.0.2.8", False),
+        ("::ffff:0:0/96", "198.51.100.1", True),  # every IPv4 client
+        ("::/0", "192.0.2.7", False),  # IPv6 clients: not the IPv4 ones
+    ],
+)
+def test_a_rule_for_ipv4_mapped_addresses_matches_the_ipv4_clients(
+    rule, client, matched
+):
+    assert access(deny=[rule]).allows(client) != matched
+
+
+def test_the_rules_a_server_cannot_hear_are_named():
+    rules = access(["192.0.2.0/24", "2001:db8::/32"], ["::ffff:10.0.0.0/104"])
+    assert [str(n) for n, _ in rules.unmatched({4})] == ["2001:db8::/32"]
+    assert [str(n) for n, _ in rules.unmatched({6})] == ["192.0.2.0/24", "10.0.0.0/8"]
+    assert rules.unmatched({4, 6}) == []

@@ -136,3 +136,23 @@ def test_when_one_service_cannot_listen_the_others_are_closed(monkeypatch, capsy
         assert server_program.main(["0", "--daytime", "0", "--ntp", port]) == 1
     assert opened and all(server.socket.fileno() == -1 for server in opened)
     assert "cannot listen" in one_line(capsys.readouterr().err)
+
+
+@pytest.mark.parametrize(
+    "bind, rules, warned",
+    [
+        ("127.0.0.1", ["--deny", "::1", "--allow", "127.0.0.0/8"], ["--deny ::1/128"]),
+        ("::1", ["--allow", "127.0.0.1"], ["--allow 127.0.0.1/32"]),
+        ("::", ["--deny", "::1", "--deny", "192.0.2.0/24"], []),
+        ("127.0.0.1", ["--deny", "::ffff:127.0.0.0/104"], []),  # IPv4, as clients
+    ],
+)
+def test_a_rule_no_client_can_match_is_one_warning_line(bind, rules, warned):
+    with server_process("0", "-b", bind, *rules) as (process, _):
+        process.terminate()
+        assert process.wait(TIMEOUT) == 0
+        log = process.stderr.read()
+    warnings = [line for line in log.splitlines() if "can match no client" in line]
+    assert len(warnings) == len(warned), log
+    for line, rule in zip(warnings, warned, strict=True):
+        assert f"WARNING {rule} can match no client" in line

@@ -17,7 +17,13 @@ from conftest import (
     timestamp,
 )
 
-from timeservice.server import DaytimeHandler, NtpServer, OneShotServer, TimeHandler
+from timeservice.server import (
+    DaytimeHandler,
+    NtpServer,
+    OneShotServer,
+    TimeHandler,
+    TimeServer,
+)
 from timeservice.transport.datagram import DatagramServer
 from timeservice.transport.pool import CONNECTION_THREAD
 from timeservice.wire import ntp
@@ -72,6 +78,41 @@ def test_over_ipv6_and_dual_stack_the_list_holds(start_server):
                 timestamp(line)
             else:
                 assert line == expected
+
+
+@pytest.mark.parametrize(
+    "rules",
+    [
+        {"deny": ["::ffff:127.0.0.0/104"]},  # 2.0.0: never matched, everyone in
+        {"allow": ["::1", "::ffff:127.0.0.2"]},  # 2.0.0: 127.0.0.2 refused
+    ],
+)
+def test_a_rule_for_ipv4_mapped_addresses_names_the_ipv4_clients(serve, rules):
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6 here")
+    line = serve(TimeServer, None, "::", access=access(**rules))
+    ntp_server = serve(NtpServer, None, "::", local_stratum=10, access=access(**rules))
+    port = line.server_address[1]
+    allowed_v4 = "allow" in rules
+    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as sock:
+        sock.sendall(b"send time\n")
+        assert sock.makefile("rb").readline() == b"ERR not allowed\n"
+    with socket.create_connection(
+        ("127.0.0.1", port), timeout=TIMEOUT, source_address=("127.0.0.2", 0)
+    ) as sock:
+        sock.sendall(b"send time\n")
+        refused = sock.makefile("rb").readline() == b"ERR not allowed\n"
+        assert refused != allowed_v4
+    with datagram_from("127.0.0.1") as sock:
+        sock.sendto(ntp.request_packet(1), ("127.0.0.1", ntp_server.server_address[1]))
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as probe:
+            probe.settimeout(TIMEOUT)
+            probe.sendto(ntp.request_packet(2), ("::1", ntp_server.server_address[1]))
+            assert probe.recv(512)  # ::1 is allowed either way; after 127.0.0.1's
+        sock.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            sock.recv(512)
+    assert ntp_server.refused == {"denied": 1}
 
 
 @on_linux

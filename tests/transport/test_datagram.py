@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import os
 import socket
 import struct
 import subprocess
@@ -253,25 +254,52 @@ def in6(address: str, interface: int) -> bytes:
     return struct.pack("@16sI", socket.inet_pton(socket.AF_INET6, address), interface)
 
 
+def in4(interface: int, local: str, header: str) -> bytes:
+    return struct.pack(
+        "@i4s4s", interface, socket.inet_aton(local), socket.inet_aton(header)
+    )
+
+
 @pytest.mark.parametrize(
-    "kind, value, expected",
+    "kind, value, expected, unicast",
     [
         (  # the local address, chosen by routing; no interface, no header address
             V4,
-            struct.pack("@i4s4s", 3, socket.inet_aton("192.0.2.7"), bytes([1] * 4)),
-            struct.pack("@i4s4s", 0, socket.inet_aton("192.0.2.7"), bytes(4)),
+            in4(3, "192.0.2.7", "192.0.2.7"),
+            in4(0, "192.0.2.7", "0.0.0.0"),
+            True,
         ),
-        (V6, in6("2001:db8::7", 3), in6("2001:db8::7", 0)),
-        (V6, in6("::ffff:192.0.2.7", 1), in6("::ffff:192.0.2.7", 0)),
-        (V6, in6("fe80::7", 3), in6("fe80::7", 3)),  # only on its interface
-        (V4, b"short", None),
-        (V6, b"short", None),
-        ((socket.SOL_SOCKET, 35), bytes(16), None),
+        (V4, in4(3, "192.0.2.7", "192.0.2.255"), in4(0, "192.0.2.7", "0.0.0.0"), False),
+        (
+            V4,
+            in4(1, "127.0.0.1", "255.255.255.255"),
+            in4(0, "127.0.0.1", "0.0.0.0"),
+            False,
+        ),
+        (V4, in4(1, "127.0.0.1", "224.0.0.1"), in4(0, "127.0.0.1", "0.0.0.0"), False),
+        (V6, in6("2001:db8::7", 3), in6("2001:db8::7", 0), True),
+        (V6, in6("::ffff:192.0.2.7", 1), in6("::ffff:192.0.2.7", 0), True),
+        (V6, in6("fe80::7", 3), in6("fe80::7", 3), True),  # only on its interface
+        (V6, in6("ff02::1", 3), in6("ff02::1", 0), False),
+        (V6, in6("::ffff:255.255.255.255", 1), in6("::ffff:255.255.255.255", 0), False),
+        (V6, in6("::ffff:224.0.0.1", 1), in6("::ffff:224.0.0.1", 0), False),
+        (V4, b"short", None, True),
+        (V6, b"short", None, True),
+        ((socket.SOL_SOCKET, 35), bytes(16), None, True),
     ],
 )
-def test_a_reply_leaves_from_the_address_the_datagram_came_to(kind, value, expected):
-    info = answer_from(*kind, value)
-    assert info == (None if expected is None else [(*kind, expected)])
+def test_a_reply_leaves_from_the_address_the_datagram_came_to(
+    kind, value, expected, unicast
+):
+    info = answer_from([(*kind, value)])
+    assert info == (None if expected is None else [(*kind, expected)], unicast)
+
+
+def test_a_dual_stack_sockets_ipv4_client_is_told_by_both():
+    broadcast = [(*V4, in4(1, "127.0.0.1", "127.255.255.255"))]
+    broadcast.append((*V6, in6("::ffff:127.255.255.255", 1)))
+    info, unicast = answer_from(broadcast)
+    assert info == [(*V6, in6("::ffff:127.255.255.255", 0))] and not unicast
 
 
 def test_ancillary_data_of_the_wrong_size_is_passed_over():
@@ -280,7 +308,9 @@ def test_ancillary_data_of_the_wrong_size_is_passed_over():
         assert server._reply_for([(*V4, b"short")]) is None
         server.remembered_addresses = 1
         for n in range(3):  # a new Reply for each address, the old forgotten
-            value = struct.pack("@i4s4s", 1, bytes([127, 0, 0, n]), bytes(4))
+            value = struct.pack(
+                "@i4s4s", 1, bytes([127, 0, 0, n]), bytes([127, 0, 0, n])
+            )
             assert server._reply_for([(*V4, value)]).ancillary is not None
         assert len(server._replies) == 1
 
@@ -439,15 +469,25 @@ def test_the_connections_of_one_ipv6_lan_are_limited_per_host_and_per_slash_64()
 # Loops between services
 
 
-def test_daytime_and_time_do_not_answer_a_port_this_process_serves(serve):
-    daytime = serve(DatagramServer, DaytimeHandler, burst=None)
-    time_server = serve(DatagramServer, TimeHandler, burst=None)
-    assert {port_of(daytime), port_of(time_server)} <= SERVED_PORTS.ports
-    datagram = (b"", Recording(), 0)
-    assert not daytime.verify_request(datagram, ("127.0.0.1", port_of(time_server)))
-    assert not daytime.verify_request(datagram, ("::ffff:127.0.0.9", port_of(daytime)))
-    assert daytime.verify_request(datagram, ("127.0.0.1", free_port()))
-    assert daytime.refused == {"loop": 2}
+@pytest.mark.parametrize("handler", [DaytimeHandler, TimeHandler])
+def test_daytime_and_time_never_answer_a_daytime_or_time_answer(serve, handler):
+    server = serve(DatagramServer, handler, burst=None)
+    answered = {
+        b"": True,  # rdate
+        b"\n": True,  # nc -u
+        ntp.request_packet(1): True,
+        b"\xec\xd3\x1e\x80": False,  # a Time answer
+        b"2026-12-01T10:15:42.117940+01:00\r\n": False,  # ours, a Daytime answer
+        b"Tue Dec  1 10:15:42 2026\r\n": False,  # inetd's
+        b"01 DEC 2026 10:15:42 UTC\r\n": False,  # xinetd's
+    }
+    with udp_socket() as sock:
+        for datagram, expected in answered.items():
+            sock.sendto(datagram, server.server_address)
+            sock.sendto(b"", server.server_address)  # answered after it, in order
+            got = [sock.recv(512), *replies(sock, quiet=0.05)]
+            assert len(got) == (2 if expected else 1), datagram
+    assert server.refused == {"loop": 4}
 
 
 def test_ntp_answers_a_client_on_a_port_this_process_serves(serve):
@@ -472,5 +512,44 @@ def test_one_forged_datagram_starts_no_loop_between_daytime_and_time(serve):
     with udp_socket() as probe:  # answered after the forged one, in order
         probe.sendto(b"", daytime.server_address)
         assert probe.recv(512).endswith(b"\r\n")
-    assert daytime.refused == {"loop": 1}
-    assert (daytime.answered, time_server.answered) == (1, 0)
+        probe.sendto(b"", time_server.server_address)  # after Daytime's answer
+        assert len(probe.recv(512)) == 4
+    # Daytime answered the forged datagram; Time took that for what it is.
+    assert time_server.refused == {"loop": 1}
+    assert (daytime.answered, time_server.answered) == (2, 1)
+
+
+# No read waits after a wake-up
+
+
+def test_a_wake_up_with_no_datagram_behind_it_blocks_no_read(serving):
+    """Two servers on one socket, as workers share one: both wake for each
+    datagram and one reads it. 2.0.0's other read then waited for the next
+    datagram, and its shutdown() with it."""
+    first = serving(DatagramServer(("127.0.0.1", 0), TimeHandler, burst=None))
+    shared = socket.socket(fileno=os.dup(first.socket.fileno()))
+    second = serving(DatagramServer.on_socket(shared, TimeHandler, burst=None))
+    with udp_socket() as sock:
+        for _ in range(20):
+            sock.sendto(b"", first.server_address)
+            assert len(sock.recv(16)) == 4
+    assert first.answered + second.answered == 20
+    # The fixture's teardown shuts both down within its bound.
+
+
+@pytest.mark.parametrize("server_class", [DatagramServer, NtpServer])
+def test_a_read_with_nothing_waiting_fails_at_once(server_class):
+    """What serve_forever() does after a wake-up that had nothing behind it:
+    2.0.0's first read of each wake-up waited for the next datagram."""
+    handler = TimeHandler if server_class is DatagramServer else NtpHandler
+    with server_class(("127.0.0.1", 0), handler) as server:
+        failed: list[OSError] = []
+
+        def read() -> None:
+            try:
+                server.get_request()
+            except OSError as exc:
+                failed.append(exc)
+
+        bounded(read)
+        assert isinstance(failed[0], BlockingIOError)

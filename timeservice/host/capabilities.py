@@ -53,6 +53,9 @@ RECEIVE_TIMESTAMPS = (
     and (hasattr(socket, "SO_TIMESTAMPNS") or sys.platform.startswith("linux"))
 )
 
+# Reads that return at once when nothing is waiting, asked per call.
+DONT_WAIT = not PORTABLE and hasattr(socket, "MSG_DONTWAIT")
+
 # Which address a datagram was sent to, and a reply sent from it: IP_PKTINFO
 # and IPV6_PKTINFO with recvmsg() and sendmsg(); Linux names IP_PKTINFO 8.
 DESTINATION_ADDRESS = (
@@ -92,6 +95,7 @@ def describe() -> str:
         f"CPU affinity: {'yes' if CPU_AFFINITY else 'no'}; "
         f"open-file limit: {'checked' if OPEN_FILE_LIMIT else 'not checked'}; "
         f"datagram receive times: {'kernel' if RECEIVE_TIMESTAMPS else 'read'}; "
+        f"datagram reads: {'MSG_DONTWAIT' if DONT_WAIT else 'a non-blocking socket'}; "
         f"datagram replies from: "
         f"{'the address asked' if DESTINATION_ADDRESS else 'the kernel'}; "
         f"GIL: {'on' if gil_enabled() else 'off'}"

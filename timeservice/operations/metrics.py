@@ -92,7 +92,7 @@ def collect(servers: Sequence[socketserver.BaseServer]) -> list[Family]:
             "timeservice_refused_total",
             "counter",
             "Clients refused: busy, per_host, per_network, denied, rate_limited, "
-            "low_source_port, loop.",
+            "low_source_port, loop, not_unicast.",
             refused,
         ),
         (

@@ -9,6 +9,20 @@ from collections.abc import Iterable
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
+_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
+
+
+def as_clients_are(network: Network) -> Network:
+    """A subnet as the clients it names are matched: IPv4-mapped IPv6
+    clients count as IPv4, so an IPv4-mapped subnet counts as IPv4 too
+    (``::ffff:127.0.0.0/104`` is 127.0.0.0/8)."""
+    if isinstance(network, ipaddress.IPv6Network) and network.subnet_of(_MAPPED):
+        mapped = network.network_address.ipv4_mapped
+        assert mapped is not None
+        return ipaddress.IPv4Network((mapped, network.prefixlen - 96))
+    return network
+
+
 def parse_subnet(text: str) -> Network:
     """``ADDRESS`` or ``ADDRESS/PREFIX``, IPv4 or IPv6; host bits are ignored."""
     try:
@@ -30,13 +44,20 @@ class AccessList:
 
     def __init__(self, rules: Iterable[tuple[Network, bool]]) -> None:
         latest: dict[Network, bool] = {}
-        for network, allowed in rules:
+        for given, allowed in rules:
+            network = as_clients_are(given)
             latest.pop(network, None)
             latest[network] = allowed
         # Most specific first; a stable sort keeps the given order otherwise.
         self.rules = sorted(latest.items(), key=lambda rule: -rule[0].prefixlen)
         self.default = not any(allowed for _, allowed in self.rules)
         self._answers: dict[str, bool] = {}
+
+    def unmatched(self, versions: Iterable[int]) -> list[tuple[Network, bool]]:
+        """The rules that can match no client of a server that hears only
+        IP `versions` (an IPv6 rule where every socket is IPv4)."""
+        heard = set(versions)
+        return [rule for rule in self.rules if rule[0].version not in heard]
 
     @classmethod
     def from_options(cls, allow: Iterable[str], deny: Iterable[str]) -> AccessList:

@@ -18,7 +18,8 @@ CAUSES = {
     "denied": "not allowed by the access list",
     "rate_limited": "over its rate limit",
     "low_source_port": "source port 0, or below 1024 for Daytime and Time",
-    "loop": "from a UDP port this process serves, on this host (a loop)",
+    "loop": "a Daytime or Time reply, which answering could start a loop",
+    "not_unicast": "sent to a broadcast or multicast address",
 }
 
 

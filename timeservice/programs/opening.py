@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import logging
 import socket
 import socketserver
 import sys
@@ -22,6 +23,8 @@ from ..servers.rfc868 import TimeHandler
 from ..transport.datagram import DatagramServer
 from ..wire import ntp
 from .options import cannot_listen, listen
+
+logger = logging.getLogger(__name__)
 
 # Daytime and Time: option, name in the start-up line, standard port, handler.
 STANDARD = {
@@ -248,6 +251,42 @@ def open_inherited(
             )
         opened.append((title, how, [server]))
     return opened
+
+
+def heard_versions(server: socketserver.BaseServer) -> set[int]:
+    """The IP versions of the clients a server's socket hears: both on a
+    dual-stack IPv6 wildcard, IPv4 on an IPv4-mapped address."""
+    sock: socket.socket = server.socket  # type: ignore[attr-defined]
+    if sock.family == socket.AF_INET:
+        return {4}
+    host = sock.getsockname()[0]
+    if host.startswith("::ffff:"):
+        return {4}
+    try:
+        dual = not sock.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY)
+    except OSError:
+        dual = False
+    return {4, 6} if dual and host == "::" else {6}
+
+
+def warn_unmatched(access: AccessList | None, opened: Opened) -> None:
+    """One warning line for each rule no client of these sockets can match:
+    shared configurations carry rules for both families."""
+    if access is None:
+        return
+    heard: set[int] = set()
+    for _, _, servers in opened:
+        for server in servers:
+            heard |= heard_versions(server)
+    for network, allowed in access.unmatched(heard):
+        option = "--allow" if allowed else "--deny"
+        only = "IPv4" if heard == {4} else "IPv6"
+        logger.warning(
+            "%s %s can match no client: every socket here hears %s only",
+            option,
+            network,
+            only,
+        )
 
 
 def close_all(opened: Opened) -> None:

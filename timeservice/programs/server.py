@@ -24,7 +24,14 @@ from ..operations.service import Service, serve, stop_on_signals
 from ..servers.ntp import NtpServer
 from ..wire import ntp
 from ..wire.addresses import format_address
-from .opening import Opened, Settings, close_all, open_bound, open_inherited
+from .opening import (
+    Opened,
+    Settings,
+    close_all,
+    open_bound,
+    open_inherited,
+    warn_unmatched,
+)
 from .options import announce, configure_logging, listen, program, program_name
 from .server_options import parse_arguments
 
@@ -91,6 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except systemd.ActivationError as exc:
             print(f"{prog}: {exc}", file=sys.stderr)
             return 1
+    warn_unmatched(settings.line["access"], opened)
     servers = [server for _, _, group in opened for server in group]
     if args.metrics is not None:
         from ..operations.metrics import MetricsServer  # http.server: when asked

@@ -138,11 +138,9 @@ class NtpServer(DatagramServer):
     claims what `upstream` (the daemon that synchronises the clock) says,
     asked through an UpstreamQuery, or else what `upstream_claim` (stratum,
     reference ID) configures.
-    Over a source's rate limit it sends a Kiss-o'-Death RATE as often as the
-    limiter allows (once a second per source, 16 a second in all) and drops
-    the rest. It answers only client requests, never another server's
-    answer, so it needs no loop guard: clients such as ntpd ask from port
-    123, which may be a port this process serves. Settings: local_stratum
+    A datagram whose verdict is KISS gets a Kiss-o'-Death RATE. It answers
+    only client requests, never another server's answer, so no two servers
+    can answer each other forever. Settings: local_stratum
     (1-15 serves an unsynchronised clock, as chrony's ``local stratum``),
     upstream (an address, None not to ask), upstream_claim, and
     DatagramServer's.
@@ -153,7 +151,6 @@ class NtpServer(DatagramServer):
     local_stratum: int | None = None
     upstream: tuple | None = ("127.0.0.1", ntp.DEFAULT_PORT)
     upstream_claim: tuple[int, bytes] | None = None
-    loop_guard = False
 
     def __init__(
         self,

@@ -12,6 +12,7 @@ import socketserver
 from ..clock.system import Clock, local_now
 from ..transport.base import AdmissionMixIn, AnyAddressMixIn, SettingsMixIn
 from ..transport.pool import AcceptBackoffMixIn
+from ..wire import daytime, rfc868
 from ..wire.addresses import format_address
 from .line import TimeServer
 
@@ -26,13 +27,27 @@ def clock_failed(handler: socketserver.BaseRequestHandler, exc: Exception) -> No
 
 class AnswerHandler(socketserver.BaseRequestHandler):
     """Sends answer(clock): on a TCP connection, which the server then closes,
-    or to a datagram's sender. Nothing at all if the clock fails."""
+    or to a datagram's sender. Nothing at all if the clock fails.
+
+    RFC 867 and 868 answer any datagram, so two such servers (on one host or
+    two, in one process or two, on any port) would answer each other's
+    answers forever: a datagram that is itself a Daytime or Time answer
+    (is_answer()) is never answered, and is counted as a loop refused.
+    """
 
     @staticmethod
     def answer(clock: Clock) -> bytes:
         raise NotImplementedError
 
+    @staticmethod
+    def is_answer(datagram: bytes) -> bool:
+        """Whether a datagram is a Daytime or Time server's answer."""
+        return rfc868.is_reply(datagram) or daytime.is_reply(datagram)
+
     def handle(self) -> None:
+        if isinstance(self.request, tuple) and self.is_answer(self.request[0]):
+            self.server.count_refusal("loop", self.client_address)  # type: ignore[attr-defined]
+            return
         try:
             data = self.answer(self.server.clock)  # type: ignore[attr-defined]
         except Exception as exc:

@@ -1,6 +1,7 @@
 """What recvmsg() says beside a datagram, and sendmsg() is told: the kernel's
 receive time (SO_TIMESTAMPNS) and the address it was sent to (IP_PKTINFO,
-IPV6_PKTINFO), which a reply leaves from."""
+IPV6_PKTINFO), which a reply leaves from and which must be this host's
+alone: a broadcast or multicast request is not answered."""
 
 from __future__ import annotations
 
@@ -32,8 +33,10 @@ _IN6_PKTINFO = struct.Struct("@16sI")  # address, interface
 _STAMP_SPACE = socket.CMSG_SPACE(_TIMESPEC.size) if hasattr(socket, "CMSG_SPACE") else 0
 
 
-_PKTINFO_SPACE = (
-    socket.CMSG_SPACE(_IN6_PKTINFO.size) if hasattr(socket, "CMSG_SPACE") else 0
+_PKTINFO_SPACE = (  # a dual-stack socket's IPv4 clients come with both
+    socket.CMSG_SPACE(_IN6_PKTINFO.size) + socket.CMSG_SPACE(_IN_PKTINFO.size)
+    if hasattr(socket, "CMSG_SPACE")
+    else 0
 )
 
 
@@ -50,25 +53,51 @@ def stamp_of(ancillary: list[tuple[int, int, bytes]]) -> int | None:
     return None
 
 
-def answer_from(level: int, kind: int, value: bytes) -> list[tuple] | None:
-    """The ancillary data that makes a reply leave from the address a datagram
-    was sent to, from the IP_PKTINFO or IPV6_PKTINFO it came with; or None."""
-    if level == socket.IPPROTO_IP and kind == IP_PKTINFO:
-        if len(value) == _IN_PKTINFO.size:
-            # The local address routing picked for it; the interface is the
-            # routing's choice again.
-            _, local, _ = _IN_PKTINFO.unpack(value)
-            return [(level, kind, _IN_PKTINFO.pack(0, local, bytes(4)))]
-    elif level == socket.IPPROTO_IPV6 and kind == socket.IPV6_PKTINFO:
-        if len(value) == _IN6_PKTINFO.size:
-            # An IPv4 client of a dual-stack socket comes as a mapped
-            # address, which IPV6_PKTINFO takes too. A link-local address
-            # means something only on its interface.
+_LIMITED_BROADCAST = ipaddress.IPv4Address("255.255.255.255")
+
+
+def _shared(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """Whether an address names more than one host: multicast or broadcast."""
+    return address.is_multicast or address == _LIMITED_BROADCAST
+
+
+def answer_from(items: list[tuple[int, int, bytes]]) -> tuple[list[tuple] | None, bool]:
+    """From the IP_PKTINFO and IPV6_PKTINFO a datagram came with: the
+    ancillary data that makes a reply leave from the address it was sent to
+    (None if the kernel did not say), and whether that address was this
+    host's alone, not a broadcast or multicast one.
+
+    IP_PKTINFO gives both the header's destination and the local address
+    routing picked: they are the same for a datagram sent to this host, and
+    differ for a broadcast to a subnet (127.255.255.255, 192.0.2.255) as for
+    every broadcast and multicast. IPV6_PKTINFO gives the header's
+    destination, for IPv4 clients of a dual-stack socket as a mapped address.
+    """
+    send: list[tuple] | None = None
+    unicast = True
+    for level, kind, value in items:
+        if level == socket.IPPROTO_IP and kind == IP_PKTINFO:
+            if len(value) != _IN_PKTINFO.size:
+                continue
+            _, local, header = _IN_PKTINFO.unpack(value)
+            if header != local or _shared(ipaddress.IPv4Address(header)):
+                unicast = False
+            if send is None:  # an IPv4 socket's; a dual-stack one's is below
+                # The interface is the routing's choice again.
+                send = [(level, kind, _IN_PKTINFO.pack(0, local, bytes(4)))]
+        elif level == socket.IPPROTO_IPV6 and kind == socket.IPV6_PKTINFO:
+            if len(value) != _IN6_PKTINFO.size:
+                continue
             local, interface = _IN6_PKTINFO.unpack(value)
-            if not ipaddress.IPv6Address(local).is_link_local:
+            address = ipaddress.IPv6Address(local)
+            if _shared(address.ipv4_mapped or address):
+                unicast = False
+            # IPV6_PKTINFO takes a mapped address too; a link-local address
+            # means something only on its interface.
+            if not address.is_link_local:
                 interface = 0
-            return [(level, kind, _IN6_PKTINFO.pack(local, interface))]
-    return None
+            send = [(level, kind, _IN6_PKTINFO.pack(local, interface))]
+    return send, unicast
 
 
 def kernel_stamps_agree() -> bool:

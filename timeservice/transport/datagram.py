@@ -1,20 +1,22 @@
 """Serving over UDP: socketserver's UDPServer with one send path and a limit on
 every source.
 
-A spoofed datagram makes a server send to a victim, so each source address
-gets a token bucket of replies, and each IPv6 /64 one four times larger (a
-LAN is one /64; one host may hold a whole one); what goes over them is
-dropped and counted, and no datagram from port 0 or from another service of
-this host is answered at all. Admission only decides: every reply leaves
-through the datagram's Reply, which answers from the address the datagram
-was sent to, so that a server bound to a wildcard address answers as the
-address its clients asked. Datagrams are answered in the serving thread: a
-reply costs less than starting a thread.
+A spoofed datagram makes a server send to a victim, so what each source may
+get is decided by its SourceLimits (timeservice.policy.sources); no datagram
+from port 0, nor one sent to a broadcast or multicast address, is answered
+at all. Admission only decides: every reply leaves through the datagram's
+Reply, which answers from the address the datagram was sent to, so that a
+server bound to a wildcard address answers as the address its clients
+asked. No read waits: a wake-up with no datagram behind it (one the kernel
+dropped for its checksum after select() saw it) costs nothing. Datagrams
+are answered in the serving thread: a reply costs less than starting a
+thread.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import socket
 import socketserver
@@ -37,13 +39,14 @@ from .ancillary import (
     stamp_of,
 )
 from .base import AdmissionMixIn, AnyAddressMixIn, SettingsMixIn
-from .local import LOCAL_ADDRESSES, SERVED_PORTS
+from .local import SERVED_PORTS
 
 logger = logging.getLogger(__name__)
 
 
-# Reads that return at once when nothing is waiting (not on Windows).
-_DONT_WAIT = getattr(socket, "MSG_DONTWAIT", 0)
+# Reads that return at once when nothing is waiting. Where the flag does not
+# exist (Windows), the socket itself does not block (see _serve_port()).
+DONT_WAIT = getattr(socket, "MSG_DONTWAIT", 0) if capabilities.DONT_WAIT else 0
 
 
 class Reply:
@@ -68,6 +71,20 @@ class Reply:
         return getattr(self.socket, name)
 
 
+class _NotUnicast(Reply):
+    """The reply of a datagram sent to a broadcast or multicast address,
+    which admission drops: it sends nothing."""
+
+    def __init__(self) -> None:
+        super().__init__(None)  # type: ignore[arg-type]
+
+    def sendto(self, data: bytes, address: Any) -> int:
+        raise OSError("not answered: sent to a broadcast or multicast address")
+
+
+NOT_UNICAST = _NotUnicast()
+
+
 class DatagramServer(
     SettingsMixIn, AdmissionMixIn, AnyAddressMixIn, socketserver.UDPServer
 ):
@@ -83,9 +100,7 @@ class DatagramServer(
     Settings: rate, burst (None turns the limit off), limits (a
     SourceLimits made with its own clock or settings), min_source_port
     (datagrams from lower ports are dropped, as inetd does against loops
-    between services; port 0 is always dropped), loop_guard (drop datagrams
-    from this host's addresses and the UDP ports this process serves, for
-    services that answer any datagram), max_packet_size, and
+    between services; port 0 is always dropped), max_packet_size, and
     AdmissionMixIn's (a denied source gets nothing). Class variables:
     batch, the most datagrams one wake-up answers of those already waiting;
     remembered_addresses, the local addresses whose Reply is kept.
@@ -101,14 +116,12 @@ class DatagramServer(
         "burst",
         "limits",
         "min_source_port",
-        "loop_guard",
         "clock",
     )
     rate = 1.0  # replies per second per source, after the burst
     burst: int | None = 16  # replies a source may have at once
     limits: SourceLimits | None = None  # made from rate and burst unless given
     min_source_port = 0
-    loop_guard = True
     clock: Clock = local_now
     max_packet_size = 512
     batch = 16  # datagrams answered per wake-up, at most
@@ -129,7 +142,7 @@ class DatagramServer(
         self.destination_info = False  # likewise: IP_PKTINFO, IPV6_RECVPKTINFO
         self._served_port: int | None = None
         self._ancillary_space = 0  # what recvmsg() reads beside the data
-        self._replies: dict[bytes, Reply] = {}  # by the address asked at
+        self._replies: dict[tuple[bytes, ...], Reply] = {}  # by the address asked
         super().__init__(server_address, handler_class, bind_and_activate, **settings)
         if self.limits is None and self.burst is not None:
             self.limits = SourceLimits(self.rate, self.burst)
@@ -151,6 +164,8 @@ class DatagramServer(
         port among those this process serves."""
         # Where no ancillary data is needed, the socket itself sends.
         self._plain_reply = self.socket
+        if not DONT_WAIT:  # no read may block, even after select() said ready
+            self.socket.setblocking(False)
         self._served_port = self.server_address[1]
         SERVED_PORTS.add(self._served_port)
         self._ancillary_space = (_STAMP_SPACE if self.kernel_timestamps else 0) + (
@@ -174,6 +189,10 @@ class DatagramServer(
         try:
             if self.socket.family == socket.AF_INET6:
                 self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO, 1)
+                # IPv4 clients too: IP_PKTINFO tells a subnet's broadcast
+                # from this host's address, which IPV6_PKTINFO cannot.
+                with contextlib.suppress(OSError):
+                    self.socket.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
             else:
                 self.socket.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
         except OSError as exc:
@@ -187,7 +206,7 @@ class DatagramServer(
         return True
 
     def get_request(self) -> tuple:
-        return self._receive(0)
+        return self._receive(DONT_WAIT)
 
     def _receive(self, flags: int) -> tuple:
         if not self._ancillary_space:
@@ -207,20 +226,23 @@ class DatagramServer(
 
     def _reply_for(self, ancillary: list[tuple[int, int, bytes]]) -> Reply | None:
         """The Reply that answers from the address the datagram was sent to,
-        one for each such address; None where the kernel did not say."""
-        for level, kind, value in ancillary:
-            if level == socket.SOL_SOCKET:  # the receive time
-                continue
-            reply = self._replies.get(value)
-            if reply is None:
-                info = answer_from(level, kind, value)
-                if info is None:
-                    return None
-                if len(self._replies) >= self.remembered_addresses:
-                    self._replies.clear()  # there are this host's addresses only
-                reply = self._replies[value] = Reply(self.socket, info)
-            return reply
-        return None
+        one for each such address; NOT_UNICAST for a broadcast or multicast
+        one; None where the kernel did not say."""
+        key = tuple(
+            value for level, _, value in ancillary if level != socket.SOL_SOCKET
+        )
+        reply = self._replies.get(key)
+        if reply is None:
+            info, unicast = answer_from(
+                [item for item in ancillary if item[0] != socket.SOL_SOCKET]
+            )
+            if info is None:
+                return None
+            if len(self._replies) >= self.remembered_addresses:
+                self._replies.clear()  # there are this host's addresses only
+            reply = Reply(self.socket, info) if unicast else NOT_UNICAST
+            self._replies[key] = reply
+        return reply
 
     def _handle_request_noblock(self) -> None:
         """One wake-up of serve_forever() or handle_request(): the datagram
@@ -234,11 +256,10 @@ class DatagramServer(
         are answered in this thread: a reply costs less than starting a
         thread.
         """
-        flags = 0
         for _ in range(self.batch):
             try:
-                request, client_address = self._receive(flags)
-            except OSError:  # none waiting
+                request, client_address = self._receive(DONT_WAIT)
+            except OSError:  # none waiting, or a readiness with nothing behind
                 return
             try:
                 verdict = self.admit(request, client_address)
@@ -250,25 +271,19 @@ class DatagramServer(
                         request[1].sendto(kiss, client_address)
             except Exception:
                 self.handle_error(request, client_address)
-            if not _DONT_WAIT:  # no read that returns when none is waiting
-                return
-            flags = _DONT_WAIT
 
     def verify_request(self, request: Any, client_address: Any) -> bool:
-        """Who may ask at all: the access list, the source port, the loop
-        guard. Decides and counts, never sends."""
+        """Who may ask at all: the access list, the source port, and only a
+        datagram sent to this host's own address. Decides and counts, never
+        sends."""
         if not super().verify_request(request, client_address):
             return False
         port = client_address[1]
         if port < self.min_source_port or port == 0:  # port 0 cannot be answered
             self.count_refusal("low_source_port", client_address)
             return False
-        if (
-            self.loop_guard
-            and port in SERVED_PORTS.ports
-            and client_address[0] in LOCAL_ADDRESSES
-        ):
-            self.count_refusal("loop", client_address)
+        if request[1] is NOT_UNICAST:
+            self.count_refusal("not_unicast", client_address)
             return False
         return True
 

@@ -1,5 +1,5 @@
-"""This host's addresses and the UDP ports this process serves: a datagram
-from both is another service's answer, and answering it would start a loop."""
+"""This host's addresses and the UDP ports this process serves: the NTP
+service never asks itself what to claim."""
 
 from __future__ import annotations
 
@@ -29,15 +29,18 @@ class LocalAddresses:
 
     @staticmethod
     def _decide(host: str) -> bool:
-        address = ipaddress.ip_address(host.split("%")[0])
+        name, percent, scope = host.partition("%")
+        address = ipaddress.ip_address(name)
         if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
             address = address.ipv4_mapped
         if address.is_loopback or address.is_unspecified:
             return True
         family = socket.AF_INET if address.version == 4 else socket.AF_INET6
+        # A link-local address is bound on its interface: its scope stays.
+        where = f"{address}{percent}{scope}" if address.version == 6 else str(address)
         try:
             with socket.socket(family, socket.SOCK_DGRAM) as probe:
-                probe.bind((str(address), 0))
+                probe.bind((where, 0))
         except OSError:
             return False
         return True
@@ -45,8 +48,7 @@ class LocalAddresses:
 
 class ServedPorts:
     """The UDP ports this process serves, for every datagram server in it:
-    a datagram from one of them, sent from this host, is another service's
-    answer, and answering it would start a loop between the two."""
+    the NTP service does not ask one of them, on this host, what to claim."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()

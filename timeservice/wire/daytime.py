@@ -67,3 +67,16 @@ def parse_daytime(text: str) -> Daytime:
             continue
         return Daytime(moment, 1.0)
     raise ValueError(f"not a daytime form this client reads: {text!r}")
+
+
+def is_reply(datagram: bytes) -> bool:
+    """Whether a datagram is itself a Daytime answer: a line of text that
+    reads as a time in a form parse_daytime() knows. A Daytime server must
+    not answer one, or two servers could answer each other forever."""
+    if not datagram.strip() or len(datagram) > MAX_REPLY_BYTES:
+        return False
+    try:
+        parse_daytime(datagram.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return False
+    return True

@@ -32,6 +32,13 @@ def encode(unix_seconds: int) -> bytes:
     return _SECONDS.pack(to_1900(unix_seconds))
 
 
+def is_reply(datagram: bytes) -> bool:
+    """Whether a datagram is itself a Time answer: exactly 4 bytes, which no
+    client sends (rdate sends an empty datagram). A Time server must not
+    answer one, or two servers could answer each other forever."""
+    return len(datagram) == _SECONDS.size
+
+
 def decode(data: bytes, near: float) -> int:
     """The Unix second a Time server's reply stands for, nearest `near`.
 
