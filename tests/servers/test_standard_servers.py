@@ -4,6 +4,7 @@ when things go wrong."""
 from __future__ import annotations
 
 import logging
+import os
 import random
 import socket
 import socketserver
@@ -102,7 +103,12 @@ def test_a_synchronised_server_asks_its_daemon_what_to_claim(serve, monkeypatch)
     synchronised(monkeypatch)
     asked = threading.Event()
     with udp_socket() as daemon:
-        server = serve(NtpServer, NtpHandler, upstream=daemon.getsockname())
+        server = serve(
+            NtpServer,
+            NtpHandler,
+            upstream=daemon.getsockname(),
+            upstream_users={os.geteuid()},  # this test's fake daemon
+        )
         server.state_interval = 0  # every request reads the state afresh
         answering = answering_upstream(daemon, 2, asked)
         first = ntp.Packet.unpack(ask_raw(server))  # asked; not answered yet

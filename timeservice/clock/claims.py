@@ -36,7 +36,11 @@ def server_state(
     - The kernel says synchronised, and `upstream` says what the server it
       follows claims (read `age` seconds ago): one stratum more, its
       reference ID and time, leap indicator and root delay, and its root
-      dispersion grown by RFC 5905's PHI since it was read.
+      dispersion grown by RFC 5905's PHI since it was read. Behind a
+      stratum-1 server, whose reference ID is a reference clock's code
+      (GPS, PPS), the claim names that server by its address instead
+      (`source_id`): RFC 5905 gives stratum 2 and above an address there,
+      which clients compare with their own to detect loops.
     - The kernel says synchronised, with no upstream known: stratum 15 (the
       least a client still takes), no reference ID (RFC 5905 uses it to
       detect loops, so a made-up one is worse than none), and a root
@@ -53,10 +57,13 @@ def server_state(
     floor = 2.0**precision
     if kernel is not None and kernel.synchronised:
         if upstream is not None:
+            named = upstream.reference_id
+            if upstream.stratum == 1 and upstream.source_id != NO_REFERENCE:
+                named = upstream.source_id
             return ServerState(
                 upstream.leap,
                 min(upstream.stratum + 1, MAX_STRATUM),
-                upstream.reference_id,
+                named,
                 precision,
                 upstream.root_dispersion + floor + PHI * age,
                 upstream.root_delay,

@@ -73,9 +73,11 @@ class Settings(NamedTuple):
         claim = None
         if args.upstream_stratum is not None:
             claim = (args.upstream_stratum, args.upstream_id or ntp.NO_REFERENCE)
+        users = {0} if args.upstream_user is None else {0, args.upstream_user}
         ntp_settings = {
             "local_stratum": args.local_stratum,
             "upstream": args.upstream,
+            "upstream_users": frozenset(users),
             "upstream_claim": claim,
         }
         return cls(line, common, datagrams, ntp_settings)

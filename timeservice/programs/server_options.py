@@ -42,6 +42,18 @@ def upstream_address(text: str) -> tuple | None:
     return address
 
 
+def user_id(text: str) -> int:
+    """An argparse type for --upstream-user: a user's name, as its uid."""
+    try:
+        import pwd
+    except ImportError:
+        raise argparse.ArgumentTypeError("users need a POSIX system") from None
+    try:
+        return pwd.getpwnam(text).pw_uid
+    except KeyError:
+        raise argparse.ArgumentTypeError(f"no such user: {text!r}") from None
+
+
 def reference_id(text: str) -> bytes:
     """An argparse type for --upstream-id: see ntp.reference_id()."""
     try:
@@ -143,6 +155,14 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
         help="with --ntp: the NTP server that synchronises this machine's clock "
         "(its daemon), asked what to claim while the kernel says synchronised; "
         "'none' not to ask (default: 127.0.0.1:123)",
+    )
+    protocols.add_argument(
+        "--upstream-user",
+        type=user_id,
+        metavar="NAME",
+        help="with --ntp: the user the daemon serves as, whose socket is "
+        "believed besides root's (default: root only; a daemon that binds as "
+        "root and then drops its privileges still shows root)",
     )
     protocols.add_argument(
         "--upstream-stratum",
@@ -256,7 +276,7 @@ def check_arguments(args: argparse.Namespace) -> str | None:
                 "name them in the .socket unit instead"
             )
     elif args.ntp is None:
-        for option in ("local_stratum", "upstream_stratum"):
+        for option in ("local_stratum", "upstream_stratum", "upstream_user"):
             if getattr(args, option) is not None:
                 return f"--{option.replace('_', '-')} goes with --ntp"
     if args.upstream_id is not None and args.upstream_stratum is None:

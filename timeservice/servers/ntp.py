@@ -5,19 +5,17 @@ query that asks the daemon that synchronised the clock what to claim."""
 from __future__ import annotations
 
 import logging
-import socket
 import socketserver
-import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from ..clock import claims, kernel
 from ..clock.system import nanoseconds_source
 from ..transport.datagram import DatagramServer
-from ..transport.local import LOCAL_ADDRESSES, SERVED_PORTS
 from ..wire import ntp
-from ..wire.addresses import format_address
 from .oneshot import clock_failed
+from .upstream import UpstreamQuery
 
 logger = logging.getLogger(__name__)
 
@@ -48,87 +46,6 @@ class NtpHandler(socketserver.BaseRequestHandler):
         reply_to.sendto(reply, self.client_address)
 
 
-class UpstreamQuery:
-    """Asks the NTP server that synchronises this machine's clock (its
-    daemon: chronyd, ntpd) what it claims, without ever waiting for it.
-
-    current() sends a client request at most every `interval` seconds and
-    reads the reply on a later call, so the serving loop never waits on the
-    daemon. A reply is used only if it passes a client's checks, from a
-    stratum below 15, and for `usable` seconds after it was asked. An
-    address of this host and a UDP port this process serves is never asked:
-    the answer would be this server's own claim. Thread-safe.
-    """
-
-    interval = 8.0
-    usable = 64.0
-
-    def __init__(self, address: tuple) -> None:
-        self.address = address
-        self._lock = threading.Lock()
-        self._sock: socket.socket | None = None
-        self._request: bytes | None = None  # the request not answered yet
-        self._sent = self._asked = -self.interval
-        self._found: tuple[float, ntp.Upstream] | None = None  # asked at, claim
-
-    def current(self, now: float) -> tuple[ntp.Upstream, float] | None:
-        """The daemon's claim and its age in seconds (now: monotonic), or None."""
-        with self._lock:
-            self._collect()
-            if now - self._sent >= self.interval:
-                self._ask(now)
-            if self._found is None or now - self._found[0] > self.usable:
-                return None
-            asked, upstream = self._found
-            return upstream, now - asked
-
-    def _ask(self, now: float) -> None:
-        self._sent = now
-        host, port = self.address[:2]
-        if port in SERVED_PORTS.ports and host in LOCAL_ADDRESSES:
-            return  # this very process
-        try:
-            if self._sock is None:
-                family = socket.AF_INET6 if ":" in host else socket.AF_INET
-                self._sock = socket.socket(family, socket.SOCK_DGRAM)
-                self._sock.setblocking(False)
-                self._sock.connect(self.address)
-            self._request = ntp.request_packet(time.time_ns())
-            self._sock.send(self._request)
-            self._asked = now
-        except OSError as exc:
-            logger.debug("cannot ask %s: %s", format_address(self.address), exc)
-            self.close()
-
-    def _collect(self) -> None:
-        """Read what has come since the last request: its answer, if any."""
-        for _ in range(8):  # a few strays at most; the next request starts over
-            if self._sock is None or self._request is None:
-                return
-            try:
-                data = self._sock.recv(512)
-            except BlockingIOError:
-                return
-            except OSError as exc:  # refused: no daemon there
-                logger.debug("%s: %s", format_address(self.address), exc)
-                self.close()
-                return
-            try:
-                reply = ntp.check_reply(data, self._request)
-            except ntp.NtpError as exc:
-                logger.debug("%s: %s", format_address(self.address), exc)
-                continue
-            self._request = None
-            if reply.stratum < ntp.MAX_STRATUM:
-                self._found = (self._asked, ntp.Upstream.from_reply(reply))
-
-    def close(self) -> None:
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
-        self._request = None
-
-
 class NtpServer(DatagramServer):
     """An NTP server (RFC 5905 server mode, the SNTP server of RFC 4330).
 
@@ -142,15 +59,25 @@ class NtpServer(DatagramServer):
     only client requests, never another server's answer, so no two servers
     can answer each other forever. Settings: local_stratum
     (1-15 serves an unsynchronised clock, as chrony's ``local stratum``),
-    upstream (an address, None not to ask), upstream_claim, and
-    DatagramServer's.
+    upstream (an address, None not to ask), upstream_users (the uids whose
+    socket there is believed: see timeservice.servers.upstream),
+    upstream_claim, kernel_state (a function that reads the kernel's clock
+    state in place of kernel.read(), for tests), and DatagramServer's.
     """
 
-    settings: tuple[str, ...] = ("local_stratum", "upstream", "upstream_claim")
+    settings: tuple[str, ...] = (
+        "local_stratum",
+        "upstream",
+        "upstream_users",
+        "upstream_claim",
+        "kernel_state",
+    )
     state_interval = 1.0  # seconds the clock state is reused
     local_stratum: int | None = None
     upstream: tuple | None = ("127.0.0.1", ntp.DEFAULT_PORT)
+    upstream_users: frozenset[int] = frozenset({0})  # whose socket is the daemon's
     upstream_claim: tuple[int, bytes] | None = None
+    kernel_state: Callable[[], kernel.KernelState | None] | None = None  # for tests
 
     def __init__(
         self,
@@ -165,13 +92,13 @@ class NtpServer(DatagramServer):
         self.precision = kernel.precision()
         self._state: tuple[float, ntp.ServerState] | None = None
         if self.upstream is not None:
-            self.query = UpstreamQuery(self.upstream)
+            self.query = UpstreamQuery(self.upstream, self.upstream_users)
 
     def state(self) -> ntp.ServerState:
         """The server's clock state, from the kernel's, at most a second old."""
         now = time.monotonic()
         if self._state is None or now - self._state[0] >= self.state_interval:
-            kernel_state = kernel.read()
+            kernel_state = (self.kernel_state or kernel.read)()
             upstream, age = self._upstream(kernel_state, now)
             state = claims.server_state(
                 kernel_state, self.local_stratum, self.precision, upstream, age
