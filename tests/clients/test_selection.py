@@ -27,30 +27,26 @@ from timeservice.skew import (
         ([(-1, 1), (0, 2)], (0, 1)),
         # Two that do not: no majority of two.
         ([(0, 1), (2, 3)], None),
-        # Two that touch at one point: no interval of any width.
-        ([(0, 1), (1, 2)], None),
+        # Two that touch at one point: that point.
+        ([(0, 1), (1, 2)], (1, 1)),
+        # Two that overlap a little agree (2.0.0's midpoint rule: no majority).
+        ([(-1, 1), (0.7, 1.1)], (0.7, 1)),
         # Three, one far off: f = 0 fails (no point is in all three); with
-        # f = 1 the scans stop at 0 (two lows) and 1 (two highs), and one
-        # midpoint (A's, at 0) lies outside: 1 <= f.
+        # f = 1 the scans stop at 0 (two lows) and 1 (two highs).
         ([(-1, 1), (0, 2), (10, 12)], (0, 1)),
-        # Nested: all three share [0.5, 0.6], but two midpoints (0, 0) lie
-        # outside it, more than f = 0 allows; with f = 1 the interval is
-        # the outer two's [-1, 1].
-        ([(-10, 10), (-1, 1), (0.5, 0.6)], (-1, 1)),
+        # Nested: all three share [0.5, 0.6].
+        ([(-10, 10), (-1, 1), (0.5, 0.6)], (0.5, 0.6)),
         # Two against two: no majority.
         ([(0, 1), (0.5, 1.5), (10, 11), (10.5, 11.5)], None),
-        # Three against two: with f = 2 the scans stop at 1 and 2, and the
-        # two midpoints met on the way (11, 10.5) are no more than f.
+        # Three against two: with f = 2 the scans stop at 1 and 2.
         ([(0, 2), (0.5, 2.5), (1, 3), (10, 11), (10.5, 11.5)], (1, 2)),
-        # The same with narrower three: [0.8, 1] would be shared by three,
-        # but four midpoints (0.5, 1.4, 10.5, 11) lie outside it, more than
-        # f = 2. RFC 5905 asks more than Marzullo's algorithm here: no majority.
-        ([(0, 1), (0.5, 1.5), (0.8, 2), (10, 11), (10.5, 11.5)], None),
+        # The same with narrower three: [0.8, 1] is shared by three (RFC
+        # 5905's midpoints would have made it no majority).
+        ([(0, 1), (0.5, 1.5), (0.8, 2), (10, 11), (10.5, 11.5)], (0.8, 1)),
         # Ties: the same interval three times.
         ([(0, 1), (0, 1), (0, 1)], (0, 1)),
-        # Three touching the same point and a fourth holding it: the point
-        # has no width, so the widest agreement that has some is kept.
-        ([(-1, 0), (0, 1), (-2, 2)], (-1, 1)),
+        # Three sharing one point: that point.
+        ([(-1, 0), (0, 1), (-2, 2)], (0, 0)),
     ],
 )
 def test_the_intersection_by_hand(intervals, expected):
@@ -72,7 +68,7 @@ def test_a_falseticker_is_named_and_spoils_nothing_else():
     assert [r.target.text for r in verdict.false] == ["d"]
     # Each interval is at least +-10 ms wide (the tolerance): [-0.01, 0.01],
     # [-0.007, 0.013], [-0.012, 0.008] share [-0.007, 0.008], and all three
-    # midpoints lie inside it; d's [4.99, 5.01] misses it.
+    # d's [4.99, 5.01] misses it.
     assert verdict.majority == pytest.approx((-0.007, 0.008))
     assert verdict.distance == 0  # zero is inside it
     assert verdict.skew == pytest.approx(5.002 - 0.002)  # c to d, less both bounds
@@ -104,12 +100,13 @@ def test_the_thresholds():
     assert "this clock is at least 1.991000 s off the majority" in verdict.summary
 
 
-def test_two_targets_agree_only_if_each_is_inside_the_others_interval():
-    # RFC 5905's midpoint rule: [-0.3, 0.3] and [0.2, 0.8] overlap, but
-    # neither offset lies in the other's interval.
-    assert (
-        judge([reading("a", 0.0, 0.3), reading("b", 0.5, 0.3)], 1, 2).majority is None
-    )
+def test_two_targets_whose_bounds_overlap_agree():
+    # [-0.3, 0.3] and [0.2, 0.8] overlap: both clocks may be in [0.2, 0.3]
+    # (2.0.0, after RFC 5905's midpoints: "the 2 answers do not agree; no
+    # skew beyond the bounds", which says one thing and its opposite).
+    verdict = judge([reading("a", 0.0, 0.3), reading("b", 0.5, 0.3)], 1, 2)
+    assert verdict.majority == pytest.approx((0.2, 0.3))
+    assert verdict.false == () and verdict.status == OK
     # The tolerance widens narrow bounds: 5 ms apart agree at 10 ms, not at 1 ms.
     close = [reading("a", 0.0, 0.0001), reading("b", 0.005, 0.0001)]
     assert judge(close, 1, 2).majority == pytest.approx((-0.005, 0.01))
@@ -146,11 +143,15 @@ def test_one_target_agrees_with_itself():
     )
 
 
-def test_an_unreachable_target_is_reported_and_spoils_nothing():
+def test_an_unreachable_target_is_reported_and_makes_a_warning():
     down = Failure(Target("x", "ntp", "x", 123), "unreachable", "no answer within 1 s")
-    verdict = judge([reading("a", 0.0), down, reading("b", 0.001)], 0.1, 1.0)
-    assert verdict.status == OK
-    assert verdict.summary.endswith("1 without a reading")
+    results = [reading("a", 0.0), down, reading("b", 0.001)]
+    verdict = judge(results, 0.1, 1.0)
+    assert verdict.status == WARNING  # 2.0.0: OK, over a target never reached
+    assert verdict.summary.endswith("1 without a reading; not reached: x")
+    assert judge(results, 0.1, 1.0, ignore_unreachable=True).status == OK
+    refused = Failure(Target("y", "ntp", "y", 123), "refused", "a Kiss-o'-Death")
+    assert judge([reading("a", 0.0), refused], 0.1, 1.0).status == OK  # reached
     rows = skew_program.report(verdict)
     assert rows[2].split() == [
         "x",

@@ -22,7 +22,7 @@ def test_an_unsynchronised_server_is_one_clear_error(serve, monkeypatch):
     monkeypatch.setattr(
         server, "_state", (float("inf"), claims.server_state(None, None, -20))
     )
-    with pytest.raises(ntp.NtpError, match="unsynchronised"):
+    with pytest.raises(ntp.NotSynchronised, match="not synchronised"):
         client.ask_ntp("127.0.0.1", port_of(server))
 
 

@@ -118,8 +118,8 @@ def test_the_client_says_a_server_is_unsynchronised(serve, capsys, monkeypatch):
         == 1
     )
     assert (
-        "server says its clock is unsynchronised (leap indicator 3, stratum 0)"
-        in one_line(capsys.readouterr().err)
+        "server says its clock is not synchronised (leap indicator 3, stratum 0, "
+        "reference ID 'INIT')" in one_line(capsys.readouterr().err)
     )
 
 
@@ -233,3 +233,21 @@ def test_client_json_needs_offset(server, capsys):
         client_program.main([host, str(port), "--json"])
     assert exited.value.code == 2
     assert "--json goes with --offset" in capsys.readouterr().err
+
+
+def test_a_precision_of_2_to_the_127_is_not_believed(capsys):
+    with udp_socket() as fake:
+
+        def answer() -> None:
+            request, peer = fake.recvfrom(512)
+            fields = {"receive": 1 << 32, "transmit": 1 << 32, "precision": 127}
+            fake.sendto(reply_to(request, **fields), peer)
+
+        thread = threading.Thread(target=answer)
+        thread.start()
+        port = str(fake.getsockname()[1])
+        argv = ["--protocol", "ntp", "--offset", "-n", "1", "127.0.0.1", port]
+        assert client_program.main(argv) == 1  # 2.0.0: ± 1.7e38 s, "agrees"
+        thread.join(TIMEOUT)
+    err = one_line(capsys.readouterr().err)
+    assert "root distance 1.7e+38 s is more than 1 s" in err

@@ -30,7 +30,7 @@ from conftest import (
 from timeservice.clock import kernel as kernelclock
 from timeservice.programs import skew as skew_program
 from timeservice.server import NtpServer, TimeServer
-from timeservice.skew import CRITICAL, OK, UNKNOWN
+from timeservice.skew import CRITICAL, OK, UNKNOWN, WARNING
 from timeservice.wire import ntp
 
 # On the wire
@@ -64,7 +64,7 @@ def test_servers_on_one_clock_agree(line_servers, capsys):
     with socket.socket() as closed:  # a port nobody listens on
         closed.bind(("127.0.0.1", 0))
         targets.append(f"127.0.0.1:{closed.getsockname()[1]}")
-    assert skew_program.main([*targets, "-n", "2"]) == OK
+    assert skew_program.main([*targets, "-n", "2", "--ignore-unreachable"]) == OK
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("SKEW OK: ")
     assert "3 of 3 agree; 1 without a reading | skew=" in out[0]
@@ -76,22 +76,37 @@ def test_servers_on_one_clock_agree(line_servers, capsys):
     assert out[-2].startswith("this clock: agrees with the majority")
 
 
-def test_bad_targets_are_one_line_each_and_the_rest_still_run(line_servers, capsys):
-    port = line_servers(1)[0]
-    code = skew_program.main(
-        ["smtp://x", f"127.0.0.1:{port}", "nowhere.invalid", "--json"]
-    )
-    captured = capsys.readouterr()
-    errors = captured.err.splitlines()
-    assert errors[0].endswith(
-        "bad target 'smtp://x': unknown protocol 'smtp' "
+def test_a_target_that_cannot_be_parsed_is_a_usage_error_and_nothing_is_asked(
+    capsys,
+):
+    with pytest.raises(SystemExit) as exited:
+        skew_program.main(["127.0.0.1:1", "smtp://x"])
+    assert exited.value.code == UNKNOWN
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1].endswith(
+        "error: bad target 'smtp://x': unknown protocol 'smtp' "
         "(one of line, daytime, time, ntp)"
     )
-    assert "bad target 'nowhere.invalid': cannot resolve" in errors[1]
-    assert len(errors) == 2
-    report = json.loads(captured.out)
-    assert code == OK == report["code"]
-    assert [t["target"] for t in report["targets"]] == [f"127.0.0.1:{port}"]
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "unreached",
+    [["nowhere.invalid"], ["127.0.0.1:1", "127.0.0.1:2"]],
+)
+def test_a_target_never_reached_makes_the_status_a_warning(
+    line_servers, capsys, unreached
+):
+    port = line_servers(1)[0]
+    targets = [f"127.0.0.1:{port}", *unreached]
+    code = skew_program.main([*targets, "--json"])  # 2.0.0: SKEW OK, exit 0
+    report = json.loads(capsys.readouterr().out)
+    assert code == WARNING == report["code"]
+    assert "not reached: " + ", ".join(unreached) in report["summary"]
+    verdicts = [t["verdict"] for t in report["targets"][1:]]
+    assert all(v in ("unresolvable", "unreachable") for v in verdicts)
+    assert skew_program.main([*targets, "--ignore-unreachable", "--json"]) == OK
+    capsys.readouterr()
 
 
 @contextlib.contextmanager
@@ -130,11 +145,12 @@ def test_a_name_idna_refuses_is_one_row_and_the_rest_still_run(line_servers, cap
         ["a..b", f"{label}.example", f"127.0.0.1:{port}", "--json"]
     )
     captured = capsys.readouterr()
-    assert "Traceback" not in captured.err
-    errors = captured.err.splitlines()
-    assert len(errors) == 2 and all("cannot resolve" in line for line in errors)
+    assert captured.err == ""
     report = json.loads(captured.out)
-    assert code == OK == report["code"]
+    rows = report["targets"][:2]
+    assert [row["verdict"] for row in rows] == ["unresolvable"] * 2
+    assert all("cannot resolve" in row["reason"] for row in rows)
+    assert code == WARNING == report["code"]  # not reached: they were named
 
 
 def test_a_daytime_past_year_9999_is_one_row_and_the_rest_still_run(line_servers):
@@ -272,7 +288,7 @@ def test_the_shifted_server_is_the_falseticker():
     # The kernel's receive times are not on a faked clock: not used there.
     assert all(0 < t["delay"] <= t["bound"] * 2 for t in every["targets"])
     assert runs["good"].returncode == OK == reports["good"]["code"]
-    assert runs["good and down"].returncode == OK
+    assert runs["good and down"].returncode == WARNING  # one never reached
     down = reports["good and down"]["targets"][-1]
     assert down["verdict"] == "unreachable" and down["reason"] == "connection refused"
     print(runs["table"].stdout)
@@ -342,3 +358,16 @@ def test_chronyd_and_xinetd_among_ours(tmp_path):
     # Shifted by 1 ms; in some runs chronyd's reply carries its kernel's times.
     assert abs(by_target[targets["chronyd"]]["offset"] - 0.001) <= 0.002
     assert by_target[targets["xinetd"]]["bound"] >= 0.5  # whole seconds
+
+
+def test_an_unsynchronised_server_is_named_so_not_a_kiss(serving, line_servers, capsys):
+    unsynchronised = kernelclock.KernelState(False, ntp.LEAP_NONE, 16.0)
+    server = serving(
+        NtpServer(("127.0.0.1", 0), upstream=None, kernel_state=lambda: unsynchronised)
+    )
+    port = line_servers(1)[0]
+    target = f"ntp://127.0.0.1:{server.server_address[1]}"
+    skew_program.main([f"127.0.0.1:{port}", target, "--burst", "--json"])
+    row = json.loads(capsys.readouterr().out)["targets"][1]
+    assert row["verdict"] == "not synchronised"  # 2.0.0: "refused", a kiss
+    assert "leap indicator 3, stratum 0, reference ID 'INIT'" in row["reason"]

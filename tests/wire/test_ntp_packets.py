@@ -189,7 +189,11 @@ def test_ntp_version_1_requests_are_answered_as_chrony_answers_them():
         ({"origin": 5}, "origin timestamp differs"),
         ({"mode": 5}, "not a server reply"),
         ({"stratum": 0, "reference_id": b"RATE"}, "Kiss-o'-Death, code 'RATE'"),
-        ({"leap": 3}, "unsynchronised"),
+        ({"leap": 3}, "not synchronised"),
+        ({"stratum": 0, "leap": 3}, "not synchronised .*reference ID ''"),
+        ({"stratum": 0, "reference_id": b"INIT", "leap": 3}, "'INIT'"),
+        ({"stratum": 0, "reference_id": b"STEP"}, "not synchronised .*'STEP'"),
+        ({"precision": 127}, "root distance 1.7e\\+38 s is more than 1 s"),
         ({"stratum": 16}, "stratum 16"),
         ({"transmit": 0}, "no transmit timestamp"),
         ({"version": 0}, "version 0"),
@@ -198,6 +202,7 @@ def test_ntp_version_1_requests_are_answered_as_chrony_answers_them():
         ({"receive": 3 << 32}, "answered before it received"),
         ({"root_dispersion": 60 << 16}, "root distance 60.000 s is more than 1 s"),
         ({"root_delay": 3 << 16}, "root distance 1.500 s"),
+        ({"precision": 1}, "root distance 2.000 s"),  # RFC 5905's has it
     ],
 )
 def test_the_client_checks_a_reply_as_chrony_does(fields, problem):
@@ -207,3 +212,31 @@ def test_the_client_checks_a_reply_as_chrony_does(fields, problem):
     with pytest.raises(ntp.NtpError, match="short"):
         ntp.check_reply(b"\x24" * 47, request)
     assert ntp.check_reply(reply_to(request), request).stratum == 2
+
+
+def test_behind_a_stratum_1_server_the_claim_names_it_by_its_address():
+    synced = kernelclock.KernelState(True, ntp.LEAP_NONE, 0.5)
+    gps = ntp.Upstream(0, 1, b"GPS\0", 0.0, 0.001, source_id=bytes([127, 0, 0, 1]))
+    state = claims.server_state(synced, None, -20, gps)
+    assert (state.stratum, state.reference_id) == (2, bytes([127, 0, 0, 1]))
+    # At stratum 2 and above the server's own reference ID is an address.
+    behind = ntp.Upstream(0, 2, bytes([192, 0, 2, 1]), 0.0, 0.001, source_id=b"x")
+    assert claims.server_state(synced, None, -20, behind).reference_id == bytes(
+        [192, 0, 2, 1]
+    )
+
+
+@pytest.mark.parametrize(
+    "code, kind",
+    [
+        (b"RATE", ntp.KissOfDeath),
+        (b"DENY", ntp.KissOfDeath),
+        (b"INIT", ntp.NotSynchronised),
+        (b"STEP", ntp.NotSynchronised),
+        (bytes(4), ntp.NotSynchronised),
+    ],
+)
+def test_stratum_0_is_a_kiss_or_a_server_without_time(code, kind):
+    request = ntp.request_packet(1_000 * S)
+    with pytest.raises(kind):
+        ntp.check_reply(reply_to(request, stratum=0, reference_id=code), request)

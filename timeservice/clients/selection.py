@@ -1,5 +1,5 @@
 """Do these clocks agree, and which one is wrong? The arithmetic of the skew
-check, pure: RFC 5905's intersection (after Marzullo), the falsetickers,
+check, pure: Marzullo's intersection (as RFC 5905 scans for it), the falsetickers,
 the skew the readings prove, and the status a monitoring system reads."""
 
 from __future__ import annotations
@@ -34,38 +34,37 @@ def intersection(
 ) -> tuple[float, float] | None:
     """The interval the most of `intervals` share, or None if no majority does.
 
-    RFC 5905, section 11.2.1: with f = 0, 1, ... falsetickers allowed (fewer
-    than half), scan the sorted endpoints up for the lowest point inside
-    m - f intervals and down for the highest; the intervals' midpoints met
-    outside must be no more than f, and the two points must not cross.
+    Marzullo's intersection, as RFC 5905 section 11.2.1 scans for it: with
+    f = 0, 1, ... falsetickers allowed (fewer than half), the lowest point
+    inside m - f intervals and the highest, which must not cross. The bounds
+    here are hard error bounds (a clock is inside its interval), so RFC
+    5905's further rule on the intervals' midpoints, made for NTP's
+    statistical bounds, is not applied: intervals that overlap agree.
     Endpoints that touch count as overlapping.
     """
     count = len(intervals)
+    # At one value, the starts come first going up and the ends going down:
+    # touching intervals share their point.
     points = sorted(
-        point
-        for low, high in intervals
-        for point in ((low, -1), ((low + high) / 2, 0), (high, 1))
+        point for low, high in intervals for point in ((low, -1), (high, 1))
     )
     for allowed in range((count + 1) // 2):  # f < m / 2
         needed = count - allowed
-        midpoints, inside = 0, 0
         lowest = highest = None
+        inside = 0
         for value, kind in points:
             inside -= kind
             if inside >= needed:
                 lowest = value
                 break
-            midpoints += kind == 0
         inside = 0
         for value, kind in reversed(points):
             inside += kind
             if inside >= needed:
                 highest = value
                 break
-            midpoints += kind == 0
-        if midpoints <= allowed and lowest is not None and highest is not None:
-            if lowest < highest:
-                return lowest, highest
+        if lowest is not None and highest is not None and lowest <= highest:
+            return lowest, highest
     return None
 
 
@@ -86,11 +85,17 @@ class Reading:
 
 @dataclass(frozen=True)
 class Failure:
-    """A target that gave no reading: unreachable, refused or bad."""
+    """A target that gave no reading: not resolved, not reached, refused,
+    or not synchronised."""
 
     target: Target
-    verdict: str  # "unreachable", "refused" or "bad target"
+    verdict: str  # "unresolvable", "unreachable", "refused", "not synchronised"
     reason: str
+
+    @property
+    def unreached(self) -> bool:
+        """Whether the target was never reached: no answer at all."""
+        return self.verdict in ("unresolvable", "unreachable")
 
 
 def falsetickers(
@@ -163,6 +168,7 @@ def judge(
     warning: float,
     critical: float,
     tolerance: float = TOLERANCE,
+    ignore_unreachable: bool = False,
 ) -> Verdict:
     """Find the majority and the falsetickers, and the status the thresholds give.
 
@@ -172,7 +178,10 @@ def judge(
     clock is at least from the majority. A target known only to the second
     raises no alarm it cannot prove. Without a majority the skew still
     counts: two clocks 10 s apart are CRITICAL, whichever is wrong. No
-    answer, or no majority and no skew past a threshold, is UNKNOWN.
+    answer, or no majority and no skew past a threshold, is UNKNOWN. A
+    target that could not be resolved or reached makes the status at least
+    WARNING (a check that never reached a machine has checked nothing),
+    unless `ignore_unreachable`.
     """
     results = tuple(results)
     readings = [r for r in results if isinstance(r, Reading)]
@@ -190,6 +199,7 @@ def judge(
         parts = [f"{ahead} is at least {skew:.6f} s ahead of {behind}"]
     if majority is None:  # which is right is unknown, how far apart is not
         status = CRITICAL if skew > critical else WARNING if skew > warning else UNKNOWN
+        # UNKNOWN is no better than a target not reached: it stands.
         summary = "; ".join(
             [f"no majority: the {len(readings)} answers do not agree", *parts]
         )
@@ -207,5 +217,9 @@ def judge(
         parts.append(f"falseticker {', '.join(r.target.text for r in false)}")
     if failed:
         parts.append(f"{failed} without a reading")
+    unreached = [r for r in results if isinstance(r, Failure) and r.unreached]
+    if unreached and not ignore_unreachable:
+        status = max(status, WARNING)
+        parts.append(f"not reached: {', '.join(r.target.text for r in unreached)}")
     summary = "; ".join(parts)
     return Verdict(results, majority, false, status, summary, skew, distance)

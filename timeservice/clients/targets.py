@@ -47,13 +47,15 @@ def measure(target: Target, asking: Asking) -> Reading | Failure:
         best = ask_target(target, asking)
     except (socket.gaierror, UnicodeError) as exc:  # IDNA: "a..b", long labels
         reason = getattr(exc, "strerror", None) or str(exc)
-        return Failure(target, "bad target", f"cannot resolve: {reason}")
+        return Failure(target, "unresolvable", f"cannot resolve: {reason}")
     except TimeoutError:
         return Failure(target, "unreachable", f"no answer within {asking.timeout:g} s")
     except ConnectionRefusedError:
         return Failure(target, "unreachable", "connection refused")
     except OSError as exc:
         return Failure(target, "unreachable", exc.strerror or str(exc))
+    except ntp.NotSynchronised as exc:
+        return Failure(target, "not synchronised", str(exc))
     except ReplyError as exc:
         return Failure(target, "refused", str(exc))
     return Reading(target, best.offset, best.error, best.delay)

@@ -16,7 +16,6 @@ from ..clients.selection import (
     STATUS,
     TOLERANCE,
     UNKNOWN,
-    Failure,
     Reading,
     Verdict,
     judge,
@@ -213,6 +212,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "than this agree (default: %(default)s, RFC 5905's MINDISP)",
     )
     parser.add_argument(
+        "--ignore-unreachable",
+        action="store_true",
+        help="judge the targets that answered alone: by default one that cannot "
+        "be resolved or reached makes the status at least WARNING",
+    )
+    parser.add_argument(
         "--json", action="store_true", help="print one JSON object instead"
     )
     parser.add_argument(
@@ -221,22 +226,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     targets = []
-    for text in args.targets:
+    for text in args.targets:  # every one, before anything is asked
         try:
             targets.append(parse_target(text))
         except ValueError as exc:
-            print(f"{prog}: bad target {text!r}: {exc}", file=sys.stderr)
-    results = []
+            parser.error(f"bad target {text!r}: {exc}")
     asking = Asking(args.samples, args.timeout, args.burst, args.max_distance)
-    for result in measure_all(targets, asking, args.parallel):
-        if isinstance(result, Failure) and result.verdict == "bad target":
-            print(
-                f"{prog}: bad target {result.target.text!r}: {result.reason}",
-                file=sys.stderr,
-            )
-        else:
-            results.append(result)
-    verdict = judge(results, args.warning, args.critical, args.tolerance)
+    results = measure_all(targets, asking, args.parallel)
+    verdict = judge(
+        results, args.warning, args.critical, args.tolerance, args.ignore_unreachable
+    )
     if args.json:
         print(as_json(verdict))
     else:

@@ -71,6 +71,25 @@ class NtpError(ReplyError):
     """A reply the client must not use; the message says what the server said."""
 
 
+class KissOfDeath(NtpError):
+    """The server asks the client to stop or slow down (stratum 0, a code
+    such as RATE or DENY); `code` is the code."""
+
+    def __init__(self, code: str) -> None:
+        super().__init__(f"server sent a Kiss-o'-Death, code {code!r}")
+        self.code = code
+
+
+class NotSynchronised(NtpError):
+    """The server says its clock is not synchronised: leap indicator 3, or
+    stratum 0 with INIT, STEP or no code (chronyd without a source,
+    openntpd before it has synchronised)."""
+
+
+# Stratum 0 with these is a server that has no time yet, not a kiss.
+UNSYNCHRONISED_CODES = ("INIT", "STEP", "")
+
+
 def to_timestamp(unix_ns: int) -> int:
     """A time in nanoseconds since 1970 as an NTP timestamp (era folded)."""
     seconds, ns = divmod(unix_ns, NANOSECONDS)
@@ -163,7 +182,9 @@ class ServerState:
 class Upstream:
     """What the server the kernel's clock follows says of its own clock: a
     reply to a query of it (from_reply()), or what an operator configured.
-    `reference` is its reference timestamp, None where it is not known."""
+    `reference` is its reference timestamp, None where it is not known;
+    `source_id` the reference ID that names that server itself (its
+    address, as reference_id() makes it)."""
 
     leap: int
     stratum: int
@@ -171,9 +192,10 @@ class Upstream:
     root_delay: float
     root_dispersion: float
     reference: int | None = None
+    source_id: bytes = NO_REFERENCE
 
     @classmethod
-    def from_reply(cls, reply: Packet) -> Upstream:
+    def from_reply(cls, reply: Packet, source_id: bytes = NO_REFERENCE) -> Upstream:
         return cls(
             reply.leap,
             reply.stratum,
@@ -181,6 +203,7 @@ class Upstream:
             from_short(reply.root_delay),
             from_short(reply.root_dispersion),
             reply.reference,
+            source_id,
         )
 
 
@@ -318,9 +341,10 @@ def check_reply(
 
     RFC 5905's packet tests, as chrony makes them: the origin is the
     request's transmit timestamp, it is a server packet of version 1 to 4,
-    not a Kiss-o'-Death, not unsynchronised, stratum 1 to 15, with receive
-    and transmit timestamps, the one not after the other, and a root
-    distance no more than `max_distance` (RFC 5905's MAXDIST by default).
+    not a Kiss-o'-Death (KissOfDeath), synchronised (else NotSynchronised),
+    stratum 1 to 15, with receive and transmit timestamps, the one not after
+    the other, and a root distance, with the server's precision in it as
+    RFC 5905's has it, no more than `max_distance` (MAXDIST by default).
     """
     try:
         reply = Packet.unpack(data)
@@ -333,12 +357,12 @@ def check_reply(
     if reply.version not in VERSIONS:
         raise NtpError(f"NTP version {reply.version}, not 1 to 4")
     code = reply.reference_id.decode("ascii", "replace").rstrip("\0")
-    if reply.stratum == 0 and code != "INIT":
-        raise NtpError(f"server sent a Kiss-o'-Death, code {code!r}")
+    if reply.stratum == 0 and code not in UNSYNCHRONISED_CODES:
+        raise KissOfDeath(code)
     if reply.leap == LEAP_UNSYNCHRONISED or reply.stratum == 0:
-        raise NtpError(
-            f"server says its clock is unsynchronised (leap indicator "
-            f"{reply.leap}, stratum {reply.stratum})"
+        raise NotSynchronised(
+            f"server says its clock is not synchronised (leap indicator "
+            f"{reply.leap}, stratum {reply.stratum}, reference ID {code!r})"
         )
     if reply.stratum > MAX_STRATUM:
         raise NtpError(f"server stratum {reply.stratum} is not 1 to {MAX_STRATUM}")
@@ -348,9 +372,11 @@ def check_reply(
         raise NtpError("server sent no receive timestamp")
     if earlier(reply.transmit, reply.receive):
         raise NtpError("server says it answered before it received the request")
-    if reply.root_distance > max_distance:
+    distance = reply.root_distance + 2.0**reply.precision
+    if distance > max_distance:
+        shown = f"{distance:.3f}" if distance < 1e6 else f"{distance:.3g}"
         raise NtpError(
-            f"server's root distance {reply.root_distance:.3f} s is more than "
+            f"server's root distance {shown} s is more than "
             f"{max_distance:g} s: its time is too uncertain to use"
         )
     return reply
