@@ -180,6 +180,21 @@ def faketime(shift: str) -> tuple[str, ...]:
     return ("env", f"LD_PRELOAD={FAKETIME_LIBRARY}", f"FAKETIME={shift}")
 
 
+def children(pid: int) -> set[int]:
+    """The pids of a process's children, from /proc (Linux)."""
+    with open(f"/proc/{pid}/task/{pid}/children") as listed:
+        return {int(child) for child in listed.read().split()}
+
+
+def until(stream, pattern: re.Pattern, lines: int = 50) -> re.Match:
+    """The first of the next `lines` lines that matches, each read with a timeout."""
+    for _ in range(lines):
+        found = pattern.search(readline_within(stream))
+        if found:
+            return found
+    raise AssertionError(f"no line like {pattern.pattern}")
+
+
 def signal_launched(process: subprocess.Popen, signum: int) -> None:
     """Signal what `process` runs: its children if it is a launcher, else itself.
 

@@ -8,7 +8,15 @@ import signal
 import socket
 
 import pytest
-from conftest import TIMEOUT, needs_sigterm, readline_within, server_process, timestamp
+from conftest import (
+    TIMEOUT,
+    children,
+    needs_sigterm,
+    readline_within,
+    server_process,
+    timestamp,
+    until,
+)
 
 from timeservice import client
 from timeservice.host import capabilities
@@ -23,26 +31,12 @@ pytestmark = [
 STARTED = re.compile(r"worker (\d+) started, pid (\d+)")
 
 
-def children(pid: int) -> set[int]:
-    with open(f"/proc/{pid}/task/{pid}/children") as listed:
-        return {int(child) for child in listed.read().split()}
-
-
 def cpus_of(pid: int) -> str:
     with open(f"/proc/{pid}/status") as status:
         for line in status:
             if line.startswith("Cpus_allowed_list:"):
                 return line.split()[1]
     raise AssertionError("no Cpus_allowed_list")
-
-
-def until(stream, pattern: re.Pattern, lines: int = 50) -> re.Match:
-    """The first of the next `lines` lines that matches, each read with a timeout."""
-    for _ in range(lines):
-        found = pattern.search(readline_within(stream))
-        if found:
-            return found
-    raise AssertionError(f"no line like {pattern.pattern}")
 
 
 def ask_many(port: int, count: int) -> None:

@@ -13,7 +13,6 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 
 from ..wire.addresses import format_address
-from . import systemd
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +33,54 @@ def describe(server: socketserver.BaseServer) -> str:
     return f"{protocol} server ({'UDP' if udp else 'TCP'}, {where})"
 
 
+# The signals that ask a service to stop or reload; the threads it starts
+# block them, so that the kernel delivers them to the main thread, whose
+# wait they interrupt (a signal a serving thread took would run its Python
+# handler only once the main thread woke for something else).
+SIGNALS = {
+    getattr(signal, name)
+    for name in ("SIGINT", "SIGTERM", "SIGHUP")
+    if hasattr(signal, name)
+}
+
+
+@contextlib.contextmanager
+def signals_held() -> Iterator[None]:
+    """Block the service's signals in this thread while in the block: the
+    threads it starts are born with them blocked (a thread that blocked
+    them itself would have taken one in the moment before), and those that
+    come meanwhile wait for the block's end (where threads have masks)."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
+
+
+@contextlib.contextmanager
+def woken_by_signals(wake: socket.socket) -> Iterator[None]:
+    """While in the block, any signal writes a byte to `wake` (from the
+    interpreter's own C handler, signal.set_wakeup_fd()). A signal that
+    comes just before the main thread enters its wait is handled only once
+    the thread runs Python again; the byte makes sure it does. Only the main
+    thread can ask for it; elsewhere the block runs as it is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    try:
+        previous = signal.set_wakeup_fd(wake.fileno(), warn_on_full_buffer=False)
+    except (ValueError, TypeError):  # not the main interpreter; old signature
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.set_wakeup_fd(previous)
+
+
 class Service:
     """Several servers in one process, watched and stopped together.
 
@@ -44,18 +91,29 @@ class Service:
     elsewhere) ends the whole service too, and serve_forever() then raises
     ServerStopped: a service half serving is worse than one that stops and
     is restarted. watch() calls a function, such as systemd's watchdog,
-    only while every server's loop still turns.
+    only while every server's loop still turns. reload(), from a signal
+    handler too, has serve_forever()'s thread call on_reload (by default it
+    logs that there is nothing to reload); on_stop is called there once a
+    stop() has come, before the servers stop. stop() and reload() only set
+    a flag and write a byte: what they set in motion, and its log lines,
+    happen in serve_forever()'s thread.
     """
 
     def __init__(self, servers: Sequence[socketserver.BaseServer]) -> None:
         if not servers:
             raise ValueError("a service needs a server")
         self.servers = list(servers)
+        self.on_stop: Callable[[], None] = lambda: None
+        self.on_reload: Callable[[], None] = lambda: logger.info(
+            "reload asked; there is nothing to reload"
+        )
         self._stopped = False  # stop() was called; a plain flag, set from signals
+        self._reason: str | None = None  # what stop() was told, for the log
+        self._reloads = 0  # reload() calls, counted from signal handlers
         self._ended = threading.Event()  # serve_forever() is stopping its servers
         # While serving, a byte on this pair wakes serve_forever(): from
-        # stop(), which may run in a signal handler and so takes no lock,
-        # or from a loop that ended.
+        # stop() or reload(), which may run in a signal handler and so take
+        # no lock, or from a loop that ended.
         self._wake: socket.socket | None = None
         self._failure: str | None = None
         self._watcher: tuple[float, Callable[[], None]] | None = None
@@ -63,6 +121,7 @@ class Service:
     def serve_forever(self, poll_interval: float = 0.5) -> None:
         waking, self._wake = socket.socketpair()
         self._wake.setblocking(False)
+        waking.setblocking(False)
         threads = [
             threading.Thread(
                 target=self._serve,
@@ -71,22 +130,27 @@ class Service:
             )
             for server in self.servers
         ]
-        for thread in threads:
-            thread.start()
         if self._watcher is not None:
             threads.append(threading.Thread(target=self._watch, daemon=True))
-            threads[-1].start()
+        with signals_held():
+            for thread in threads:
+                thread.start()
         try:
-            if not self._stopped:  # a stop() before the pair existed
-                select.select([waking], [], [])
+            with woken_by_signals(self._wake):
+                self._wait(waking)
         finally:
             self._ended.set()
+            if self._stopped:
+                if self._reason:
+                    logger.info("%s, shutting down", self._reason)
+                self.on_stop()
             # Each shutdown() waits for its loop's next turn: all at once.
             stopping = [
                 threading.Thread(target=server.shutdown) for server in self.servers
             ]
-            for thread in stopping:
-                thread.start()
+            with signals_held():
+                for thread in stopping:
+                    thread.start()
             for thread in stopping + threads:
                 thread.join()
             for server in self.servers:
@@ -96,10 +160,27 @@ class Service:
         if self._failure is not None:
             raise ServerStopped(self._failure)
 
-    def stop(self) -> None:
+    def _wait(self, waking: socket.socket) -> None:
+        """Until a stop or a loop's end, doing the reloads asked meanwhile."""
+        while not self._stopped and self._failure is None:
+            select.select([waking], [], [])
+            with contextlib.suppress(BlockingIOError):
+                waking.recv(4096)
+            while self._reloads and not self._stopped:
+                self._reloads -= 1
+                self.on_reload()
+
+    def stop(self, reason: str | None = None) -> None:
         """End serve_forever(), from any thread but one the servers run, or
-        from a signal handler."""
+        from a signal handler; `reason` is logged when it does."""
+        self._reason = reason
         self._stopped = True
+        self._wake_up()
+
+    def reload(self) -> None:
+        """Have serve_forever()'s thread call on_reload; from a signal
+        handler too."""
+        self._reloads += 1
         self._wake_up()
 
     def watch(self, interval: float, beat: Callable[[], None]) -> None:
@@ -145,15 +226,19 @@ class Service:
             last = now
 
 
-def serve(service: Service, notifier: systemd.Notifier) -> int:
+def serve(
+    service: Service,
+    beat: Callable[[], None] | None = None,
+    interval: float | None = None,
+) -> int:
     """Serve until stopped (0) or until a server's loop ends on its own (1,
-    after one line in the log). Under systemd's watchdog, WATCHDOG=1 goes
-    out every half of its timeout while every server's loop still turns."""
+    after one line in the log). `beat` is called every `interval` seconds
+    while every server's loop still turns: systemd's WATCHDOG=1, or a
+    worker's beat to the parent that watches it."""
     poll_interval = POLL_INTERVAL
-    if notifier.watchdog is not None:
-        interval = notifier.watchdog / 2
+    if beat is not None and interval is not None:
         poll_interval = min(poll_interval, interval / 4)  # idle loops turn too
-        service.watch(interval, lambda: notifier.notify("WATCHDOG=1"))
+        service.watch(interval, beat)
     try:
         service.serve_forever(poll_interval)
     except ServerStopped as exc:
@@ -171,17 +256,26 @@ STOP_SIGNALS = [
 
 
 @contextlib.contextmanager
-def stop_on_signals(stop: Callable[[], None]) -> Iterator[None]:
-    """While in the block, SIGINT and SIGTERM call `stop`, such as
-    Service.stop(), which only wakes the thread that then stops the servers:
-    a handler runs between any two steps of the main thread, which may
-    hold a lock the handler would wait for."""
+def stop_on_signals(
+    stop: Callable[[str], None], reload: Callable[[], None] | None = None
+) -> Iterator[None]:
+    """While in the block, SIGINT and SIGTERM call `stop` with what came
+    (``SIGTERM received``), and SIGHUP calls `reload`, as Service.stop() and
+    Service.reload() take them: they only set a flag and wake the thread that
+    then acts and logs. A handler runs between any two steps of the main
+    thread, which may hold a lock the handler would wait for, so it takes
+    none, logging's included."""
 
     def on_signal(signum: int, frame: object) -> None:
-        logger.info("%s received, shutting down", signal.Signals(signum).name)
-        stop()
+        stop(f"{signal.Signals(signum).name} received")
+
+    def on_hangup(signum: int, frame: object) -> None:
+        if reload is not None:
+            reload()
 
     previous = {sig: signal.signal(sig, on_signal) for sig in STOP_SIGNALS}
+    if hasattr(signal, "SIGHUP"):
+        previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, on_hangup)
     try:
         yield
     finally:

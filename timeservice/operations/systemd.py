@@ -123,6 +123,10 @@ class Notifier:
         except OSError as exc:
             logger.warning("cannot notify the service manager: %s", exc.strerror)
 
+    def watched(self) -> None:
+        """Tell the watchdog that all is well (WATCHDOG=1)."""
+        self.notify("WATCHDOG=1")
+
     def close(self) -> None:
         if self.sock is not None:
             self.sock.close()

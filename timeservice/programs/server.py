@@ -142,16 +142,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.workers > 1:
             return serve_in_workers(servers, args, stopping, ready, notifier)
         service = Service(servers)
-
-        def stop() -> None:
-            stopping()
-            service.stop()
-
-        with stop_on_signals(stop), kept_on_cpu(choose_cpu(args.cpu)):
-            ready()
-            return serve(service, notifier)
+        service.on_stop = stopping
+        service.on_reload = nothing_to_reload
+        with stop_on_signals(service.stop, service.reload):
+            with kept_on_cpu(choose_cpu(args.cpu)):
+                ready()
+                if notifier.watchdog is None:
+                    return serve(service)
+                return serve(service, notifier.watched, notifier.watchdog / 2)
     finally:
         notifier.close()
+
+
+def nothing_to_reload() -> None:
+    logger.info("SIGHUP received; there is nothing to reload")
 
 
 def serve_in_workers(
@@ -163,20 +167,25 @@ def serve_in_workers(
 ) -> int:
     """Serve the bound sockets from `args.workers` processes, each on a CPU
     of its own where --cpu allows; the limits hold in each worker. A worker
-    whose server stops ends with status 1, and the supervisor starts
-    another; each worker keeps systemd's watchdog (NotifyAccess=all)."""
+    whose server stops ends with status 1, one whose loops stop turning goes
+    silent, and the supervisor starts another; only the supervisor tells
+    systemd's watchdog, while every worker beats (NotifyAccess=main)."""
     for server in servers:
         # Every worker waits on every socket; those that lose the race for
         # a connection or a datagram go back to waiting instead of blocking.
         server.socket.setblocking(False)  # type: ignore[attr-defined]
     cpus = worker_cpus(args.cpu, args.workers)
+    supervisor = prefork.Supervisor(args.workers, lambda n, beat: 0)
+    if notifier.watchdog is not None:  # silent past half of it: replaced
+        supervisor.silence = notifier.watchdog / 2
+        supervisor.watchdog = notifier.watched
 
-    def work(number: int) -> int:
+    def work(number: int, beat: Callable[[], None]) -> int:
         service = Service(servers)
         with stop_on_signals(service.stop), kept_on_cpu(cpus[number]):
-            return serve(service, notifier)
+            return serve(service, beat, supervisor.silence / 4)
 
-    supervisor = prefork.Supervisor(args.workers, work)
+    supervisor.work = work
     supervisor.on_stop = stopping
     try:
         return supervisor.serve(
