@@ -20,7 +20,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -86,7 +86,7 @@ SERVICES_BY_LABEL = {"daytime": "daytime", "time (RFC 868)": "time", "NTP": "ntp
 
 def near_now(moment: datetime, slack: float = 3.0) -> bool:
     """Within a few seconds of now: printed times are whole seconds."""
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     assert abs(moment.timestamp() - now.timestamp()) <= slack, (moment, now)
     return True
 
@@ -95,7 +95,7 @@ def ctime_utc(text: str) -> datetime:
     """rdate's and busybox rdate's output: ``Fri Nov 27 14:19:21 [UTC] 2026``."""
     words = [w for w in text.split() if w != "UTC"]
     moment = datetime.strptime(" ".join(words), "%a %b %d %H:%M:%S %Y")
-    return moment.replace(tzinfo=timezone.utc)
+    return moment.replace(tzinfo=UTC)
 
 
 def free_port(kind: socket.SocketKind = socket.SOCK_DGRAM) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from conftest import timestamp
 
@@ -50,7 +50,7 @@ class ShiftedClock(SystemClock):
 
 
 def test_a_subclass_of_the_system_clock_is_used(start_server, connect):
-    ahead = datetime.now(timezone.utc) + timedelta(minutes=59)
+    ahead = datetime.now(UTC) + timedelta(minutes=59)
     line = time_line(ShiftedClock(utc=True))
     assert timestamp(line) > ahead
     server = start_server(clock=ShiftedClock())

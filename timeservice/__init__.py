@@ -8,9 +8,9 @@ The protocol lives in ``timeservice.protocol``, the server in
 import sys
 
 # Read by the older Pythons this check is for, before a module they cannot read.
-if sys.version_info < (3, 10):  # noqa: UP036
+if sys.version_info < (3, 11):  # noqa: UP036
     raise SystemExit(
-        f"timeservice needs Python 3.10 or newer; this is {sys.version.split()[0]}"
+        f"timeservice needs Python 3.11 or newer; this is {sys.version.split()[0]}"
     )
 
 __version__ = "2.0.0"

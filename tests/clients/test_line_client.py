@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 from conftest import TIMEOUT, timestamp
@@ -14,13 +14,13 @@ from timeservice.wire.errors import ReplyError
 
 def test_after_a_timeout_the_client_does_not_read_the_late_answer(start_server):
     released = threading.Event()
-    old = datetime(2000, 1, 1, tzinfo=timezone.utc)
+    old = datetime(2000, 1, 1, tzinfo=UTC)
 
     def clock():
         if not released.is_set():
             released.wait(TIMEOUT)
             return old  # the late answer to the request that timed out
-        return datetime.now(timezone.utc)
+        return datetime.now(UTC)
 
     server = start_server(clock=clock)
     time_client = TimeClient(*server.server_address[:2], timeout=0.2)
@@ -41,7 +41,7 @@ def test_after_an_err_reply_the_client_must_connect_again(start_server):
     def clock():
         if failing.is_set():
             raise OSError("no clock")
-        return datetime.now(timezone.utc)
+        return datetime.now(UTC)
 
     server = start_server(clock=clock)
     with TimeClient(*server.server_address[:2]) as time_client:

@@ -7,7 +7,7 @@ import dataclasses
 import json
 import shutil
 import threading
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from conftest import port_of, server_process, shifted
@@ -72,7 +72,7 @@ def test_the_verdict_says_the_sign_in_words(offset, error, words):
 
 
 def test_timestamp_ns_is_exact():
-    assert timestamp_ns(datetime(1970, 1, 1, 0, 0, 1, 5, timezone.utc)) == 1_000_005_000
+    assert timestamp_ns(datetime(1970, 1, 1, 0, 0, 1, 5, UTC)) == 1_000_005_000
     plus_one = timezone(timedelta(hours=1))
     assert timestamp_ns(datetime(1970, 1, 1, 1, tzinfo=plus_one)) == 0
     moment = parse_timestamp("2026-11-27T10:15:42.123456+00:00")

@@ -1,7 +1,7 @@
 """The system clock and the answer it gives to a request line."""
 
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
@@ -25,7 +25,7 @@ def test_respond_asks_the_clock_once_per_request():
 
     def clock():
         calls.append(1)
-        return datetime(2026, 11, 27, tzinfo=timezone.utc)
+        return datetime(2026, 11, 27, tzinfo=UTC)
 
     respond(b"send time", clock)
     respond(b"nonsense", clock)
@@ -33,21 +33,21 @@ def test_respond_asks_the_clock_once_per_request():
 
 
 def test_respond_answers_a_bad_request_with_an_err_line():
-    reply = respond(b"what time is it", fixed(datetime.now(timezone.utc)))
+    reply = respond(b"what time is it", fixed(datetime.now(UTC)))
     assert reply == b"ERR unknown request, expected 'send time'\n"
 
 
 def test_respond_uses_the_local_clock_by_default():
-    before = datetime.now(timezone.utc)
+    before = datetime.now(UTC)
     moment = parse_timestamp(respond(b"send time").decode().rstrip("\n"))
-    after = datetime.now(timezone.utc)
+    after = datetime.now(UTC)
     assert before <= moment <= after
     assert moment.utcoffset() == datetime.now().astimezone().utcoffset()
 
 
 def expected_line(nanoseconds, utc):
     """The reply line for an instant, built the slow way through datetime."""
-    moment = datetime.fromtimestamp(nanoseconds // 10**9, timezone.utc)
+    moment = datetime.fromtimestamp(nanoseconds // 10**9, UTC)
     moment = moment.replace(microsecond=nanoseconds // 1000 % 10**6)
     if not utc:
         moment = moment.astimezone()
@@ -90,9 +90,9 @@ def test_system_clock_lines_match_format_timestamp(time_zone, utc, monkeypatch):
 @pytest.mark.parametrize("utc", [False, True])
 def test_system_clock_called_is_the_current_time_with_its_offset(utc):
     clock = SystemClock(utc=utc)
-    before = datetime.now(timezone.utc)
+    before = datetime.now(UTC)
     moment = clock()
-    assert before <= moment <= datetime.now(timezone.utc)
+    assert before <= moment <= datetime.now(UTC)
     offset = timedelta(0) if utc else datetime.now().astimezone().utcoffset()
     assert moment.utcoffset() == offset
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 from conftest import TIMEOUT, server_process, timestamp
@@ -26,7 +26,7 @@ def test_the_library_leaves_the_cpus_alone(start_server, connect):
 
     def clock():
         seen.append(os.sched_getaffinity(0))
-        return datetime.now(timezone.utc)
+        return datetime.now(UTC)
 
     server = start_server(clock=clock)
     timestamp(connect(server).ask())

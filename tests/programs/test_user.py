@@ -189,7 +189,7 @@ def test_no_passed_socket_is_one_line(monkeypatch, capsys):
     assert "LISTEN_FDS=0: systemd passed no socket" in one_line(capsys.readouterr().err)
 
 
-@pytest.mark.parametrize("version", ["3.9", "3.8"])
+@pytest.mark.parametrize("version", ["3.10", "3.9"])
 def test_an_old_python_is_told_which_it_needs(version):
     found = sorted(Path.home().glob(f".pyenv/versions/{version}.*/bin/python3"))
     python = str(found[-1]) if found else shutil.which(f"python{version}")
@@ -199,7 +199,7 @@ def test_an_old_python_is_told_which_it_needs(version):
         [python, "-m", "timeservice"], cwd=ROOT, capture_output=True, text=True
     )
     assert run.returncode == 1
-    assert one_line(run.stderr).startswith("timeservice needs Python 3.10 or newer")
+    assert one_line(run.stderr).startswith("timeservice needs Python 3.11 or newer")
 
 
 # A server's bytes, printed
@@ -323,3 +323,52 @@ def test_the_units_listen_on_loopback_only():
         assert listens, unit.name
         for address in listens:
             assert address.startswith(("127.0.0.1:", "[::1]:")), (unit.name, address)
+
+
+@on_posix
+@pytest.mark.parametrize(
+    "options",
+    [
+        [],
+        ["--protocol", "daytime"],
+        ["--protocol", "daytime", "--udp"],
+        ["--protocol", "time"],
+        ["--protocol", "time", "--udp"],
+        ["--protocol", "ntp", "--burst"],
+    ],
+    ids=lambda options: " ".join(options) or "line",
+)
+def test_head_1_on_the_client_is_quiet_on_every_protocol(serve, options):
+    """`client HOST -n 5 | head -1`: 2.0.0 printed "cannot talk to ...:
+    Broken pipe", blaming the server for the pipe. More answers than a pipe
+    holds, so that the client writes after the pipe is closed."""
+    from timeservice.server import (
+        DatagramServer,
+        DaytimeHandler,
+        NtpServer,
+        OneShotServer,
+        TimeHandler,
+        TimeServer,
+    )
+
+    protocol = options[1] if options else "line"
+    udp = "--udp" in options
+    if protocol == "line":
+        server = serve(TimeServer, None)
+    elif protocol == "ntp":
+        server = serve(NtpServer, None, local_stratum=10, upstream=None, burst=None)
+    elif udp:
+        handler = DaytimeHandler if protocol == "daytime" else TimeHandler
+        server = serve(DatagramServer, handler, burst=None)
+    else:
+        handler = DaytimeHandler if protocol == "daytime" else TimeHandler
+        server = serve(OneShotServer, handler)
+    where = "{}:{}".format(*server.server_address[:2])
+    buffered = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    asking = program("timeservice.client", where, "-n", "3000", *options, env=buffered)
+    assert readline_within(asking.stdout)  # the first answer, as head -1 reads it
+    asking.stdout.close()
+    assert asking.wait(TIMEOUT) == 141
+    err = asking.stderr.read()
+    asking.stderr.close()
+    assert err == ""

@@ -9,7 +9,7 @@ import socket
 import struct
 import threading
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from conftest import TIMEOUT, timestamp
@@ -30,9 +30,9 @@ def reset(connection) -> None:
 
 
 def test_send_time_gets_the_current_time(server, connect):
-    before = datetime.now(timezone.utc)
+    before = datetime.now(UTC)
     moment = timestamp(connect(server).ask())
-    assert before <= moment <= datetime.now(timezone.utc)
+    assert before <= moment <= datetime.now(UTC)
 
 
 def test_reply_uses_the_servers_clock(start_server, connect):
@@ -301,7 +301,7 @@ def test_shutdown_answers_lines_already_received(start_server, connect):
         if block.is_set():
             entered.set()
             release.wait(TIMEOUT)
-        return datetime.now(timezone.utc)
+        return datetime.now(UTC)
 
     server = start_server(clock=slow_clock)
     idle = connect(server)
@@ -349,7 +349,7 @@ def recording_clock(record):
 
     def clock():
         record()
-        return datetime.now(timezone.utc)
+        return datetime.now(UTC)
 
     return clock
 

@@ -19,7 +19,7 @@ import subprocess
 import sys
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 from conftest import (
@@ -96,7 +96,7 @@ def test_a_failing_clock_gets_an_err_line_and_the_server_goes_on(
     def clock():
         if failing.is_set():
             raise OSError("clock_gettime failed")
-        return datetime.now(timezone.utc)
+        return datetime.now(UTC)
 
     server = start_server(clock=clock)
     connection = connect(server)

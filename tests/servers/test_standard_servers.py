@@ -9,7 +9,7 @@ import random
 import socket
 import socketserver
 import threading
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from conftest import TIMEOUT, bounded, port_of, replies, reply_to, udp_socket
@@ -30,7 +30,7 @@ from timeservice.wire.errors import ReplyError
 
 S = 1_000_000_000
 WRAP = 2_085_978_496  # 2036-02-07T06:28:16Z, when the 32-bit count wraps
-UTC = timezone.utc
+UTC = UTC
 
 
 # End to end, over loopback

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
 from timeservice.wire.daytime import parse_daytime
 
-UTC = timezone.utc
+UTC = UTC
 
 
 @pytest.mark.parametrize(

@@ -1,7 +1,7 @@
 """The line protocol's format: timestamps, requests, replies and ERR lines."""
 
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
@@ -38,7 +38,7 @@ NEWFOUNDLAND = timezone(-timedelta(hours=3, minutes=30))
             "2026-01-02T03:04:05.999999-03:30",
         ),
         (
-            datetime(2026, 6, 1, 0, 0, 0, 123456, timezone.utc),
+            datetime(2026, 6, 1, 0, 0, 0, 123456, UTC),
             "2026-06-01T00:00:00.123456+00:00",
         ),
     ],
@@ -55,7 +55,7 @@ def test_format_timestamp_refuses_a_naive_time():
 
 def test_parse_timestamp_accepts_z_for_utc():
     assert parse_timestamp("2026-11-27T10:15:42.000000Z") == datetime(
-        2026, 11, 27, 10, 15, 42, tzinfo=timezone.utc
+        2026, 11, 27, 10, 15, 42, tzinfo=UTC
     )
 
 

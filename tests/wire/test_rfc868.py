@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -10,7 +10,7 @@ from timeservice.wire import rfc868
 
 WRAP = 2_085_978_496  # 2036-02-07T06:28:16Z, when the 32-bit count wraps
 
-UTC = timezone.utc
+UTC = UTC
 
 
 def test_the_1970_epoch_is_2208988800_seconds_after_1900():

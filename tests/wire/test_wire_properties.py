@@ -3,7 +3,7 @@ documented error, nothing else; and what is built from values reads back."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -130,7 +130,7 @@ moments = st.datetimes(
     max_value=datetime(9998, 12, 31),
     timezones=st.sampled_from(
         [
-            timezone.utc,
+            UTC,
             timezone(timedelta(hours=5, minutes=30)),
             timezone(-timedelta(hours=8)),
         ]

@@ -7,7 +7,7 @@ from __future__ import annotations
 import socket
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from ..clock.system import timestamp_ns
@@ -214,5 +214,5 @@ def ask_ntp(
 def local_timestamp(nanoseconds: int) -> str:
     """A time on the local clock, in the form the server answers in."""
     seconds, rest = divmod(nanoseconds, NANOSECONDS)
-    moment = datetime.fromtimestamp(seconds, timezone.utc).astimezone()
+    moment = datetime.fromtimestamp(seconds, UTC).astimezone()
     return format_timestamp(moment.replace(microsecond=rest // 1000))

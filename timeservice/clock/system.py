@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 
 from ..wire.line import format_timestamp, request_error
 
 Clock = Callable[[], datetime]
 
 
-EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def timestamp_ns(moment: datetime) -> int:
@@ -36,7 +36,7 @@ class SystemClock:
         self._second: tuple[int, bytes, bytes] = (-1, b"", b"")
 
     def __call__(self) -> datetime:
-        return datetime.now(timezone.utc) if self.utc else datetime.now().astimezone()
+        return datetime.now(UTC) if self.utc else datetime.now().astimezone()
 
     def line(self) -> bytes:
         """The current time as a reply line; reply_source() uses it unless

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 DEFAULT_PORT = 13
 MAX_REPLY_BYTES = 256
@@ -53,7 +53,7 @@ def parse_daytime(text: str) -> Daytime:
     words = text.split()
     for form, zone in (
         ("%a %b %d %H:%M:%S %Y", None),  # ctime(): the server's local time
-        ("%d %b %Y %H:%M:%S", timezone.utc),  # xinetd, followed by UTC
+        ("%d %b %Y %H:%M:%S", UTC),  # xinetd, followed by UTC
     ):
         try:
             if zone is None:
