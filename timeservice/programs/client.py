@@ -22,15 +22,17 @@ from ..clients.sampling import (
     take_samples,
 )
 from ..clients.standard import PORTS, ask_daytime, ask_ntp, ask_time, local_timestamp
-from ..wire.addresses import format_address, split_host_port
+from ..wire.addresses import format_address
 from ..wire.errors import ReplyError
 from ..wire.line import DEFAULT_PORT
 from .options import (
     add_sampling_arguments,
+    join_port,
     port_number,
     positive,
     program,
     program_name,
+    say,
     seconds,
 )
 
@@ -95,13 +97,13 @@ def collect(args: argparse.Namespace) -> tuple[Estimate | None, Exception | None
             if args.offset:
                 return client.measure_offset(count), None
             for _ in range(count):
-                print(client.get_time(), flush=True)
+                say(client.get_time())
         return None, None
 
     def ask_and_print() -> Sample | str:
         answer = ask(args)
         text = answer if isinstance(answer, str) else answer.answer
-        print(printable(text), flush=True)  # a server's text, whatever it sent
+        say(printable(text))  # a server's text, whatever it sent
         return answer
 
     answers, failure = take_samples(
@@ -182,14 +184,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--json goes with --offset")
     if args.udp and args.protocol == "line":
         parser.error("--udp goes with --protocol daytime or time")
-    if args.host.count(":") < 2 or args.host.startswith("["):  # not a bare IPv6
-        try:
-            args.host, port = split_host_port(args.host)
-        except ValueError as exc:
-            parser.error(f"{args.host!r}: {exc}")
-        if port is not None and args.port is not None:
-            parser.error(f"the port is given twice: {port} and {args.port}")
-        args.port = args.port if port is None else port
+    args.host, args.port = join_port(parser, args.host, args.port)
     if args.port is None:
         args.port = PORTS[args.protocol]
 

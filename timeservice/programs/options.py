@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 from ..clients.sampling import NTP_SPACING
 from ..wire import ntp
-from ..wire.addresses import format_address
+from ..wire.addresses import format_address, split_host_port
 
 T = TypeVar("T")
 
@@ -55,6 +55,22 @@ def seconds(text: str) -> float:
     return value
 
 
+class OutputClosed(Exception):
+    """What reads this program's output is gone (a closed pipe: ``| head``).
+
+    Not an OSError: a caller that handles the network's OSErrors must not
+    take it for the server's fault.
+    """
+
+
+def say(text: str) -> None:
+    """Print one line of output at once; a closed pipe is OutputClosed."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        raise OutputClosed from None
+
+
 def program(main: Callable[..., int]) -> Callable[..., int]:
     """A command's main(): Ctrl-C ends it with status 130 and a closed pipe
     (``| head``) with 141, each quietly, as a shell expects, instead of with
@@ -69,7 +85,7 @@ def program(main: Callable[..., int]) -> Callable[..., int]:
         except KeyboardInterrupt:
             print(file=sys.stderr)  # the line the ^C was typed on ends
             return 128 + signal.SIGINT
-        except BrokenPipeError:
+        except (BrokenPipeError, OutputClosed):
             # Nothing more can reach the reader; flushing at exit would fail
             # again, so what is left goes nowhere.
             with contextlib.suppress(OSError):
@@ -127,22 +143,39 @@ def metrics_address(text: str) -> tuple[str, int]:
 
 
 def add_address_arguments(parser: argparse._ActionsContainer, port: int) -> None:
-    """The -b ADDRESS and PORT arguments, as http.server has them."""
+    """The -b ADDRESS and PORT arguments, as http.server has them; -b takes
+    ADDRESS:PORT too. join_port() then makes them one address."""
     parser.add_argument(
         "-b",
         "--bind",
         metavar="ADDRESS",
         default="127.0.0.1",
-        help="address to listen on; '::' for all IPv6 and IPv4, "
-        "'0.0.0.0' for all IPv4 (default: %(default)s)",
+        help="address to listen on, or ADDRESS:PORT ([IPV6]:PORT); '::' for "
+        "all IPv6 and IPv4, '0.0.0.0' for all IPv4 (default: %(default)s)",
     )
     parser.add_argument(
         "port",
         nargs="?",
         type=port_number,
-        default=port,
-        help="port to listen on, 0 for any free port (default: %(default)s)",
+        help=f"port to listen on, 0 for any free port (default: {port})",
     )
+
+
+def join_port(
+    parser: argparse.ArgumentParser, text: str, port: int | None
+) -> tuple[str, int | None]:
+    """HOST or HOST:PORT ([IPV6]:PORT), and a port that may be given apart:
+    the host and the one port (None if neither names one). A bare IPv6
+    address (``::1``) has no port; a port named twice is a usage error."""
+    if not text or (text.count(":") >= 2 and not text.startswith("[")):
+        return text, port
+    try:
+        host, in_text = split_host_port(text)
+    except ValueError as exc:
+        parser.error(f"{text!r}: {exc}")
+    if in_text is not None and port is not None:
+        parser.error(f"the port is given twice: {in_text} and {port}")
+    return host, port if in_text is None else in_text
 
 
 def add_sampling_arguments(parser: argparse._ActionsContainer) -> None:
