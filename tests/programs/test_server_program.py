@@ -13,6 +13,7 @@ import pytest
 from conftest import (
     ROOT,
     TIMEOUT,
+    free_port,
     one_line,
     readline_within,
     server_process,
@@ -156,3 +157,22 @@ def test_a_rule_no_client_can_match_is_one_warning_line(bind, rules, warned):
     assert len(warnings) == len(warned), log
     for line, rule in zip(warnings, warned, strict=True):
         assert f"WARNING {rule} can match no client" in line
+
+
+@pytest.mark.parametrize("bind", ["127.0.0.1:{port}", "[::1]:{port}"])
+def test_the_server_takes_host_port_as_the_client_does(bind):
+    if bind.startswith("[") and not socket.has_ipv6:
+        pytest.skip("no IPv6 here")
+    port = free_port()
+    # 2.0.0: "cannot listen on 127.0.0.1:18037 port 8037: Name or service not known"
+    with server_process("-b", bind.format(port=port)) as (process, bound):
+        assert bound == port
+        process.terminate()
+        assert process.wait(TIMEOUT) == 0
+
+
+def test_a_port_given_twice_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as exited:
+        server_program.main(["-b", "127.0.0.1:18037", "8037"])
+    assert exited.value.code == 2
+    assert "the port is given twice: 18037 and 8037" in capsys.readouterr().err

@@ -20,6 +20,7 @@ from .options import (
     announce,
     configure_logging,
     ctrl_c_held,
+    join_port,
     listen,
     positive,
     program,
@@ -56,6 +57,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--version", action="version", version=f"%(prog)s {__version__}"
     )
     args = parser.parse_args(argv)
+    args.bind, port = join_port(parser, args.bind, args.port)
+    args.port = 0 if port is None else port
 
     configure_logging(logging.INFO)
     server = listen(prog, args.bind, args.port, TimeServer)

@@ -20,6 +20,7 @@ from .opening import STANDARD
 from .options import (
     add_address_arguments,
     cpu_choice,
+    join_port,
     metrics_address,
     port_number,
     positive,
@@ -254,6 +255,8 @@ def parse_arguments(prog: str, argv: Sequence[str] | None) -> argparse.Namespace
     usage error."""
     parser = build_parser(prog)
     args = parser.parse_args(argv)
+    args.bind, port = join_port(parser, args.bind, args.port)
+    args.port = DEFAULT_PORT if port is None else port
     args.activated = "LISTEN_FDS" in os.environ  # the sockets come from systemd
     problem = check_arguments(args)
     if problem is not None:
