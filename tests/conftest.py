@@ -23,6 +23,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 from timeservice.clock.system import local_now
+from timeservice.host.sockets import udp_owners
 from timeservice.policy.access import AccessList
 from timeservice.server import TimeServer
 from timeservice.wire import ntp
@@ -96,6 +97,30 @@ def free_port() -> int:
     raise AssertionError("no port free for TCP and UDP")
 
 
+OWNERS_READABLE = udp_owners("127.0.0.1", 9) is not None
+
+
+def daemon_port() -> int:
+    """A UDP port on 127.0.0.1 for a stand-in for the clock's daemon that the
+    service believes on this path: any free port where the owner of a socket
+    can be read; else a free privileged one (root only), as the portable
+    path believes only those."""
+    if OWNERS_READABLE:
+        return free_port()
+    if not hasattr(os, "geteuid") or os.geteuid() != 0:
+        pytest.skip(
+            "the owner of a socket cannot be read here; a privileged port needs root"
+        )
+    for port in range(1023, 823, -1):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            try:
+                udp.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    pytest.skip("no privileged UDP port free on 127.0.0.1")
+
+
 def udp_socket(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
     """A UDP socket bound on loopback whose reads time out."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -159,9 +184,10 @@ def server_process(
         assert match, line
         yield process, int(match[2])
     finally:
-        if process.poll() is None:  # still running: end its whole group
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)  # its own session
+        # End its whole group (its own session), which may outlive it: its
+        # workers, a launcher's child.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
         process.communicate(timeout=TIMEOUT)
 
 

@@ -24,7 +24,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, TIMEOUT, readline_within, server_process, signal_launched
+from conftest import (
+    ROOT,
+    TIMEOUT,
+    daemon_port,
+    readline_within,
+    server_process,
+    signal_launched,
+)
 
 from timeservice.clock import kernel as kernelclock
 from timeservice.wire import ntp
@@ -316,7 +323,7 @@ def test_synchronised_our_server_claims_what_chronyd_says(tmp_path):
     """chronyd serving its local clock stands for the daemon that synchronised
     this machine: our server, told the kernel is synchronised, claims one
     stratum more and chronyd's reference ID."""
-    port = free_port()
+    port = daemon_port()
     config = chrony_config(
         tmp_path,
         "local stratum 5",

@@ -25,6 +25,7 @@ from conftest import (
     two_hosts,
 )
 
+from timeservice.host import capabilities
 from timeservice.wire import ntp
 
 SERVING = re.compile(r"Serving (.+?) on \S+ port (\d+)")
@@ -98,13 +99,15 @@ print(json.dumps(counts))
 
 
 @contextlib.contextmanager
-def serving(ns: str, *options: str) -> Iterator[dict[str, int]]:
-    """A server process in `ns` and the port of each service it names."""
+def serving(ns: str, *options: str, portable: bool = False) -> Iterator[dict[str, int]]:
+    """A server process in `ns` and the port of each service it names; on
+    the portable paths if `portable`."""
     launcher = ("ip", "netns", "exec", ns)
+    env = {"TIMESERVICE_PORTABLE": "1"} if portable else None
     wanted = {SERVICES[name] for name in SERVICES if f"--{SERVICES[name]}" in options}
     wanted |= {"rfc868"} if "--time" in options else set()
     wanted |= {"ntp"} if "--ntp" in options else set()
-    with server_process(*options, "-q", launcher=launcher) as (process, port):
+    with server_process(*options, "-q", env=env, launcher=launcher) as (process, port):
         ports = {"line": port}
         while not wanted <= ports.keys():
             found = SERVING.search(readline_within(process.stdout))
@@ -226,6 +229,11 @@ REQUESTS = {
 
 @needs_netns
 @pytest.mark.slow
+@pytest.mark.skipif(
+    not capabilities.DESTINATION_ADDRESS,
+    reason="where the platform does not say a datagram's destination, only a "
+    "unicast bind answers unicast only (the test after this one)",
+)
 @pytest.mark.parametrize("wildcard", ["0.0.0.0", "::"])
 def test_broadcast_and_multicast_requests_get_no_answer(wildcard):
     options = ("-b", wildcard, "0", "--daytime", "0", "--time", "0", "--ntp", "0")
@@ -263,3 +271,35 @@ def test_broadcast_and_multicast_requests_get_no_answer(wildcard):
     for (address, _), count in answered.items():
         assert count == (1 if address == SERVER_V4 else 0), (address, count)
     assert local_got == [0, 0, 0, 1]  # 2.0.0 answered all four
+
+
+@needs_netns
+@pytest.mark.slow
+def test_where_the_destination_is_unknown_a_unicast_bind_answers_unicast_only():
+    options = ("--daytime", "0", "--time", "0", "--ntp", "0", "--local-stratum", "10")
+    with two_hosts() as (server_ns, client_ns):
+        with server_process(
+            "-b", "0.0.0.0", "0", "--ntp", "0",
+            env={"TIMESERVICE_PORTABLE": "1"},
+            launcher=("ip", "netns", "exec", server_ns),
+        ) as (process, _):  # fmt: skip
+            warned = ""
+            for _ in range(10):
+                warned = readline_within(process.stderr)
+                if "cannot tell which address" in warned:
+                    break
+            assert "bind this host's addresses to answer unicast only" in warned
+        with serving(server_ns, "-b", SERVER_V4, "0", *options, portable=True) as ports:
+            asks = [
+                [address, ports[name], payload.hex()]
+                for name, payload in REQUESTS.items()
+                for address in [
+                    SERVER_V4,
+                    "192.0.2.255",
+                    "255.255.255.255",
+                    "224.0.0.1",
+                ]
+            ]
+            got = json.loads(in_namespace(client_ns, ASK, CLIENT_V4, json.dumps(asks)))
+    for (address, _, _), count in zip(asks, got, strict=True):
+        assert count == (1 if address == SERVER_V4 else 0), (address, count)

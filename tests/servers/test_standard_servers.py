@@ -12,7 +12,15 @@ import threading
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from conftest import TIMEOUT, bounded, port_of, replies, reply_to, udp_socket
+from conftest import (
+    TIMEOUT,
+    bounded,
+    daemon_port,
+    port_of,
+    replies,
+    reply_to,
+    udp_socket,
+)
 
 from timeservice import client
 from timeservice.clock import kernel as kernelclock
@@ -102,7 +110,7 @@ def synchronised(monkeypatch, max_error: float = 0.25) -> None:
 def test_a_synchronised_server_asks_its_daemon_what_to_claim(serve, monkeypatch):
     synchronised(monkeypatch)
     asked = threading.Event()
-    with udp_socket() as daemon:
+    with udp_socket(port=daemon_port()) as daemon:
         server = serve(
             NtpServer,
             NtpHandler,

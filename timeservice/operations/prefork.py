@@ -247,8 +247,14 @@ class Supervisor:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED)
 
             def beat() -> None:
-                with contextlib.suppress(OSError):
+                try:
                     os.write(beats, b".")
+                except (
+                    BrokenPipeError
+                ):  # the parent has ended: as its death signal does
+                    os.kill(os.getpid(), signal.SIGTERM)
+                except OSError:  # a full pipe: the parent has beats to read already
+                    pass
 
             code = self.work(number, beat)
         except BaseException:

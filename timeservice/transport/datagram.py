@@ -180,12 +180,25 @@ class DatagramServer(
                 self.kernel_timestamps = True
             except OSError:
                 pass
-        address = self.server_address
-        if capabilities.DESTINATION_ADDRESS and is_wildcard(address):
-            self.destination_info = self._ask_destination()
+        if not is_wildcard(self.server_address):
+            return  # the kernel delivers only what was sent to its address
+        why = "this platform does not say"
+        if capabilities.DESTINATION_ADDRESS:
+            why = self._ask_destination()
+            self.destination_info = not why
+        if why:
+            logger.warning(
+                "%s: cannot tell which address datagrams were sent to (%s): "
+                "broadcasts are answered as requests and replies leave from "
+                "the kernel's choice; bind this host's addresses to answer "
+                "unicast only",
+                format_address(self.server_address),
+                why,
+            )
 
-    def _ask_destination(self) -> bool:
-        """Have the kernel say which address each datagram was sent to."""
+    def _ask_destination(self) -> str:
+        """Have the kernel say which address each datagram was sent to; why
+        it cannot, if not."""
         try:
             if self.socket.family == socket.AF_INET6:
                 self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO, 1)
@@ -196,14 +209,8 @@ class DatagramServer(
             else:
                 self.socket.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
         except OSError as exc:
-            logger.warning(
-                "%s: cannot tell which address datagrams were sent to (%s); "
-                "replies leave from the kernel's choice",
-                format_address(self.server_address),
-                exc.strerror,
-            )
-            return False
-        return True
+            return exc.strerror or str(exc)
+        return ""
 
     def get_request(self) -> tuple:
         return self._receive(DONT_WAIT)
