@@ -22,12 +22,12 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, settings
 
-from timeservice.clock.system import local_now
+from timeservice.clock.system import Clock
 from timeservice.host.sockets import udp_owners
 from timeservice.policy.access import AccessList
 from timeservice.server import TimeServer
 from timeservice.wire import ntp
-from timeservice.wire.line import parse_timestamp
+from timeservice.wire.line import parse_timestamp, timestamp_ns
 
 # No read in the tests waits longer than this. It only bounds a hang, so it
 # is generous: a loaded CI machine once took more than 5 s for a start-up line.
@@ -74,6 +74,14 @@ def timestamp(line: bytes) -> datetime:
     """The moment a reply line carries; fails the test if it is anything else."""
     assert line.endswith(b"\n"), line
     return parse_timestamp(line[:-1].decode("ascii"))
+
+
+def recent(moment: datetime) -> datetime:
+    """A moment a client returned, checked to be aware and within a few
+    seconds of this machine's clock (the servers under test read it too)."""
+    assert moment.utcoffset() is not None, moment
+    assert abs(moment - datetime.now(moment.tzinfo)) < timedelta(seconds=5), moment
+    return moment
 
 
 def one_line(text: str) -> str:
@@ -436,15 +444,36 @@ def reply_to(request: bytes, **fields) -> bytes:
     return ntp.Packet(**{**base, **fields}).pack()
 
 
-def shifted(shift: timedelta, stall=None):
+class Moments(Clock):
+    """A clock of the test's own: the time is what `moment()` returns, an
+    aware datetime, and the zone is that datetime's."""
+
+    def __init__(self, moment) -> None:
+        super().__init__()
+        self.moment, self._last = moment, None
+
+    def now_ns(self) -> int:
+        self._last = self.moment()
+        return timestamp_ns(self._last)
+
+    def utc_offset(self, second: int) -> int:
+        last = self._last if self._last is not None else self.moment()
+        return int(last.utcoffset().total_seconds())
+
+
+def moments(moment) -> Moments:
+    return Moments(moment)
+
+
+def shifted(shift: timedelta, stall=None) -> Moments:
     """A server clock `shift` ahead of this machine's, optionally slow to answer."""
 
-    def clock():
+    def moment():
         if stall is not None:
             stall()
-        return local_now() + shift
+        return datetime.now().astimezone() + shift
 
-    return clock
+    return Moments(moment)
 
 
 # Hosts of the test's own: network namespaces, removed whatever happens

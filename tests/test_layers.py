@@ -22,7 +22,7 @@ MAY_IMPORT = {
     "policy": {"wire", "policy"},
     "transport": {"wire", "host", "clock", "policy", "transport"},
     "servers": {"wire", "host", "clock", "policy", "transport", "servers"},
-    "clients": {"wire", "clock", "clients"},
+    "clients": {"wire", "clients"},  # the line protocol's timestamps are wire's
     "operations": {"wire", "host", "clock", "policy", "transport", "operations"},
     "programs": {
         "wire",
@@ -155,10 +155,10 @@ def test_each_module_reads_on_a_screen_or_two():
     assert long == {}
 
 
-@pytest.mark.parametrize("face", ["timeservice.client", "timeservice.skew"])
-def test_the_client_side_loads_no_server_code(face):
+def loaded_by(module: str) -> list[str]:
+    """The package's modules (and socketserver) that importing `module` loads."""
     code = (
-        f"import sys, {face}; "
+        f"import sys, {module}; "
         "print(' '.join(m for m in sys.modules if m.startswith('timeservice.')"
         " or m == 'socketserver'))"
     )
@@ -166,6 +166,12 @@ def test_the_client_side_loads_no_server_code(face):
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True
     ).stdout.split()
     assert loaded, "nothing loaded"
+    return loaded
+
+
+@pytest.mark.parametrize("face", ["timeservice.client", "timeservice.skew"])
+def test_the_client_side_loads_no_server_code(face):
+    loaded = loaded_by(face)
     server_side = [
         m
         for m in loaded
@@ -173,6 +179,35 @@ def test_the_client_side_loads_no_server_code(face):
         or layer_of(m) in {"transport", "servers", "operations", "programs", "policy"}
     ]
     assert server_side == []
+
+
+def test_the_ntp_server_loads_no_line_protocol_code():
+    """2.0.0's NTP server imported the one-shot servers, which imported the
+    line server for its handle_error()."""
+    loaded = loaded_by("timeservice.servers.ntp")
+    assert "timeservice.servers.ntp" in loaded
+    assert [m for m in loaded if m.endswith(".line") or m.endswith(".oneshot")] == []
+
+
+def test_the_line_protocol_lives_in_its_server_and_its_wire_format():
+    """Below the servers, nothing imports the line protocol's text: the
+    registry says why (a cause), the line server says it (ERR ...); and the
+    clock is one interface the protocols read."""
+    for name, path in modules().items():
+        if layer_of(name) in {"transport", "clock", "policy", "host", "operations"}:
+            assert "timeservice.wire.line" not in imports_of(name, path), name
+    clock = (PACKAGE / "clock" / "system.py").read_text()
+    assert "format_timestamp" not in clock and "ERR" not in clock
+
+
+def test_one_way_to_log_a_handlers_error_for_each_kind_of_transport():
+    defined = [
+        name
+        for name, path in modules().items()
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.FunctionDef) and node.name == "handle_error"
+    ]
+    assert defined == ["timeservice.transport.loop"]
 
 
 def test_the_tests_are_laid_out_as_the_layers():

@@ -12,7 +12,7 @@ import sys
 
 from .clients.line import DEFAULT_TIMEOUT, TimeClient
 from .clients.offset import Estimate, Sample, estimate, verdict
-from .clients.standard import PORTS, ask_daytime, ask_ntp, ask_time
+from .clients.standard import PORTS, UnknownForm, ask_daytime, ask_ntp, ask_time
 from .wire.errors import ReplyError
 from .wire.ntp import NtpError
 
@@ -24,6 +24,7 @@ __all__ = [
     "ReplyError",
     "Sample",
     "TimeClient",
+    "UnknownForm",
     "ask_daytime",
     "ask_ntp",
     "ask_time",

@@ -14,11 +14,9 @@ import sys
 
 from .operations.service import ServerStopped, Service
 from .policy.access import AccessList
-from .servers.daytime import DaytimeHandler
 from .servers.line import TimeRequestHandler, TimeServer
 from .servers.ntp import NtpHandler, NtpServer
-from .servers.oneshot import AnswerHandler, OneShotServer
-from .servers.rfc868 import TimeHandler
+from .servers.oneshot import AnswerHandler, DaytimeHandler, OneShotServer, TimeHandler
 from .transport.datagram import DatagramServer
 
 __all__ = [

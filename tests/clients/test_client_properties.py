@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from timeservice import client, skew
-from timeservice.wire import addresses
+from timeservice.clients import targets
 
 ports = st.integers(0, 65535)
 
@@ -35,4 +35,4 @@ def test_a_target_reads_back(protocol_name, host, port):
     target = skew.parse_target(text)
     assert target.host == host.strip("[]")
     assert target.port == (client.PORTS[protocol_name] if port is None else port)
-    assert addresses.split_host_port(text.split("://")[1]) == (host.strip("[]"), port)
+    assert targets.split_host_port(text.split("://")[1]) == (host.strip("[]"), port)

@@ -16,10 +16,9 @@ from timeservice import client
 from timeservice.client import TimeClient
 from timeservice.clients import standard
 from timeservice.clients.offset import Sample, estimate, verdict
-from timeservice.clock.system import timestamp_ns
 from timeservice.programs import client as client_program
 from timeservice.server import OneShotServer, TimeHandler
-from timeservice.wire.line import parse_timestamp
+from timeservice.wire.line import parse_timestamp, timestamp_ns
 
 S = 1_000_000_000  # nanoseconds in a second
 

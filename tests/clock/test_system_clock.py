@@ -1,48 +1,35 @@
-"""The system clock and the answer it gives to a request line."""
+"""The clock the servers answer from, and the reply lines made of it."""
 
 import time
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from timeservice.clock.system import SystemClock, respond
-from timeservice.wire.line import format_timestamp, parse_timestamp
+from timeservice.clock.system import Clock
+from timeservice.wire.line import TimeLines, format_timestamp, timestamp_ns
 
 CET = timezone(timedelta(hours=1))
 
 
-def fixed(moment):
-    return lambda: moment
+def test_the_system_clock_reads_the_current_time_in_its_zone():
+    for utc in (False, True):
+        clock = Clock(utc=utc)
+        before = time.time_ns()
+        now = clock.now_ns()
+        assert before <= now <= time.time_ns()
+        offset = 0 if utc else datetime.now().astimezone().utcoffset().seconds
+        assert clock.utc_offset(now // 10**9) % 86400 == offset
+        assert clock.system
 
 
-def test_respond_answers_with_the_clocks_time():
-    clock = fixed(datetime(2026, 11, 27, 10, 15, 42, 0, CET))
-    assert respond(b"send time", clock) == b"2026-11-27T10:15:42.000000+01:00\n"
+def test_a_clock_of_its_own_is_no_system_clock():
+    class Ahead(Clock):
+        def now_ns(self) -> int:
+            return time.time_ns() + 3600 * 10**9
 
-
-def test_respond_asks_the_clock_once_per_request():
-    calls = []
-
-    def clock():
-        calls.append(1)
-        return datetime(2026, 11, 27, tzinfo=UTC)
-
-    respond(b"send time", clock)
-    respond(b"nonsense", clock)
-    assert len(calls) == 1
-
-
-def test_respond_answers_a_bad_request_with_an_err_line():
-    reply = respond(b"what time is it", fixed(datetime.now(UTC)))
-    assert reply == b"ERR unknown request, expected 'send time'\n"
-
-
-def test_respond_uses_the_local_clock_by_default():
-    before = datetime.now(UTC)
-    moment = parse_timestamp(respond(b"send time").decode().rstrip("\n"))
-    after = datetime.now(UTC)
-    assert before <= moment <= after
-    assert moment.utcoffset() == datetime.now().astimezone().utcoffset()
+    ahead = Ahead()
+    assert not ahead.system
+    assert ahead.now_ns() - time.time_ns() > 3599 * 10**9
 
 
 def expected_line(nanoseconds, utc):
@@ -81,27 +68,19 @@ def test_system_clock_lines_match_format_timestamp(time_zone, utc, monkeypatch):
         951_782_400_000_000_000,  # 2000-02-29T00:00:00Z
         0,
     ]
-    clock = SystemClock(utc=utc)
+    clock, lines = Clock(utc=utc), TimeLines()
     for instant in instants:
-        monkeypatch.setattr(time, "time_ns", lambda instant=instant: instant)
-        assert clock.line() == expected_line(instant, utc), (time_zone, instant)
+        assert lines.line(instant, clock.utc_offset) == expected_line(instant, utc), (
+            time_zone,
+            instant,
+        )
 
 
-@pytest.mark.parametrize("utc", [False, True])
-def test_system_clock_called_is_the_current_time_with_its_offset(utc):
-    clock = SystemClock(utc=utc)
-    before = datetime.now(UTC)
-    moment = clock()
-    assert before <= moment <= datetime.now(UTC)
-    offset = timedelta(0) if utc else datetime.now().astimezone().utcoffset()
-    assert moment.utcoffset() == offset
-
-
-def test_respond_with_the_system_clock_matches_format_timestamp(monkeypatch):
-    monkeypatch.setattr(time, "time_ns", lambda: 1_795_774_542_123_456_789)
-    assert respond(b"send time", SystemClock(utc=True)) == (
-        b"2026-11-27T10:15:42.123456+00:00\n"
-    )
-    assert respond(b"  SEND   TIME ", SystemClock(utc=True)) == (
+def test_the_lines_of_a_clock_of_its_own_are_its_own():
+    lines = TimeLines()
+    moment = datetime(2026, 11, 27, 10, 15, 42, 0, CET)
+    line = lines.line(timestamp_ns(moment), lambda second: 3600)
+    assert line == b"2026-11-27T10:15:42.000000+01:00\n"
+    assert lines.line(1_795_774_542_123_456_789, lambda second: 0) == (
         b"2026-11-27T10:15:42.123456+00:00\n"
     )

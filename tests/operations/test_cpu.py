@@ -7,7 +7,7 @@ import threading
 from datetime import UTC, datetime
 
 import pytest
-from conftest import TIMEOUT, server_process, timestamp
+from conftest import TIMEOUT, moments, server_process, timestamp
 
 from timeservice.client import TimeClient
 from timeservice.host import capabilities
@@ -28,7 +28,7 @@ def test_the_library_leaves_the_cpus_alone(start_server, connect):
         seen.append(os.sched_getaffinity(0))
         return datetime.now(UTC)
 
-    server = start_server(clock=clock)
+    server = start_server(clock=moments(clock))
     timestamp(connect(server).ask())
     assert seen == [os.sched_getaffinity(0)]
 

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
-from conftest import TIMEOUT, timestamp
+from conftest import TIMEOUT, moments, timestamp
 
 from timeservice.host import capabilities
 from timeservice.server import TimeServer
@@ -37,7 +37,7 @@ def test_send_time_gets_the_current_time(server, connect):
 
 def test_reply_uses_the_servers_clock(start_server, connect):
     moment = datetime(2026, 11, 27, 10, 15, 42, 0, timezone(-timedelta(hours=5)))
-    server = start_server(clock=lambda: moment)
+    server = start_server(clock=moments(lambda: moment))
     assert connect(server).ask() == b"2026-11-27T10:15:42.000000-05:00\n"
 
 
@@ -303,7 +303,7 @@ def test_shutdown_answers_lines_already_received(start_server, connect):
             release.wait(TIMEOUT)
         return datetime.now(UTC)
 
-    server = start_server(clock=slow_clock)
+    server = start_server(clock=moments(slow_clock))
     idle = connect(server)
     timestamp(idle.ask())
     block.set()
@@ -357,7 +357,9 @@ def recording_clock(record):
 def test_one_thread_serves_connection_after_connection(start_server, connect):
     threads = []
     server = start_server(
-        clock=recording_clock(lambda: threads.append(threading.current_thread()))
+        clock=moments(
+            recording_clock(lambda: threads.append(threading.current_thread()))
+        )
     )
     for _ in range(5):
         connection = connect(server)
@@ -371,7 +373,9 @@ def test_one_thread_serves_connection_after_connection(start_server, connect):
 def test_a_thread_without_connections_ends(start_server, connect):
     threads = []
     server = start_server(
-        clock=recording_clock(lambda: threads.append(threading.current_thread()))
+        clock=moments(
+            recording_clock(lambda: threads.append(threading.current_thread()))
+        )
     )
     server.thread_idle = 0.05
     connection = connect(server)
@@ -387,7 +391,9 @@ def test_a_thread_without_connections_ends(start_server, connect):
 def test_busy_connections_each_get_a_thread(start_server, connect):
     threads = []
     server = start_server(
-        clock=recording_clock(lambda: threads.append(threading.current_thread()))
+        clock=moments(
+            recording_clock(lambda: threads.append(threading.current_thread()))
+        )
     )
     connections = [connect(server) for _ in range(3)]
     for connection in connections:

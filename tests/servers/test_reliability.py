@@ -27,6 +27,7 @@ from conftest import (
     SERVER_V4,
     SERVER_V6,
     TIMEOUT,
+    moments,
     needs_netns,
     needs_sigterm,
     server_process,
@@ -98,7 +99,7 @@ def test_a_failing_clock_gets_an_err_line_and_the_server_goes_on(
             raise OSError("clock_gettime failed")
         return datetime.now(UTC)
 
-    server = start_server(clock=clock)
+    server = start_server(clock=moments(clock))
     connection = connect(server)
     assert connection.ask() == b"ERR clock unavailable\n"
     assert connection.ask(b"  SEND TIME\r\n") == b"ERR clock unavailable\n"

@@ -27,6 +27,7 @@ from conftest import (
 
 from timeservice import client
 from timeservice.host import capabilities
+from timeservice.host.local import SERVED_PORTS, LocalAddresses
 from timeservice.policy.access import AccessList
 from timeservice.policy.sources import ANSWER, DROP, KISS, SourceLimits
 from timeservice.programs import server as server_program
@@ -45,7 +46,6 @@ from timeservice.transport.ancillary import (
     stamp_of,
 )
 from timeservice.transport.datagram import DatagramServer, Reply
-from timeservice.transport.local import SERVED_PORTS, LocalAddresses
 from timeservice.wire import ntp
 
 LOOPBACK_ONLY = AccessList.from_options(["127.0.0.0/8", "::1"], [])

@@ -170,10 +170,10 @@ def test_a_handler_that_arrives_while_closing_is_told_so(start_server):
     server.server_close()
     told = []
     handler = types.SimpleNamespace(
-        request=None, expire=lambda reason, grace: told.append(reason)
+        request=None, expire=lambda cause, grace, first: told.append((cause, first))
     )
     server.track(handler)
-    assert told == ["server shutting down"]
+    assert told == [("shutdown", True)]
 
 
 def reset_pair() -> socket.socket:

@@ -9,7 +9,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from timeservice.clock import claims
-from timeservice.clock import system as system_clock
 from timeservice.wire import daytime, ntp, rfc868
 from timeservice.wire import line as protocol
 
@@ -149,7 +148,10 @@ def test_any_text_is_a_daytime_form_or_a_value_error(text):
 
 @given(moments)
 def test_our_daytime_line_reads_back(moment):
-    line = daytime.daytime_line(system_clock.time_line(lambda: moment))
+    offset = int(moment.utcoffset().total_seconds())
+    line = daytime.daytime_line(
+        protocol.TimeLines().line(protocol.timestamp_ns(moment), lambda s: offset)
+    )
     assert daytime.parse_daytime(line.decode("ascii")).moment == moment
 
 

@@ -6,8 +6,8 @@ import contextlib
 import socket
 import time
 from collections.abc import Iterator
+from datetime import datetime
 
-from ..clock.system import timestamp_ns
 from ..wire.errors import ReplyError
 from ..wire.line import (
     DEFAULT_PORT,
@@ -15,6 +15,7 @@ from ..wire.line import (
     REQUEST,
     parse_reply,
     parse_timestamp,
+    timestamp_ns,
 )
 from .offset import Estimate, Sample, estimate
 from .sampling import OFFSET_SAMPLES
@@ -63,10 +64,11 @@ class TimeClient:
             self._sock = None
         self._buffer = b""
 
-    def get_time(self) -> str:
-        """Ask once; return the server's timestamp, or raise ReplyError or OSError."""
+    def get_time(self) -> datetime:
+        """Ask once: the server's time (an aware datetime), or ReplyError or
+        OSError."""
         with self._closed_on_error():
-            return parse_reply(self._ask())
+            return parse_timestamp(parse_reply(self._ask()))
 
     def measure_offset(self, samples: int = OFFSET_SAMPLES) -> Estimate:
         """Estimate how far the local clock is from the server's (Cristian).

@@ -10,10 +10,9 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from ..clock.system import timestamp_ns
 from ..wire import daytime, ntp, rfc868
 from ..wire.errors import ReplyError
-from ..wire.line import DEFAULT_PORT, format_timestamp
+from ..wire.line import DEFAULT_PORT, format_timestamp, timestamp_ns
 from .line import DEFAULT_TIMEOUT, remaining, shown
 from .offset import NANOSECONDS, Sample
 
@@ -94,14 +93,24 @@ def exchange(
     return each_address(host, port, kind, ask)
 
 
+class UnknownForm(ReplyError):
+    """A Daytime answer in a form this client does not read (RFC 867 fixes
+    none); `text` is the answer as it came."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(f"cannot read the daytime form {shown(text)}")
+        self.text = text
+
+
 def ask_daytime(
     host: str,
     port: int = daytime.DEFAULT_PORT,
     *,
     udp: bool = False,
     timeout: float = DEFAULT_TIMEOUT,
-) -> tuple[str, Sample | None]:
-    """Ask a Daytime server (RFC 867): its line, and a Sample if its form is known."""
+) -> Sample:
+    """Ask a Daytime server (RFC 867) once: a Sample, whose `answer` is the
+    time as RFC 3339; UnknownForm for a form this client does not read."""
     data, t1, t4, delay = exchange(host, port, udp=udp, timeout=timeout)
     text = data[: daytime.MAX_REPLY_BYTES].decode("utf-8", "replace").strip()
     if not text:
@@ -109,13 +118,13 @@ def ask_daytime(
     try:
         reading = daytime.parse_daytime(text)
     except ValueError:
-        return text, None
+        raise UnknownForm(text) from None
     ts = timestamp_ns(reading.moment)
     resolution = round(reading.resolution * NANOSECONDS)
     if resolution >= NANOSECONDS:
         resolution += COARSE_CLOCK
     answer = format_timestamp(reading.moment)
-    return answer, Sample(t1, ts, t4, delay, answer, resolution)
+    return Sample(t1, ts, t4, delay, answer, resolution)
 
 
 def ask_time(

@@ -10,13 +10,35 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ..wire import ntp
-from ..wire.addresses import split_host_port
 from ..wire.errors import ReplyError
-from .line import DEFAULT_TIMEOUT, TimeClient, shown
+from .line import DEFAULT_TIMEOUT, TimeClient
 from .offset import Estimate, Sample, estimate
 from .sampling import spacing, take_samples
 from .selection import Failure, Reading, Target
 from .standard import PORTS, ask_daytime, ask_ntp, ask_time
+
+
+def split_host_port(text: str) -> tuple[str, int | None]:
+    """``HOST``, ``HOST:PORT``, ``[IPV6]`` or ``[IPV6]:PORT``, as the host and
+    the port (None if not given); ValueError for anything else."""
+    if text.startswith("["):
+        host, bracket, after = text[1:].partition("]")
+        if not bracket or not host or (after and not after.startswith(":")):
+            raise ValueError("an IPv6 address goes in brackets: [2001:db8::1]:123")
+        port_text = after[1:] if after else None
+    else:
+        host, colon, port_text = text.partition(":")
+        if ":" in port_text:
+            raise ValueError("an IPv6 address goes in brackets: [2001:db8::1]:123")
+        if not colon:
+            port_text = None
+    if not host:
+        raise ValueError("no host")
+    if port_text is None:
+        return host, None
+    if not (port_text.isascii() and port_text.isdigit()) or int(port_text) > 65535:
+        raise ValueError(f"not a port number: {port_text!r}")
+    return host, int(port_text)
 
 
 def parse_target(text: str) -> Target:
@@ -75,10 +97,7 @@ def ask_target(target: Target, asking: Asking) -> Estimate:
             return ask_ntp(*where, timeout=timeout, max_distance=asking.max_distance)
         if target.protocol == "time":
             return ask_time(*where, timeout=timeout)
-        text, sample = ask_daytime(*where, timeout=timeout)
-        if sample is None:
-            raise ReplyError(f"cannot read the daytime form {shown(text)}")
-        return sample
+        return ask_daytime(*where, timeout=timeout)
 
     taken, _ = take_samples(
         ask_once, asking.samples, spacing(target.protocol, asking.burst)

@@ -11,12 +11,12 @@ from __future__ import annotations
 import socket
 import socketserver
 import threading
-from collections.abc import Iterable, Sequence
-from typing import Any, Protocol, runtime_checkable
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 from ..clock import claims, kernel
-from ..transport.endpoint import EndpointHandler, EndpointServer
 from ..wire import ntp
+from .endpoint import EndpointHandler, EndpointServer
 
 PATH = "/metrics"
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -54,7 +54,12 @@ def labels_of(server: socketserver.BaseServer) -> dict[str, str]:
     return {"protocol": protocol, "transport": transport}
 
 
-def collect(servers: Sequence[socketserver.BaseServer]) -> list[Family]:
+ClockState = Callable[[], ntp.ServerState]  # what the NTP service claims, now
+
+
+def collect(
+    servers: Sequence[socketserver.BaseServer], clock_state: ClockState | None = None
+) -> list[Family]:
     """Every metric, read now from the servers, the process and the kernel."""
     requests: list[Sample] = []
     errors: list[Sample] = []
@@ -120,23 +125,15 @@ def collect(servers: Sequence[socketserver.BaseServer]) -> list[Family]:
             [({}, threading.active_count())],
         ),
     ]
-    return families + clock_families(servers)
+    return families + clock_families(clock_state)
 
 
-@runtime_checkable
-class ClockSource(Protocol):
-    """A server that tells its clients about its clock (the NTP server):
-    what the metrics read the clock's state from."""
-
-    def state(self) -> ntp.ServerState: ...
-
-
-def clock_families(servers: Sequence[socketserver.BaseServer]) -> list[Family]:
-    """The clock as the NTP service tells its clients about it."""
+def clock_families(clock_state: ClockState | None) -> list[Family]:
+    """The clock as the NTP service tells its clients about it (`clock_state`,
+    its state(), where there is one), and as the kernel says."""
     kernel_state = kernel.read()
-    ntp_servers = [server for server in servers if isinstance(server, ClockSource)]
-    if ntp_servers:
-        state = ntp_servers[0].state()
+    if clock_state is not None:
+        state = clock_state()
     else:
         state = claims.server_state(kernel_state, None, 0)
     families: list[Family] = [
@@ -169,7 +166,7 @@ class MetricsHandler(EndpointHandler):
         if self.path.partition("?")[0] != PATH:
             self.send_error(404, f"only {PATH} is here")
             return
-        body = render(collect(self.server.servers)).encode()
+        body = render(collect(self.server.servers, self.server.clock_state)).encode()
         self.send_response(200)
         self.send_header("Content-Type", CONTENT_TYPE)
         self.send_header("Content-Length", str(len(body)))
@@ -178,14 +175,18 @@ class MetricsHandler(EndpointHandler):
 
 
 class MetricsServer(EndpointServer):
-    """Serves the metrics of `servers` over HTTP, within EndpointServer's limits."""
+    """Serves the metrics of `servers` over HTTP, within EndpointServer's
+    limits; `clock_state` is what the NTP service claims of the clock (its
+    state()), where there is one."""
 
     def __init__(
         self,
         server_address: tuple,
         servers: Sequence[socketserver.BaseServer],
         bind_and_activate: bool = True,
+        clock_state: ClockState | None = None,
         **settings: Any,
     ) -> None:
         self.servers = list(servers)
+        self.clock_state = clock_state
         super().__init__(server_address, MetricsHandler, bind_and_activate, **settings)

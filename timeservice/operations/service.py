@@ -12,7 +12,7 @@ import socketserver
 import threading
 from collections.abc import Callable, Iterator, Sequence
 
-from ..wire.addresses import format_address
+from ..policy.logs import format_address
 
 logger = logging.getLogger(__name__)
 

@@ -1,5 +1,6 @@
 """Logs an attack cannot flood: refusals logged once per cause and then
-counted, and other lines (the connections closed) up to a number a minute."""
+counted, and other lines (the connections closed) up to a number a minute;
+and how the logs name a client."""
 
 from __future__ import annotations
 
@@ -8,6 +9,11 @@ import threading
 import time
 
 logger = logging.getLogger(__name__)
+
+
+def format_address(address: tuple) -> str:
+    """``HOST port PORT``, as http.server shows an address."""
+    return f"{address[0]} port {address[1]}"
 
 
 # What a cause of refusal means, for the log; "busy" is a capacity problem.

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from contextlib import nullcontext
 
 from .. import __version__
-from ..clients.line import DEFAULT_HOST, DEFAULT_TIMEOUT, TimeClient, shown
+from ..clients.line import DEFAULT_HOST, DEFAULT_TIMEOUT, TimeClient
 from ..clients.offset import Estimate, Sample, estimate, verdict
 from ..clients.sampling import (
     NTP_SAMPLES,
@@ -21,10 +21,17 @@ from ..clients.sampling import (
     spacing,
     take_samples,
 )
-from ..clients.standard import PORTS, ask_daytime, ask_ntp, ask_time, local_timestamp
-from ..wire.addresses import format_address
+from ..clients.standard import (
+    PORTS,
+    UnknownForm,
+    ask_daytime,
+    ask_ntp,
+    ask_time,
+    local_timestamp,
+)
+from ..policy.logs import format_address
 from ..wire.errors import ReplyError
-from ..wire.line import DEFAULT_PORT
+from ..wire.line import DEFAULT_PORT, format_timestamp
 from .options import (
     add_sampling_arguments,
     join_port,
@@ -57,7 +64,8 @@ def offset_line(result: Estimate) -> str:
 
 
 def offset_json(result: Estimate, server: str) -> str:
-    """The estimate as one line of JSON for scripts; times are seconds."""
+    """The estimate as one line of JSON for scripts; times are seconds. Its
+    `samples` are the Estimate's: each sample's offset, bound and delay."""
     best = result.best
     return json.dumps(
         {
@@ -65,7 +73,14 @@ def offset_json(result: Estimate, server: str) -> str:
             "offset": round(result.offset, 9),
             "error": round(result.error, 9),
             "delay": round(result.delay, 9),
-            "samples": len(result.samples),
+            "samples": [
+                {
+                    "offset": round(sample.offset, 9),
+                    "error": round(sample.error, 9),
+                    "delay": round(sample.round_trip / 1e9, 9),
+                }
+                for sample in result.samples
+            ],
             "t1": local_timestamp(best.t1),
             "ts": best.answer,
             "t4": local_timestamp(best.t4),
@@ -81,10 +96,12 @@ def ask(args: argparse.Namespace) -> Sample | str:
         return ask_ntp(*where, timeout=args.timeout, max_distance=args.max_distance)
     if args.protocol == "time":
         return ask_time(*where, udp=args.udp, timeout=args.timeout)
-    text, sample = ask_daytime(*where, udp=args.udp, timeout=args.timeout)
-    if sample is None and args.offset:
-        raise ReplyError(f"cannot read the daytime form {shown(text)}")
-    return text if sample is None else sample
+    try:
+        return ask_daytime(*where, udp=args.udp, timeout=args.timeout)
+    except UnknownForm as unknown:
+        if args.offset:
+            raise
+        return unknown.text  # printed as it came
 
 
 def collect(args: argparse.Namespace) -> tuple[Estimate | None, Exception | None]:
@@ -97,7 +114,7 @@ def collect(args: argparse.Namespace) -> tuple[Estimate | None, Exception | None
             if args.offset:
                 return client.measure_offset(count), None
             for _ in range(count):
-                say(client.get_time())
+                say(format_timestamp(client.get_time()))
         return None, None
 
     def ask_and_print() -> Sample | str:

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from .. import __version__
 from ..clients.line import TimeClient
 from ..servers.line import TimeServer
-from ..wire.line import COMMAND
+from ..wire.line import COMMAND, format_timestamp
 from .options import (
     add_address_arguments,
     announce,
@@ -70,7 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     def ask(index: int) -> None:
         try:
             with TimeClient(client_host(str(host)), port) as client:
-                answers[index] = client.get_time()
+                answers[index] = format_timestamp(client.get_time())
         except Exception as exc:  # reported below, by the main thread
             answers[index] = exc
 

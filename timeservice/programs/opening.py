@@ -12,14 +12,12 @@ import socketserver
 import sys
 from typing import Any, NamedTuple, cast
 
-from ..clock.system import local_now, utc_now
+from ..clock.system import local_clock, utc_clock
 from ..operations import systemd
 from ..policy.access import AccessList
-from ..servers.daytime import DaytimeHandler
 from ..servers.line import TimeServer
 from ..servers.ntp import NtpServer
-from ..servers.oneshot import OneShotServer
-from ..servers.rfc868 import TimeHandler
+from ..servers.oneshot import DaytimeHandler, OneShotServer, TimeHandler
 from ..transport.datagram import DatagramServer
 from ..wire import ntp
 from .options import cannot_listen, listen
@@ -54,7 +52,7 @@ class Settings(NamedTuple):
     @classmethod
     def from_arguments(cls, args: argparse.Namespace) -> Settings:
         common: dict[str, Any] = {
-            "clock": utc_now if args.utc else local_now,
+            "clock": utc_clock if args.utc else local_clock,
             "access": (
                 AccessList.from_options(args.allow, args.deny)
                 if args.allow or args.deny

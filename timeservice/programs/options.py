@@ -18,8 +18,9 @@ from types import FrameType
 from typing import Any, TypeVar
 
 from ..clients.sampling import NTP_SPACING
+from ..clients.targets import split_host_port
+from ..policy.logs import format_address
 from ..wire import ntp
-from ..wire.addresses import format_address, split_host_port
 
 T = TypeVar("T")
 

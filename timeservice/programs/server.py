@@ -21,9 +21,9 @@ from ..operations import prefork, systemd
 from ..operations.cpu import choose_cpu, kept_on_cpu, worker_cpus
 from ..operations.privileges import Account, become, find_account, running_as_root
 from ..operations.service import Service, serve, stop_on_signals
+from ..policy.logs import format_address
 from ..servers.ntp import NtpServer
 from ..wire import ntp
-from ..wire.addresses import format_address
 from .opening import (
     Opened,
     Settings,
@@ -108,7 +108,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             prog,
             host,
             port,
-            lambda a: MetricsServer(a, servers, access=settings.line["access"]),
+            lambda a: MetricsServer(
+                a,
+                servers,
+                clock_state=next(
+                    (s.state for s in servers if isinstance(s, NtpServer)), None
+                ),
+                access=settings.line["access"],
+            ),
         )
         if metrics is None:
             close_all(opened)

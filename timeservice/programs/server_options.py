@@ -9,12 +9,12 @@ import socket
 from collections.abc import Sequence
 
 from .. import __version__
+from ..clients.targets import split_host_port
 from ..host import capabilities
 from ..policy.access import parse_subnet
 from ..policy.sources import NETWORK_FACTOR
 from ..transport.registry import IDLE_TIMEOUT, MAX_CONNECTIONS, MAX_PER_HOST
 from ..wire import ntp
-from ..wire.addresses import split_host_port
 from ..wire.line import COMMAND, DEFAULT_PORT, MAX_LINE_BYTES
 from .opening import STANDARD
 from .options import (

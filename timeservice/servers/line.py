@@ -11,19 +11,26 @@ import logging
 import os
 import socket
 import socketserver
-import sys
-import time
 from typing import Any, BinaryIO
 
-from ..clock.system import Clock, local_now, reply_source
+from ..clock.system import Clock, local_clock
 from ..host import capabilities
-from ..transport.base import AnyAddressMixIn, SettingsMixIn
+from ..policy.logs import format_address
+from ..transport.binding import AnyAddressMixIn
+from ..transport.loop import LoopMixIn, clock_failed
 from ..transport.pool import AcceptBackoffMixIn, ThreadPoolMixIn
 from ..transport.registry import ConnectionRegistry, abort, drain
-from ..wire.addresses import format_address
+from ..transport.settings import SettingsMixIn
 from ..wire.line import (
+    BUSY,
+    CLOCK_UNAVAILABLE,
+    LINE_TOO_LONG,
     MAX_LINE_BYTES,
+    NOT_ALLOWED,
     REQUEST,
+    SHUTTING_DOWN,
+    TIMEOUT,
+    TimeLines,
     error_line,
     request_error,
     strip_line_ending,
@@ -35,10 +42,8 @@ logger = logging.getLogger(__name__)
 USUAL_REQUEST = REQUEST[: -len(b"\n")]
 
 
-LINE_TOO_LONG = error_line("line too long")
-
-
-CLOCK_UNAVAILABLE = error_line("clock unavailable")
+# What a client is told when the registry cuts its connection off, by cause.
+LAST_WORDS = {"timeout": TIMEOUT, "shutdown": SHUTTING_DOWN}
 
 
 class TimeRequestHandler(socketserver.StreamRequestHandler):
@@ -79,10 +84,11 @@ class TimeRequestHandler(socketserver.StreamRequestHandler):
             self.rfile = sock.makefile("rb", self.read_buffer)
         self.peer = format_address(self.client_address)
         self.debug = logger.isEnabledFor(logging.DEBUG)
-        self.reply = reply_source(self.server.clock)
-        self.requests = self.requests_seen = 0
-        self.stop_reason: str | None = None
-        self.deadline = 0.0  # set by the server's track()
+        clock = self.server.clock
+        self._now, self._offset = clock.now_ns, clock.utc_offset
+        self._lines = self.server.time_lines
+        self.requests = 0  # answered: the registry moves the deadline by it
+        self.stop_reason: str | None = None  # why it was cut off, if it was
         self.server.track(self)
 
     def handle(self) -> None:
@@ -100,7 +106,7 @@ class TimeRequestHandler(socketserver.StreamRequestHandler):
                 return
             if not line.endswith(b"\n"):  # EOF, or the server cut the read short
                 if self.stop_reason:
-                    self.close_with(error_line(self.stop_reason))
+                    self.close_with(self.stop_reason)
                     return
                 if not request:
                     return
@@ -130,7 +136,7 @@ class TimeRequestHandler(socketserver.StreamRequestHandler):
         if reply is None:
             reply = self.time_reply()
         else:
-            self.server.count_error(reply)
+            self.server.count_error(reply[4:-1].decode())
         if self.debug:
             logger.debug("%s: %r -> %r", self.peer, request, reply)
         self.connection.sendall(reply)
@@ -146,34 +152,36 @@ class TimeRequestHandler(socketserver.StreamRequestHandler):
         Never a made-up time; the failure is logged in one line.
         """
         try:
-            return self.reply()
+            return self._lines.line(self._now(), self._offset)
         except Exception as exc:
-            logger.error("%s: cannot read the clock: %r", self.peer, exc)
+            clock_failed(self.client_address, exc)
             self.server.count_error(CLOCK_UNAVAILABLE)
-            return CLOCK_UNAVAILABLE
+            return error_line(CLOCK_UNAVAILABLE)
 
-    def close_with(self, line: bytes) -> None:
-        """Send a last line and make sure it arrives before the connection closes.
+    def close_with(self, reason: str) -> None:
+        """Send a last ERR line and make sure it arrives before the connection
+        closes.
 
         Closing a socket with unread input makes Linux send a reset that can
         overtake the line, so the input is drained first, for a bounded time.
         """
-        logger.debug("%s: closing with %r", self.peer, line)
-        self.server.count_error(line)
-        self.connection.sendall(line)
+        logger.debug("%s: closing with ERR %s", self.peer, reason)
+        self.server.count_error(reason)
+        self.connection.sendall(error_line(reason))
         self.connection.shutdown(socket.SHUT_WR)
         drain(self.connection, self.server.linger)
 
-    def expire(self, reason: str, grace: float) -> None:
-        """Cut the connection short; called from another thread (the server's).
+    def expire(self, cause: str, grace: float, first: bool = True) -> None:
+        """Cut the connection short; called from another thread (the
+        registry's), `cause` timeout or shutdown.
 
-        Complete lines already received are still answered, then the handler
-        says why and closes. Still here `grace` seconds later (the client does
-        not read), the connection is reset.
+        The first time, complete lines already received are still answered,
+        then the handler says why and closes; the registry calls again once
+        `grace` is over (the client does not read), and the connection is
+        reset.
         """
-        if self.stop_reason is None:
-            self.stop_reason = reason
-            self.deadline = time.monotonic() + grace
+        if first:
+            self.stop_reason = LAST_WORDS[cause]
             try:
                 self.connection.shutdown(socket.SHUT_RD)  # wakes the blocked read
             except OSError:
@@ -184,6 +192,7 @@ class TimeRequestHandler(socketserver.StreamRequestHandler):
 
 class TimeServer(
     SettingsMixIn,
+    LoopMixIn,
     ConnectionRegistry,
     ThreadPoolMixIn,
     AcceptBackoffMixIn,
@@ -194,13 +203,14 @@ class TimeServer(
 
     A connection may send a line of at most `max_line` bytes and must finish
     each line within `idle_timeout` seconds; at most `max_connections` are
-    served at once, and one more gets ``ERR busy``. Settings of its own:
-    max_line, clock (any callable returning an aware datetime), send_buffer.
+    served at once, and one more gets ``ERR busy`` (``ERR not allowed`` if
+    the access list refuses it). Settings of its own: max_line, clock (a
+    Clock), send_buffer.
     """
 
     settings: tuple[str, ...] = ("max_line", "clock", "send_buffer")
     max_line = MAX_LINE_BYTES  # longest request line, line ending not counted
-    clock: Clock = local_now
+    clock: Clock = local_clock
     send_buffer = 64 * 1024  # replies the kernel holds for a client that reads slowly
     allow_reuse_address = True  # restart at once on the same port
     request_queue_size = socket.SOMAXCONN
@@ -212,7 +222,12 @@ class TimeServer(
         bind_and_activate: bool = True,
         **settings: Any,
     ) -> None:
+        self.time_lines = TimeLines()  # the reply lines, a second's formatted once
         super().__init__(server_address, handler_class, bind_and_activate, **settings)
+
+    def refusal_words(self, cause: str) -> bytes:
+        """The line protocol says why: ``ERR not allowed`` or ``ERR busy``."""
+        return error_line(NOT_ALLOWED if cause == "denied" else BUSY)
 
     def socket_options(self) -> None:
         # Accepted connections inherit the listening socket's buffer size.
@@ -235,11 +250,3 @@ class TimeServer(
         self.join_threads()
         self.join_watchdog()
         self.flush_logs()
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        """Log a failed connection; a client that resets or vanishes is ordinary."""
-        exc = sys.exc_info()[1]
-        if isinstance(exc, OSError):
-            logger.debug("%s: %s", format_address(client_address), exc)
-        else:
-            logger.exception("%s: unexpected error", format_address(client_address))

@@ -11,10 +11,9 @@ from collections.abc import Callable
 from typing import Any
 
 from ..clock import claims, kernel
-from ..clock.system import nanoseconds_source
 from ..transport.datagram import DatagramServer
+from ..transport.loop import clock_failed
 from ..wire import ntp
-from .oneshot import clock_failed
 from .upstream import UpstreamQuery
 
 logger = logging.getLogger(__name__)
@@ -29,15 +28,16 @@ class NtpHandler(socketserver.BaseRequestHandler):
 
     def handle(self) -> None:
         data, reply_to, received = self.request
-        now = self.server.now_ns
+        clock = self.server.clock
+        now = clock.now_ns
         try:
-            if now is not time.time_ns:  # an injected clock: both times from it
+            if not clock.system:  # a clock of its own: both times from it
                 received = now()
             reply = ntp.server_reply(
                 data, self.server.state(), received, now, self.client_address[1]
             )
         except Exception as exc:
-            clock_failed(self, exc)
+            clock_failed(self.client_address, exc)
             return
         if reply is None:
             self.server.drop("not an NTP client request")
@@ -88,7 +88,6 @@ class NtpServer(DatagramServer):
     ) -> None:
         self.query: UpstreamQuery | None = None  # a failed bind closes at once
         super().__init__(server_address, handler_class, bind_and_activate, **settings)
-        self.now_ns = nanoseconds_source(self.clock)
         self.precision = kernel.precision()
         self._state: tuple[float, ntp.ServerState] | None = None
         if self.upstream is not None:

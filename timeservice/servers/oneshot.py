@@ -1,28 +1,22 @@
-"""The protocols that answer and are done: the server that answers on TCP
-connect, and the handler that sends a protocol's few bytes over TCP or to a
-datagram's sender. Nothing at all when the clock fails: RFC 868 says never
-to send a wrong time, and no made-up time goes out on any protocol."""
+"""The protocols that answer and are done, Daytime (RFC 867) and Time
+(RFC 868): the server that answers on TCP connect, and the handlers that
+send their few bytes over TCP or to a datagram's sender. Nothing at all when
+the clock fails: RFC 868 says never to send a wrong time, and no made-up
+time goes out on any protocol."""
 
 from __future__ import annotations
 
-import logging
 import socket
 import socketserver
 
-from ..clock.system import Clock, local_now
-from ..transport.base import AdmissionMixIn, AnyAddressMixIn, SettingsMixIn
+from ..clock.system import Clock, local_clock
+from ..transport.admission import AdmissionMixIn
+from ..transport.binding import AnyAddressMixIn
+from ..transport.loop import LoopMixIn, clock_failed
 from ..transport.pool import AcceptBackoffMixIn
+from ..transport.settings import SettingsMixIn
 from ..wire import daytime, rfc868
-from ..wire.addresses import format_address
-from .line import TimeServer
-
-logger = logging.getLogger(__name__)
-
-
-def clock_failed(handler: socketserver.BaseRequestHandler, exc: Exception) -> None:
-    logger.error(
-        "%s: cannot read the clock: %r", format_address(handler.client_address), exc
-    )
+from ..wire.line import TimeLines
 
 
 class AnswerHandler(socketserver.BaseRequestHandler):
@@ -35,8 +29,7 @@ class AnswerHandler(socketserver.BaseRequestHandler):
     (is_answer()) is never answered, and is counted as a loop refused.
     """
 
-    @staticmethod
-    def answer(clock: Clock) -> bytes:
+    def answer(self, clock: Clock) -> bytes:
         raise NotImplementedError
 
     @staticmethod
@@ -51,17 +44,37 @@ class AnswerHandler(socketserver.BaseRequestHandler):
         try:
             data = self.answer(self.server.clock)  # type: ignore[attr-defined]
         except Exception as exc:
-            clock_failed(self, exc)
+            clock_failed(self.client_address, exc)
             return
         self.server.answered += 1  # type: ignore[attr-defined]
-        if isinstance(self.request, tuple):  # a datagram: (data, socket, time)
+        if isinstance(self.request, tuple):  # a datagram: (data, reply, time)
             self.request[1].sendto(data, self.client_address)
         else:
             self.request.sendall(data)
 
 
+class DaytimeHandler(AnswerHandler):
+    """RFC 867: the time as one line, in the line protocol's form, ending in CRLF."""
+
+    protocol = "daytime"
+
+    def answer(self, clock: Clock) -> bytes:
+        line = TimeLines().line(clock.now_ns(), clock.utc_offset)  # one a connection
+        return daytime.daytime_line(line)
+
+
+class TimeHandler(AnswerHandler):
+    """RFC 868: 4 bytes, the seconds since 1900 modulo 2**32."""
+
+    protocol = "time"
+
+    def answer(self, clock: Clock) -> bytes:
+        return rfc868.encode(clock.now_ns() // 1_000_000_000)
+
+
 class OneShotServer(
     SettingsMixIn,
+    LoopMixIn,
     AdmissionMixIn,
     AcceptBackoffMixIn,
     AnyAddressMixIn,
@@ -75,11 +88,9 @@ class OneShotServer(
     """
 
     settings: tuple[str, ...] = ("clock",)
-    clock: Clock = local_now
+    clock: Clock = local_clock
     allow_reuse_address = True
     request_queue_size = socket.SOMAXCONN
-
-    handle_error = TimeServer.handle_error
 
     def server_close(self) -> None:
         """Stop listening, log what the logs hold."""

@@ -18,10 +18,10 @@ import threading
 import time
 from collections.abc import Collection
 
+from ..host.local import LOCAL_ADDRESSES, SERVED_PORTS
 from ..host.sockets import udp_owners
-from ..transport.local import LOCAL_ADDRESSES, SERVED_PORTS
+from ..policy.logs import format_address
 from ..wire import ntp
-from ..wire.addresses import format_address
 
 logger = logging.getLogger(__name__)
 

@@ -20,14 +20,15 @@ import contextlib
 import logging
 import socket
 import socketserver
-import sys
 import time
 from typing import Any
 
-from ..clock.system import Clock, local_now
+from ..clock.system import Clock, local_clock
 from ..host import capabilities
+from ..host.local import SERVED_PORTS
+from ..policy.logs import format_address
 from ..policy.sources import ANSWER, DROP, KISS, SourceLimits, Verdict
-from ..wire.addresses import format_address
+from .admission import AdmissionMixIn
 from .ancillary import (
     _PKTINFO_SPACE,
     _STAMP_SPACE,
@@ -38,8 +39,9 @@ from .ancillary import (
     kernel_stamps_agree,
     stamp_of,
 )
-from .base import AdmissionMixIn, AnyAddressMixIn, SettingsMixIn
-from .local import SERVED_PORTS
+from .binding import AnyAddressMixIn
+from .loop import LoopMixIn
+from .settings import SettingsMixIn
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +88,7 @@ NOT_UNICAST = _NotUnicast()
 
 
 class DatagramServer(
-    SettingsMixIn, AdmissionMixIn, AnyAddressMixIn, socketserver.UDPServer
+    SettingsMixIn, LoopMixIn, AdmissionMixIn, AnyAddressMixIn, socketserver.UDPServer
 ):
     """A UDP server that limits replies per source and reads no more than a datagram.
 
@@ -122,7 +124,8 @@ class DatagramServer(
     burst: int | None = 16  # replies a source may have at once
     limits: SourceLimits | None = None  # made from rate and burst unless given
     min_source_port = 0
-    clock: Clock = local_now
+    clock: Clock = local_clock
+    traceback_on_fault = False  # one line: anyone can send datagrams by the thousand
     max_packet_size = 512
     batch = 16  # datagrams answered per wake-up, at most
     remembered_addresses = 256  # local addresses asked at, with their Reply
@@ -324,12 +327,6 @@ class DatagramServer(
             counts["sources"] = len(self.limits)
             counts["leaked"] = self.limits.leaked
         return counts
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        """One line in the log, never a traceback: a datagram is never worth one."""
-        exc = sys.exc_info()[1]
-        level = logging.DEBUG if isinstance(exc, OSError) else logging.ERROR
-        logger.log(level, "%s: %r", format_address(client_address), exc)
 
     def server_close(self) -> None:
         """Stop listening, give up the port, log what the logs hold."""

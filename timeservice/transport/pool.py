@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..host import capabilities
-from ..wire.addresses import format_address
+from ..policy.logs import format_address
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,8 @@
 """The stream servers' registry of open connections: the caps in all, per
 address and per IPv6 /64, the idle deadlines kept by a watchdog thread, the
-refused drained within the open-file limit, and a clean close."""
+refused drained within the open-file limit, and a clean close. What a
+refused or cut-off client is told is its protocol's: the registry gives the
+cause (refused(), expire()), the server and its handlers the words."""
 
 from __future__ import annotations
 
@@ -16,8 +18,7 @@ from typing import Any
 from ..host import capabilities
 from ..policy.logs import BoundedLog
 from ..policy.sources import NETWORK_FACTOR, ConnectionLimits
-from ..wire.line import error_line
-from .base import AdmissionMixIn
+from .admission import AdmissionMixIn
 
 logger = logging.getLogger(__name__)
 
@@ -97,23 +98,37 @@ def drained(sock: socket.socket, most: int = 16, chunk: int = 4096) -> bool:
     return False
 
 
+class Tracked:
+    """What the registry keeps of a running handler: its deadline, the count
+    of answers it had when the deadline was last moved, whether it is cut."""
+
+    __slots__ = ("handler", "deadline", "seen", "cut")
+
+    def __init__(self, handler: Any, deadline: float) -> None:
+        self.handler, self.deadline, self.seen, self.cut = handler, deadline, 0, False
+
+
 class ConnectionRegistry(AdmissionMixIn, socketserver.TCPServer):
     """Knows every open connection: the caps, the idle deadlines, a clean close.
 
     At most `max_connections` are open at once, at most `max_per_host` from
     one address and `max_per_network` from one IPv6 /64 (None for no such
     limit).
-    Methods that may be overridden: refuse(request, client_address, reason)
-    answers a connection that cannot be served; sweep(now) keeps the
-    deadlines. It extends verify_request() and shutdown_request(), and
+    Methods that may be overridden: refusal_words(cause), the bytes a connection
+    that cannot be served is sent before it is closed (by default none;
+    the cause is busy, per_host, per_network or denied); sweep(now) keeps
+    the deadlines. It extends verify_request() and shutdown_request(), and
     gives server_close() its steps expire_connections() and
-    join_watchdog(); handlers call track(handler) once they run and
-    count_error(line) for each ERR line they send.
+    join_watchdog(); handlers call track(handler) once they run, count
+    their answers in `requests`, have expire(cause, grace) called (cause
+    timeout or shutdown) when they are cut off, and call count_error(reason)
+    for each error they send.
 
     The deadlines are kept by a watchdog thread that runs while any
     connection is open, so they hold however the program serves:
     serve_forever(), handle_request(), or between shutdown() and
-    server_close(). The handlers only count their answers and read no clock.
+    server_close(). The handlers only count their answers and read no clock;
+    their deadlines are the registry's own.
     """
 
     settings: tuple[str, ...] = (
@@ -144,7 +159,7 @@ class ConnectionRegistry(AdmissionMixIn, socketserver.TCPServer):
                 requested,
             )
         self._lock = threading.Lock()
-        self._connections: dict[socket.socket, Any] = {}  # the handler, once it runs
+        self._connections: dict[socket.socket, Tracked | None] = {}  # once it runs
         self._keys_of: dict[socket.socket, tuple[str, ...]] = {}  # whom each counts as
         self.limits = ConnectionLimits(
             self.max_connections, self.max_per_host, self.max_per_network
@@ -158,7 +173,7 @@ class ConnectionRegistry(AdmissionMixIn, socketserver.TCPServer):
         super().__init__(*args, **kwargs)
 
     def verify_request(self, request: Any, client_address: Any) -> bool:
-        """Admit a connection while under the caps; refuse it with ``ERR busy``."""
+        """Admit a connection while under the caps; else refuse it."""
         if not super().verify_request(request, client_address):
             return False
         keys = self.limits.keys(client_address)
@@ -172,32 +187,36 @@ class ConnectionRegistry(AdmissionMixIn, socketserver.TCPServer):
                 self._keys_of[request] = keys
                 return True
         self.count_refusal(cause, client_address)
-        self.refuse(request, client_address, "busy")
+        self.refuse(request, client_address, cause)
         return False
 
     def denied(self, request: Any, client_address: Any) -> None:
-        """The line protocol says why: ``ERR not allowed``."""
-        self.refuse(request, client_address, "not allowed")
+        self.refuse(request, client_address, "denied")
 
-    def count_error(self, line: bytes) -> None:
-        """Count an ERR line sent, by its reason."""
+    def refusal_words(self, cause: str) -> bytes:
+        """What a connection refused for `cause` is sent; by default nothing."""
+        return b""
+
+    def count_error(self, reason: str) -> None:
+        """Count an error sent to a client, by its reason."""
         with self._lock:
-            self.errors[line[4:-1].decode()] += 1
+            self.errors[reason] += 1
 
     def statistics(self) -> dict[str, Any]:
         with self._lock:  # answered and the open handlers' counts together
             counts = super().statistics()
             counts["requests"] += sum(
-                handler.requests
-                for handler in self._connections.values()
-                if handler is not None
+                tracked.handler.requests
+                for tracked in self._connections.values()
+                if tracked is not None
             )
             counts["errors"] = dict(self.errors)
             counts["open_connections"] = len(self._connections)
         return counts
 
-    def refuse(self, request: Any, client_address: Any, reason: str) -> None:
-        """Answer ``ERR reason`` and close, without the serving loop waiting.
+    def refuse(self, request: Any, client_address: Any, cause: str) -> None:
+        """Send what refused(cause) says and close, without the serving loop
+        waiting.
 
         The socket is drained by the watchdog until the client closes or
         `linger` runs out: closing it with unread input would send a reset
@@ -208,7 +227,7 @@ class ConnectionRegistry(AdmissionMixIn, socketserver.TCPServer):
         refusal needs.
         """
         try:  # a new socket's buffer is empty: this does not block
-            request.sendall(error_line(reason))
+            request.sendall(self.refusal_words(cause))
             request.shutdown(socket.SHUT_WR)
             request.setblocking(False)
         except OSError:
@@ -229,10 +248,10 @@ class ConnectionRegistry(AdmissionMixIn, socketserver.TCPServer):
     def track(self, handler: Any) -> None:
         """Give a running handler its deadline, and let the watchdog see it."""
         with self._lock:
-            handler.deadline = time.monotonic() + self.idle_timeout
-            self._connections[handler.request] = handler
+            tracked = Tracked(handler, time.monotonic() + self.idle_timeout)
+            self._connections[handler.request] = tracked
             if self._closing:
-                handler.expire("server shutting down", self.shutdown_grace)
+                self._cut(tracked, "shutdown", self.shutdown_grace)
 
     def shutdown_request(self, request: Any) -> None:
         with self._lock:  # after this, no other thread touches the socket
@@ -244,17 +263,15 @@ class ConnectionRegistry(AdmissionMixIn, socketserver.TCPServer):
     def sweep(self, now: float) -> None:
         """Move the deadlines of connections that answered; cut off the overdue."""
         with self._lock:
-            for handler in self._connections.values():
-                if handler is None:
+            for tracked in self._connections.values():
+                if tracked is None:
                     continue
-                if (
-                    handler.requests != handler.requests_seen
-                    and not handler.stop_reason
-                ):
-                    handler.requests_seen = handler.requests
-                    handler.deadline = now + self.idle_timeout
-                elif handler.deadline < now:
-                    handler.expire("timeout", self.linger)
+                answered = tracked.handler.requests
+                if answered != tracked.seen and not tracked.cut:
+                    tracked.seen = answered
+                    tracked.deadline = now + self.idle_timeout
+                elif tracked.deadline < now:
+                    self._cut(tracked, "timeout", self.linger)
             for sock, deadline in list(self._draining.items()):
                 if deadline < now or drained(sock):
                     del self._draining[sock]
@@ -266,9 +283,9 @@ class ConnectionRegistry(AdmissionMixIn, socketserver.TCPServer):
         server_close()."""
         with self._lock:
             self._closing = True
-            for handler in self._connections.values():
-                if handler is not None:
-                    handler.expire("server shutting down", self.shutdown_grace)
+            for tracked in self._connections.values():
+                if tracked is not None:
+                    self._cut(tracked, "shutdown", self.shutdown_grace)
             for sock in self._draining:
                 sock.close()
             self._draining.clear()
@@ -288,10 +305,18 @@ class ConnectionRegistry(AdmissionMixIn, socketserver.TCPServer):
         """Take a connection out of the counts (the lock is held)."""
         if request not in self._connections:
             return
-        handler = self._connections.pop(request)
-        if handler is not None:
-            self.answered += handler.requests
+        tracked = self._connections.pop(request)
+        if tracked is not None:
+            self.answered += tracked.handler.requests
         self.limits.remove(self._keys_of.pop(request))
+
+    def _cut(self, tracked: Tracked, cause: str, grace: float) -> None:
+        """Cut a connection off, the first time with its handler's last word
+        and `grace` seconds to say it, the next (still there) at once."""
+        tracked.handler.expire(cause, grace, first=not tracked.cut)
+        if not tracked.cut:
+            tracked.cut = True
+            tracked.deadline = time.monotonic() + grace
 
     def _watch(self) -> bool:
         """Make sure the watchdog runs (the lock is held); False if it cannot."""

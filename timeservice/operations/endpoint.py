@@ -1,4 +1,5 @@
-"""A small HTTP endpoint that clients cannot take the memory or the threads of.
+"""The bounded HTTP server the metrics are served from: clients cannot take
+its memory or its threads.
 
 http.server reads a request's head with a timeout per read, up to 100 header
 lines of 64 KB each, on as many connections as come: a few slow clients can
@@ -16,14 +17,15 @@ import http.client
 import http.server
 import logging
 import socket
-import sys
 import threading
 import time
 from typing import Any
 
 from ..policy.sources import NETWORK_FACTOR, ConnectionLimits
-from ..wire.addresses import format_address
-from .base import AdmissionMixIn, AnyAddressMixIn, SettingsMixIn
+from ..transport.admission import AdmissionMixIn
+from ..transport.binding import AnyAddressMixIn
+from ..transport.loop import LoopMixIn
+from ..transport.settings import SettingsMixIn
 
 logger = logging.getLogger(__name__)
 
@@ -91,6 +93,7 @@ class EndpointHandler(http.server.BaseHTTPRequestHandler):
 
 class EndpointServer(
     SettingsMixIn,
+    LoopMixIn,
     AdmissionMixIn,
     AnyAddressMixIn,
     http.server.ThreadingHTTPServer,
@@ -109,6 +112,10 @@ class EndpointServer(
     )
     max_connections = MAX_CONNECTIONS
     max_per_host: int | None = MAX_PER_HOST
+    # A client that resets, is too slow or sends too much is ordinary; one
+    # line for anything else, which a scraper can cause by the thousand.
+    ordinary = (OSError, http.client.HTTPException)
+    traceback_on_fault = False
     # socketserver's 5: a few connections refused in a burst would leave the
     # next scrape waiting for the kernel to retry its handshake.
     request_queue_size = socket.SOMAXCONN
@@ -165,11 +172,3 @@ class EndpointServer(
         """Stop listening, log what the logs hold."""
         super().server_close()
         self.flush_logs()
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        """One line: a client that resets, is too slow or sends too much is
-        ordinary; anything else is a fault of this server's."""
-        exc = sys.exc_info()[1]
-        ordinary = isinstance(exc, (OSError, http.client.HTTPException))
-        level = logging.DEBUG if ordinary else logging.ERROR
-        logger.log(level, "%s: %r", format_address(client_address), exc)
