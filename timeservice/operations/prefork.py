@@ -249,9 +249,8 @@ class Supervisor:
             def beat() -> None:
                 try:
                     os.write(beats, b".")
-                except (
-                    BrokenPipeError
-                ):  # the parent has ended: as its death signal does
+                except BrokenPipeError:
+                    # The parent has ended: stop as its death signal would.
                     os.kill(os.getpid(), signal.SIGTERM)
                 except OSError:  # a full pipe: the parent has beats to read already
                     pass

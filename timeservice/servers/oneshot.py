@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import socket
 import socketserver
+import weakref
 
 from ..clock.system import Clock, local_clock
 from ..transport.admission import AdmissionMixIn
@@ -58,9 +59,14 @@ class DaytimeHandler(AnswerHandler):
 
     protocol = "daytime"
 
+    # The lines of each clock (one zone each), a second's formatted once.
+    _lines: weakref.WeakKeyDictionary[Clock, TimeLines] = weakref.WeakKeyDictionary()
+
     def answer(self, clock: Clock) -> bytes:
-        line = TimeLines().line(clock.now_ns(), clock.utc_offset)  # one a connection
-        return daytime.daytime_line(line)
+        lines = self._lines.get(clock)
+        if lines is None:
+            lines = self._lines.setdefault(clock, TimeLines())
+        return daytime.daytime_line(lines.line(clock.now_ns(), clock.utc_offset))
 
 
 class TimeHandler(AnswerHandler):

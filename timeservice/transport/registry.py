@@ -2,7 +2,7 @@
 address and per IPv6 /64, the idle deadlines kept by a watchdog thread, the
 refused drained within the open-file limit, and a clean close. What a
 refused or cut-off client is told is its protocol's: the registry gives the
-cause (refused(), expire()), the server and its handlers the words."""
+cause (refusal_words(), expire()), the server and its handlers the words."""
 
 from __future__ import annotations
 
@@ -120,8 +120,8 @@ class ConnectionRegistry(AdmissionMixIn, socketserver.TCPServer):
     the deadlines. It extends verify_request() and shutdown_request(), and
     gives server_close() its steps expire_connections() and
     join_watchdog(); handlers call track(handler) once they run, count
-    their answers in `requests`, have expire(cause, grace) called (cause
-    timeout or shutdown) when they are cut off, and call count_error(reason)
+    their answers in `requests`, have expire(cause, grace, first) called
+    (cause timeout or shutdown) when they are cut off, and call count_error(reason)
     for each error they send.
 
     The deadlines are kept by a watchdog thread that runs while any
@@ -215,8 +215,8 @@ class ConnectionRegistry(AdmissionMixIn, socketserver.TCPServer):
         return counts
 
     def refuse(self, request: Any, client_address: Any, cause: str) -> None:
-        """Send what refused(cause) says and close, without the serving loop
-        waiting.
+        """Send what refusal_words(cause) says and close, without the serving
+        loop waiting.
 
         The socket is drained by the watchdog until the client closes or
         `linger` runs out: closing it with unread input would send a reset
