@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import ast
+import copy
+import importlib
 import json
 import os
+import pkgutil
 import shutil
 import subprocess
 import sys
 
 import pytest
 from conftest import ROOT
+
+PACKAGE = ROOT / "scripts" / "benchmark"  # the parts scripts/bench.py runs
+MAX_LINES = 400
 
 # The C epoll peer and the C load generator are built with the system's C
 # compiler, when there is one; without it the load comes from Python.
@@ -31,6 +38,7 @@ def quick_benchmark(tmp_path, *options: str) -> tuple[str, dict]:
     result = subprocess.run(
         [sys.executable, "scripts/bench.py", "--quick", "--json", str(report_file)]
         + list(options),
+        check=False,
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -127,6 +135,7 @@ def test_an_ab_run_measures_another_checkout_interleaved(tmp_path):
     result = subprocess.run(
         [sys.executable, "scripts/bench.py", "--quick", "--json", str(report_file)]
         + ["--against", str(ROOT), "--only", "seed", "--parts", "tcp,ntp"],
+        check=False,
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -140,3 +149,78 @@ def test_an_ab_run_measures_another_checkout_interleaved(tmp_path):
     assert "timeservice CPU per reply ÷ before" in result.stdout
     if shutil.which("chronyd"):
         assert set(report["ntp"]) == {"ours", "before", "chronyd"}
+
+
+def test_every_module_of_the_benchmark_is_one_short_concern():
+    modules = sorted(PACKAGE.glob("*.py"))
+    assert {module.stem for module in modules} >= {"cli", "servers", "load"}
+    for module in modules:
+        text = module.read_text()
+        assert len(text.splitlines()) <= MAX_LINES, module.name
+        docstring = ast.get_docstring(ast.parse(text))
+        assert docstring and "\n\n" not in docstring, module.name  # one paragraph
+
+
+def test_the_script_runs_from_any_directory(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "bench.py"), "--help"],
+        check=False,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Benchmark timeservice against the assignment's sketch" in result.stdout
+    for option in ("--rounds", "--quick", "--json", "--against", "--only", "--parts"):
+        assert option in result.stdout
+
+
+def module_constants(modules) -> dict:
+    """A copy of every dict, list, set and tuple the modules hold at their top."""
+    return {
+        (module.__name__, name): copy.deepcopy(value)
+        for module in modules
+        for name, value in vars(module).items()
+        if isinstance(value, dict | list | set | tuple) and not name.startswith("__")
+    }
+
+
+def run_in_process(main, report_file, *options: str) -> dict:
+    """The report of one quick run of the benchmark's main(), in this process."""
+    quick = ["--quick", "--parts", "memory"]  # the shortest run that has rows
+    assert main([*quick, "--json", str(report_file), *options]) == 0
+    return json.loads(report_file.read_text())
+
+
+@pytest.mark.slow
+def test_two_runs_in_one_process_each_measure_only_their_own_servers(
+    tmp_path, monkeypatch, capsys
+):
+    import resource  # POSIX, as the benchmark is
+
+    limit = resource.getrlimit(resource.RLIMIT_NOFILE)  # the run raises it
+    if limit[1] != resource.RLIM_INFINITY and limit[1] < 1200:
+        pytest.skip("the open-file limit is too low for 1000 idle connections")
+    monkeypatch.syspath_prepend(str(ROOT / "scripts"))
+    cli = importlib.import_module("benchmark.cli")
+    modules = [
+        importlib.import_module(f"benchmark.{info.name}")
+        for info in pkgutil.iter_modules([str(PACKAGE)])
+    ]
+    constants = module_constants(modules)
+    try:
+        first = run_in_process(
+            cli.main, tmp_path / "1.json", "--only", "seed", "--against", str(ROOT)
+        )
+        first_table = capsys.readouterr().out
+        second = run_in_process(cli.main, tmp_path / "2.json", "--only", "asyncio")
+        second_table = capsys.readouterr().out
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, limit)
+    assert set(first["memory"]) == {"ours", "seed", "before"}
+    assert " seed sketch " in first_table and " before " in first_table
+    assert set(second["memory"]) == {"ours", "asyncio"}
+    assert " asyncio " in second_table
+    assert " seed sketch " not in second_table and " before " not in second_table
+    assert module_constants(modules) == constants  # neither run changed them
