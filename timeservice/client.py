@@ -3,7 +3,9 @@
 The public face of the client side: TimeClient speaks the line protocol;
 ask_daytime(), ask_time() and ask_ntp() ask the standard protocols once
 each. Each answer is a Sample for the offset arithmetic (estimate(),
-verdict()). Importing it loads no server code.
+verdict()); measure_offset() takes the samples and the best of them in any
+protocol, in one call. Durations are seconds, as a float. Importing it loads
+no server code.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import sys
 
 from .clients.line import DEFAULT_TIMEOUT, TimeClient
+from .clients.measure import measure_offset
 from .clients.offset import Estimate, Sample, estimate, verdict
 from .clients.standard import PORTS, UnknownForm, ask_daytime, ask_ntp, ask_time
 from .wire.errors import ReplyError
@@ -29,6 +32,7 @@ __all__ = [
     "ask_ntp",
     "ask_time",
     "estimate",
+    "measure_offset",
     "verdict",
 ]
 

@@ -1,4 +1,4 @@
-"""The line client after an error."""
+"""The line client without `with`, and after an error."""
 
 from __future__ import annotations
 
@@ -28,9 +28,7 @@ def test_after_a_timeout_the_client_does_not_read_the_late_answer(start_server):
         with pytest.raises(TimeoutError):
             time_client.get_time()
         released.set()
-        with pytest.raises(ValueError, match="closed after an error"):
-            time_client.get_time()
-        time_client.connect()  # a fresh connection: no late answer on it
+        # The next question opens a fresh connection: no late answer on it.
         assert time_client.get_time() > old
 
 
@@ -47,8 +45,16 @@ def test_after_an_err_reply_the_client_must_connect_again(start_server):
     with TimeClient(*server.server_address[:2]) as time_client:
         with pytest.raises(ReplyError, match="clock unavailable"):
             time_client.measure_offset(3)
-        with pytest.raises(ValueError, match="closed after an error"):
-            time_client.get_time()
-        failing.clear()
-        time_client.connect()
+        failing.clear()  # the next question connects afresh
         assert abs(time_client.get_time() - datetime.now(UTC)) < timedelta(seconds=5)
+
+
+def test_a_client_used_without_with_connects_on_its_first_question(server):
+    time_client = TimeClient(*server.server_address[:2])
+    try:
+        first = time_client.get_time()
+        assert abs(first - datetime.now(UTC)) < timedelta(seconds=5)
+        assert time_client.get_time() >= first  # asked again
+    finally:
+        time_client.close()
+    time_client.close()  # closing twice is harmless

@@ -30,7 +30,7 @@ def test_the_client_reads_an_eight_byte_time_reply_as_rdate_does():
     now = int(time.time())
     with oneshot_server(rfc868.encode(now) + bytes(4)) as port:  # inetutils-inetd
         sample = client.ask_time("127.0.0.1", port)
-    assert sample.ts == now * S
+    assert sample.ts_ns == now * S
 
 
 def test_the_client_passes_over_a_stray_datagram():
@@ -45,7 +45,7 @@ def test_the_client_passes_over_a_stray_datagram():
         thread.start()
         sample = client.ask_ntp("127.0.0.1", fake.getsockname()[1], timeout=TIMEOUT)
         thread.join(TIMEOUT)
-    assert sample.t3 is not None
+    assert sample.t3_ns is not None
 
 
 def test_a_receive_time_on_another_clock_is_passed_over():
@@ -66,8 +66,8 @@ def test_a_receive_time_on_another_clock_is_passed_over():
         thread.start()
         sample = client.ask_ntp("127.0.0.1", fake.getsockname()[1], timeout=TIMEOUT)
         thread.join(TIMEOUT)
-    assert sample.t3 is None  # read as any server's answer
-    assert 0 < sample.round_trip == sample.delay
+    assert sample.t3_ns is None  # read as any server's answer
+    assert 0 < sample.delay_ns == sample.elapsed_ns
     assert abs(sample.offset) <= sample.error  # one machine's clock
 
 

@@ -1,4 +1,5 @@
-"""The kernel's clock state, with the call faked."""
+"""The kernel's clock state: what adjtimex's answer says, and the call found
+or not."""
 
 from __future__ import annotations
 
@@ -6,14 +7,6 @@ import pytest
 
 from timeservice.clock import kernel as kernelclock
 from timeservice.wire import ntp
-
-
-def fake_adjtimex(result: int, status: int, maxerror: int = 250_000):
-    def call(timex):
-        timex._obj.status, timex._obj.maxerror = status, maxerror
-        return result
-
-    return call
 
 
 @pytest.mark.parametrize(
@@ -32,25 +25,41 @@ def fake_adjtimex(result: int, status: int, maxerror: int = 250_000):
             0,
             kernelclock.KernelState(False, ntp.LEAP_NONE, 0.25),
         ),
-        (-1, 0, None),
     ],
 )
-def test_the_kernel_state_read_from_adjtimex(monkeypatch, result, status, expected):
-    monkeypatch.setattr(kernelclock, "_call", fake_adjtimex(result, status))
-    assert kernelclock.read() == expected
+def test_the_kernel_state_read_from_adjtimex(result, status, expected):
+    assert kernelclock.state_of(result, status, 250_000) == expected
+
+    def adjtimex(timex: kernelclock.Timex) -> int:  # as the C library fills it
+        timex.status, timex.maxerror = status, 250_000
+        return result
+
+    assert kernelclock.read(adjtimex) == expected
 
 
-def test_no_kernel_state_where_there_is_no_call(monkeypatch):
-    monkeypatch.setattr(kernelclock, "_call", None)
-    assert kernelclock.read() is None
+def test_a_failed_call_or_none_is_no_state():
+    assert kernelclock.read(lambda timex: -1) is None
+    assert kernelclock.read(None) is None
+
+
+def test_this_machine_reads_its_own_kernel_state():
+    if not kernelclock.AVAILABLE:
+        assert kernelclock.read() is None
+        return
+    state = kernelclock.read()
+    assert state is not None and state.max_error >= 0
+    assert state.leap in (ntp.LEAP_NONE, ntp.LEAP_INSERT, ntp.LEAP_DELETE)
+
+
+def test_no_call_where_there_is_none(monkeypatch):
     monkeypatch.setattr(kernelclock.capabilities, "PORTABLE", True)
-    assert kernelclock._find_call() is None
+    assert kernelclock.find_call() is None
     monkeypatch.setattr(kernelclock.capabilities, "PORTABLE", False)
 
     def no_library(*args, **kwargs):
         raise OSError("no C library")
 
     monkeypatch.setattr(kernelclock.ctypes, "CDLL", no_library)
-    assert kernelclock._find_call() is None
+    assert kernelclock.find_call() is None
     monkeypatch.setattr(kernelclock.ctypes, "CDLL", lambda *a, **k: object())
-    assert kernelclock._find_call() is None
+    assert kernelclock.find_call() is None

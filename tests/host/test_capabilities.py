@@ -44,6 +44,6 @@ def test_capabilities_say_no_when_the_platform_does(monkeypatch):
         raise OSError("not here")
 
     monkeypatch.setattr(capabilities, "os", types.SimpleNamespace(fstat=fail))
-    assert capabilities._sockets_are_files() is False
+    assert capabilities.sockets_are_files() is False
     monkeypatch.setattr(capabilities, "open", fail, raising=False)
     assert capabilities.current_cpu() is None

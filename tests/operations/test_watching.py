@@ -206,6 +206,9 @@ def test_the_signal_handlers_only_set_flags_and_the_loop_logs(caplog):
         "SIGTERM received, shutting down"
     ]
     supervisor = prefork.Supervisor(1, lambda number, beat: 0)
+    # The one private name the tests call: the handler the kernel calls on a
+    # signal. Only serve() installs it, after forking workers; no public name
+    # runs it without a real signal reaching a supervisor with workers.
     supervisor._note(signal.SIGTERM, None)
     assert caplog.records[1:] == []
 

@@ -300,11 +300,6 @@ def test_client_timeout_bounds_the_whole_reply():
                 time_client.get_time()
 
 
-def test_client_must_connect_before_asking():
-    with pytest.raises(ValueError, match="not connected"):
-        TimeClient().get_time()
-
-
 def test_client_rejects_bad_options(capsys):
     for argv in (["localhost", "http"], ["-n", "0"], ["--timeout", "0"]):
         with pytest.raises(SystemExit) as exited:

@@ -22,11 +22,12 @@ from conftest import (
 from timeservice.clients import sampling
 from timeservice.clients.offset import Estimate, Sample
 from timeservice.clients.standard import local_timestamp
-from timeservice.clock import claims
+from timeservice.clock.kernel import KernelState
 from timeservice.policy.sources import SourceLimits
 from timeservice.programs import client as client_program
 from timeservice.programs.client import offset_json, offset_line
 from timeservice.server import NtpHandler, NtpServer
+from timeservice.wire import ntp
 from timeservice.wire.line import parse_timestamp
 
 S = 1_000_000_000  # nanoseconds in a second
@@ -108,11 +109,9 @@ def test_the_client_names_a_kiss_of_death_in_one_line(serve, capsys):
     assert f"127.0.0.1 port {port}: server sent a Kiss-o'-Death, code 'RATE'" in err
 
 
-def test_the_client_says_a_server_is_unsynchronised(serve, capsys, monkeypatch):
-    server = serve(NtpServer, NtpHandler)
-    monkeypatch.setattr(
-        server, "_state", (float("inf"), claims.server_state(None, None, -20))
-    )
+def test_the_client_says_a_server_is_unsynchronised(serve, capsys):
+    unsynchronised = KernelState(False, ntp.LEAP_NONE, 16.0)
+    server = serve(NtpServer, NtpHandler, kernel_state=lambda: unsynchronised)
     assert (
         client_program.main(["--protocol", "ntp", "127.0.0.1", str(port_of(server))])
         == 1

@@ -15,7 +15,7 @@ import pytest
 from conftest import TIMEOUT, moments, timestamp
 
 from timeservice.host import capabilities
-from timeservice.server import TimeServer
+from timeservice.server import TimeRequestHandler, TimeServer
 from timeservice.transport.registry import connection_cap
 
 UNKNOWN = b"ERR unknown request, expected 'send time'\n"
@@ -415,9 +415,18 @@ def test_a_client_that_keeps_asking_outlives_the_idle_timeout(start_server, conn
     timestamp(connection.ask())
 
 
-def test_connections_get_the_small_send_buffer(server, connect):
+def test_connections_get_the_small_send_buffer(start_server, connect):
+    sizes = []
+
+    class Measuring(TimeRequestHandler):
+        def setup(self) -> None:
+            super().setup()
+            sizes.append(
+                self.connection.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+            )
+
+    server = start_server(handler_class=Measuring)
     timestamp(connect(server).ask())
-    (accepted,) = server._connections
-    size = accepted.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+    (size,) = sizes
     assert size == server.socket.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
     assert size <= 2 * server.send_buffer  # Linux doubles what it is given

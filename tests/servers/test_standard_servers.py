@@ -25,6 +25,7 @@ from conftest import (
 
 from timeservice import client
 from timeservice.clock import kernel as kernelclock
+from timeservice.host.local import SERVED_PORTS
 from timeservice.policy.sources import SourceLimits
 from timeservice.server import (
     DaytimeHandler,
@@ -33,6 +34,7 @@ from timeservice.server import (
     OneShotServer,
     TimeHandler,
 )
+from timeservice.servers.upstream import UpstreamQuery
 from timeservice.transport.datagram import DatagramServer
 from timeservice.wire import ntp
 from timeservice.wire.errors import ReplyError
@@ -50,7 +52,7 @@ def test_daytime_over_tcp_and_udp(serve):
     udp = serve(DatagramServer, DaytimeHandler, min_source_port=1024)
     for udp_flag, server in ((False, tcp), (True, udp)):
         sample = client.ask_daytime("127.0.0.1", port_of(server), udp=udp_flag)
-        assert sample.resolution == 1000
+        assert sample.resolution_ns == 1000
         assert abs(sample.offset) <= sample.error
 
 
@@ -89,8 +91,8 @@ def test_both_sides_of_the_2036_wrap_end_to_end(serve, moment):
     )
     # The local clock reads 2026: ten years from the wrap, well inside the
     # 68 years either way that the nearest era covers.
-    assert client.ask_time("127.0.0.1", port_of(time_server)).ts == moment * S
-    assert client.ask_ntp("127.0.0.1", port_of(ntp_server)).t3 == moment * S
+    assert client.ask_time("127.0.0.1", port_of(time_server)).ts_ns == moment * S
+    assert client.ask_ntp("127.0.0.1", port_of(ntp_server)).t3_ns == moment * S
 
 
 def answering_upstream(sock: socket.socket, stratum: int, asked: threading.Event):
@@ -149,12 +151,27 @@ def test_without_its_daemon_a_server_claims_what_it_is_told(serve, monkeypatch):
     assert ntp.from_short(reply.root_dispersion) >= 0.04
 
 
-def test_a_server_never_asks_itself(serve, monkeypatch):
-    synchronised(monkeypatch)
-    server = serve(NtpServer, NtpHandler, local_stratum=10)
-    server.query.address = server.server_address  # its own port
-    server.query.current(0.0)
-    assert server.query._request is None  # nothing sent
+def test_a_server_never_asks_itself():
+    """A port this process serves, on this host, is never asked: the answer
+    would be the server's own claim. The same query asks once the port is
+    no longer served; loopback delivers at send(), in order, so a datagram
+    sent the first time would be read first."""
+    with udp_socket() as daemon:
+        port = daemon.getsockname()[1]
+        query = UpstreamQuery(("127.0.0.1", port))
+        SERVED_PORTS.add(port)  # as if a server of this process held it
+        try:
+            query.current(0.0)
+        finally:
+            SERVED_PORTS.remove(port)
+        query.current(query.interval)  # now it asks
+        daemon.settimeout(TIMEOUT)
+        first = daemon.recv(512)
+        daemon.setblocking(False)
+        with pytest.raises(BlockingIOError):  # nothing more: the first was not sent
+            daemon.recv(512)
+        query.close()
+    assert len(first) == ntp.PACKET_BYTES and first[0] & 7 == 3  # one request
 
 
 def ask_raw(server) -> bytes:

@@ -304,15 +304,18 @@ def test_a_dual_stack_sockets_ipv4_client_is_told_by_both():
 
 def test_ancillary_data_of_the_wrong_size_is_passed_over():
     assert stamp_of([(socket.SOL_SOCKET, SO_TIMESTAMPNS, b"short")]) is None
-    with DatagramServer(("127.0.0.1", 0), TimeHandler) as server:
-        assert server._reply_for([(*V4, b"short")]) is None
-        server.remembered_addresses = 1
+
+    class OneAddress(DatagramServer):
+        remembered_addresses = 1
+
+    with OneAddress(("127.0.0.1", 0), TimeHandler) as server:
+        assert server.reply_for(((*V4, b"short"),)) is None
         for n in range(3):  # a new Reply for each address, the old forgotten
             value = struct.pack(
                 "@i4s4s", 1, bytes([127, 0, 0, n]), bytes([127, 0, 0, n])
             )
-            assert server._reply_for([(*V4, value)]).ancillary is not None
-        assert len(server._replies) == 1
+            assert server.reply_for(((*V4, value),)).ancillary is not None
+        assert server.reply_for.cache_info().currsize == 1
 
 
 def test_a_wildcard_is_an_unspecified_address():
@@ -321,11 +324,10 @@ def test_a_wildcard_is_an_unspecified_address():
 
 
 def test_local_addresses_are_the_loopback_and_those_a_socket_binds():
-    local = LocalAddresses()
-    local.remembered = 2
+    local = LocalAddresses(remembered=2)
     assert "127.0.0.9" in local and "::1" in local and "::ffff:127.0.0.1" in local
     assert "192.0.2.1" not in local  # TEST-NET-1: on no host
-    assert len(local._answers) <= 2
+    assert local.is_local.cache_info().currsize == 2
 
 
 class NoPacketInfo(socket.socket):

@@ -157,12 +157,14 @@ def test_our_daytime_line_reads_back(moment):
 
 @given(st.binary(max_size=300))
 def test_any_request_line_is_send_time_or_one_err_line(line):
-    reply = protocol.request_error(line)
+    reason = protocol.request_error(line)
     try:
         assert protocol.parse_request(line) == protocol.COMMAND
-        assert reply is None
-    except protocol.RequestError:
-        assert reply is not None and reply.startswith(b"ERR ")
+        assert reason is None
+    except protocol.RequestError as exc:
+        assert reason == str(exc)
+        reply = protocol.error_line(reason)
+        assert reply.startswith(b"ERR ")
         assert reply.count(b"\n") == 1 and reply.endswith(b"\n")
 
 

@@ -29,10 +29,11 @@ DEFAULT_TIMEOUT = 5.0
 class TimeClient:
     """One connection to a time server; it can ask for the time many times.
 
-    Use it as a context manager. `timeout` bounds the connect and each reply.
-    After any error (a timeout, a reset, an ERR or invalid reply) the
+    Use it as a context manager, or ask at once: the first question connects,
+    as http.client.HTTPConnection does. `timeout` bounds the connect and each
+    reply. After any error (a timeout, a reset, an ERR or invalid reply) the
     connection is closed, since a late answer to the failed request could
-    pass for the next one; further calls raise ValueError until connect().
+    pass for the next one; the next question opens a fresh connection.
     """
 
     def __init__(
@@ -45,7 +46,6 @@ class TimeClient:
         self.timeout = timeout
         self._sock: socket.socket | None = None
         self._buffer = b""
-        self._failed = False
 
     def __enter__(self) -> TimeClient:
         self.connect()
@@ -55,10 +55,13 @@ class TimeClient:
         self.close()
 
     def connect(self) -> None:
+        """Open a fresh connection (closing any open one); OSError if the
+        server cannot be reached within the timeout."""
         self.close()
         self._sock = socket.create_connection(self.address, self.timeout)
 
     def close(self) -> None:
+        """Close the connection, if open; the next question opens another."""
         if self._sock is not None:
             self._sock.close()
             self._sock = None
@@ -74,7 +77,7 @@ class TimeClient:
         """Estimate how far the local clock is from the server's (Cristian).
 
         Asks `samples` times and keeps the answer with the shortest round
-        trip; see timeservice.offset.
+        trip; see timeservice.clients.offset.
         """
         taken = []
         with self._closed_on_error():
@@ -92,16 +95,13 @@ class TimeClient:
         try:
             yield
         except BaseException:
-            if self._sock is not None:
-                self.close()
-                self._failed = True
+            self.close()
             raise
 
     def _ask(self) -> bytes:
         if self._sock is None:
-            after = " (closed after an error; call connect())" if self._failed else ""
-            raise ValueError(f"not connected{after}")
-        self._failed = False
+            self.connect()
+        assert self._sock is not None
         self._sock.sendall(REQUEST)
         return self._read_line(self._sock)
 

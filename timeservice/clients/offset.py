@@ -26,59 +26,70 @@ NANOSECONDS = 1_000_000_000
 
 @dataclass(frozen=True)
 class Sample:
-    """One request and its answer; times in nanoseconds since the epoch."""
+    """One request and its answer. Its fields are the clocks' readings in
+    whole nanoseconds (since the epoch, or a duration), as the arithmetic
+    needs them exact; its properties are seconds, as a float, as
+    time.monotonic() and every other face give a duration."""
 
-    t1: int  # the local clock just before the request went out
-    ts: int  # the server's clock, as its answer says (NTP: when it received, T2)
-    t4: int  # the local clock just after the answer arrived
-    delay: int  # the round trip, timed with a monotonic clock
+    t1_ns: int  # the local clock just before the request went out
+    ts_ns: int  # the server's clock, as its answer says (NTP: when it received, T2)
+    t4_ns: int  # the local clock just after the answer arrived
+    elapsed_ns: int  # from sending to the answer, timed with a monotonic clock
     answer: str = ""  # the server's time as it came, or as RFC 3339
-    resolution: int = 0  # the server read its clock in [ts, ts + resolution)
-    t3: int | None = None  # NTP: when the server sent its answer
+    resolution_ns: int = 0  # the server read its clock in [ts, ts + resolution)
+    t3_ns: int | None = None  # NTP: when the server sent its answer
     root_distance: float = 0.0  # NTP: how far the server may be from true time, s
     precision: float = 0.0  # NTP: how finely the server reads its clock, s
 
     @property
-    def round_trip(self) -> int:
-        """The network's part of the delay: less the time the server held it."""
-        held = 0 if self.t3 is None else self.t3 - self.ts
-        return self.delay - held
+    def delay_ns(self) -> int:
+        """The network's part of the round trip: less the time the server held it."""
+        held = 0 if self.t3_ns is None else self.t3_ns - self.ts_ns
+        return self.elapsed_ns - held
+
+    @property
+    def delay(self) -> float:
+        """The round trip on the network, in seconds (RFC 5905's delay)."""
+        return self.delay_ns / NANOSECONDS
 
     @property
     def offset(self) -> float:
         """Seconds the server is ahead of the local clock (behind if negative)."""
-        if self.t3 is not None:  # RFC 5905: ((T2 - T1) + (T3 - T4)) / 2
-            return ((self.ts - self.t1) + (self.t3 - self.t4)) / 2 / NANOSECONDS
-        return (2 * self.ts + self.resolution - self.t1 - self.t4) / 2 / NANOSECONDS
+        if self.t3_ns is not None:  # RFC 5905: ((T2 - T1) + (T3 - T4)) / 2
+            return ((self.ts_ns - self.t1_ns) + (self.t3_ns - self.t4_ns)) / 2e9
+        return (2 * self.ts_ns + self.resolution_ns - self.t1_ns - self.t4_ns) / 2e9
 
     @property
     def error(self) -> float:
         """Seconds the offset can be wrong by: half the round trip, half the
         server's second where it answers in seconds, and for NTP its root
         distance and the precision it states (RFC 5905's dispersion)."""
-        spread = self.round_trip + self.resolution
+        spread = self.delay_ns + self.resolution_ns
         return spread / 2 / NANOSECONDS + self.root_distance + self.precision
 
 
 @dataclass(frozen=True)
 class Estimate:
-    """The offset from the best of several samples, and how sure it is."""
+    """The offset from the best of several samples, and how sure it is; in
+    seconds, as each Sample's properties."""
 
     best: Sample
     samples: tuple[Sample, ...]
 
     @property
     def offset(self) -> float:
+        """Seconds the server is ahead of the local clock, by the best sample."""
         return self.best.offset
 
     @property
     def error(self) -> float:
+        """Seconds the offset can be wrong by, by the best sample."""
         return self.best.error
 
     @property
     def delay(self) -> float:
         """The best sample's round trip, in seconds."""
-        return self.best.round_trip / NANOSECONDS
+        return self.best.delay
 
 
 def estimate(samples: Sequence[Sample]) -> Estimate:

@@ -139,7 +139,7 @@ def distance_from(interval: tuple[float, float]) -> float:
 
 
 @dataclass(frozen=True)
-class Verdict:
+class GroupVerdict:
     """What the readings say together, and the status for a monitoring system."""
 
     results: tuple[Reading | Failure, ...]  # in the order the targets came
@@ -152,14 +152,17 @@ class Verdict:
 
     @property
     def readings(self) -> tuple[Reading, ...]:
+        """The targets that gave a reading, in the order they came."""
         return tuple(r for r in self.results if isinstance(r, Reading))
 
     @property
     def failures(self) -> tuple[Failure, ...]:
+        """The targets that gave no reading, in the order they came."""
         return tuple(r for r in self.results if isinstance(r, Failure))
 
     @property
     def agree(self) -> tuple[Reading, ...]:
+        """The readings inside the majority's interval: all but the falsetickers."""
         return tuple(r for r in self.readings if r not in self.false)
 
 
@@ -169,7 +172,7 @@ def judge(
     critical: float,
     tolerance: float = TOLERANCE,
     ignore_unreachable: bool = False,
-) -> Verdict:
+) -> GroupVerdict:
     """Find the majority and the falsetickers, and the status the thresholds give.
 
     The thresholds apply to what the readings prove: the largest skew
@@ -188,7 +191,7 @@ def judge(
     failed = len(results) - len(readings)
     if not readings:
         summary = f"no target answered ({failed} failed)"
-        return Verdict(results, None, (), UNKNOWN, summary, 0.0, 0.0)
+        return GroupVerdict(results, None, (), UNKNOWN, summary, 0.0, 0.0)
     majority = intersection([r.interval(tolerance) for r in readings])
     proven = proven_skew(readings)
     skew = 0.0 if proven is None else proven[0]
@@ -203,7 +206,7 @@ def judge(
         summary = "; ".join(
             [f"no majority: the {len(readings)} answers do not agree", *parts]
         )
-        return Verdict(results, None, (), status, summary, skew, 0.0)
+        return GroupVerdict(results, None, (), status, summary, skew, 0.0)
     false = tuple(falsetickers(readings, majority, tolerance))
     distance = distance_from(majority)
     worst = max(skew, distance)
@@ -222,4 +225,4 @@ def judge(
         status = max(status, WARNING)
         parts.append(f"not reached: {', '.join(r.target.text for r in unreached)}")
     summary = "; ".join(parts)
-    return Verdict(results, majority, false, status, summary, skew, distance)
+    return GroupVerdict(results, majority, false, status, summary, skew, distance)

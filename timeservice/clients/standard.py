@@ -214,7 +214,7 @@ def ask_ntp(
         t4,
         end - start,
         local_timestamp(t3),
-        t3=t3,
+        t3_ns=t3,
         root_distance=reply.root_distance,
         precision=precision,
     )

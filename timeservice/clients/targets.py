@@ -11,11 +11,11 @@ from dataclasses import dataclass
 
 from ..wire import ntp
 from ..wire.errors import ReplyError
-from .line import DEFAULT_TIMEOUT, TimeClient
-from .offset import Estimate, Sample, estimate
-from .sampling import spacing, take_samples
+from .line import DEFAULT_TIMEOUT
+from .measure import measure_offset
+from .offset import Estimate
 from .selection import Failure, Reading, Target
-from .standard import PORTS, ask_daytime, ask_ntp, ask_time
+from .standard import PORTS
 
 
 def split_host_port(text: str) -> tuple[str, int | None]:
@@ -86,23 +86,15 @@ def measure(target: Target, asking: Asking) -> Reading | Failure:
 def ask_target(target: Target, asking: Asking) -> Estimate:
     """The best of the samples, over one connection where the protocol has
     one; those taken before a failure (a Kiss-o'-Death) are kept."""
-    where = (target.host, target.port)
-    timeout = asking.timeout
-    if target.protocol == "line":
-        with TimeClient(*where, timeout) as client:
-            return client.measure_offset(asking.samples)
-
-    def ask_once() -> Sample:
-        if target.protocol == "ntp":
-            return ask_ntp(*where, timeout=timeout, max_distance=asking.max_distance)
-        if target.protocol == "time":
-            return ask_time(*where, timeout=timeout)
-        return ask_daytime(*where, timeout=timeout)
-
-    taken, _ = take_samples(
-        ask_once, asking.samples, spacing(target.protocol, asking.burst)
+    return measure_offset(
+        target.host,
+        target.port,
+        protocol=target.protocol,
+        samples=asking.samples,
+        timeout=asking.timeout,
+        burst=asking.burst,
+        max_distance=asking.max_distance,
     )
-    return estimate(taken)
 
 
 def measure_all(

@@ -11,7 +11,9 @@ import ctypes
 import ctypes.util
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from ..host import capabilities
 from ..wire.ntp import LEAP_DELETE, LEAP_INSERT, LEAP_NONE, precision_of
@@ -32,7 +34,7 @@ STA_INS, STA_DEL, STA_UNSYNC = 0x0010, 0x0020, 0x0040
 TIME_ERROR = 5  # what the call returns while the clock is unsynchronised
 
 
-class _Timex(ctypes.Structure):
+class Timex(ctypes.Structure):
     """The start of struct timex, the same on Linux, macOS and the BSDs."""
 
     _fields_ = [
@@ -46,7 +48,9 @@ class _Timex(ctypes.Structure):
     ]
 
 
-def _find_call():
+def find_call() -> Callable[[Any], int] | None:
+    """The C library's adjtimex() or ntp_adjtime(), ready to be called with
+    a timex structure; None where there is neither (or on the portable paths)."""
     if capabilities.PORTABLE:
         return None
     try:
@@ -56,34 +60,40 @@ def _find_call():
     for name in ("adjtimex", "ntp_adjtime"):
         call = getattr(libc, name, None)
         if call is not None:
-            call.argtypes = [ctypes.POINTER(_Timex)]
+            call.argtypes = [ctypes.POINTER(Timex)]
             call.restype = ctypes.c_int
             return call
     return None
 
 
-_call = _find_call()
-AVAILABLE = _call is not None
+CALL = find_call()
+AVAILABLE = CALL is not None
 
 
-def read() -> KernelState | None:
-    """The kernel's clock state now, or None where it cannot be read."""
-    if _call is None:
+def state_of(result: int, status: int, max_error_us: int) -> KernelState:
+    """What the call's result and the structure's status and maxerror say."""
+    leap = (
+        LEAP_INSERT
+        if status & STA_INS
+        else LEAP_DELETE
+        if status & STA_DEL
+        else LEAP_NONE
+    )
+    synchronised = not status & STA_UNSYNC and result != TIME_ERROR
+    return KernelState(synchronised, leap, max_error_us / 1e6)
+
+
+def read(call: Callable[[Any], int] | None = CALL) -> KernelState | None:
+    """The kernel's clock state now, or None where it cannot be read. `call`
+    is adjtimex() (see find_call()); it is given a Timex to fill in."""
+    if call is None:
         return None
-    timex = _Timex()
-    result = _call(ctypes.byref(timex))
+    timex = Timex()
+    result = call(timex)  # ctypes passes it by reference (argtypes)
     if result < 0:
         logger.debug("cannot read the kernel clock: errno %d", ctypes.get_errno())
         return None
-    leap = (
-        LEAP_INSERT
-        if timex.status & STA_INS
-        else LEAP_DELETE
-        if timex.status & STA_DEL
-        else LEAP_NONE
-    )
-    synchronised = not timex.status & STA_UNSYNC and result != TIME_ERROR
-    return KernelState(synchronised, leap, timex.maxerror / 1e6)
+    return state_of(result, timex.status, timex.maxerror)
 
 
 def precision(reads: int = 100) -> int:

@@ -24,9 +24,11 @@ class Clock:
             self.now_ns = time.time_ns  # type: ignore[method-assign]
 
     def now_ns(self) -> int:
+        """The time now, in nanoseconds since 1970 (UTC); OSError if the clock fails."""
         return time.time_ns()
 
     def utc_offset(self, second: int) -> int:
+        """Seconds east of UTC of this clock's zone at `second` (since 1970)."""
         if self.utc:
             return 0
         return time.localtime(second).tm_gmtoff or 0

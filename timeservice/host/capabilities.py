@@ -23,7 +23,7 @@ except ImportError:  # not on Windows
     resource = None  # type: ignore[assignment]
 
 
-def _sockets_are_files() -> bool:
+def sockets_are_files() -> bool:
     """Whether a socket's fileno() is a file descriptor that open() can read.
 
     True on POSIX; on Windows it is a socket handle that the C runtime
@@ -43,7 +43,7 @@ def gil_enabled() -> bool:
     return True if is_enabled is None else bool(is_enabled())
 
 
-SOCKETS_ARE_FILES = not PORTABLE and _sockets_are_files()
+SOCKETS_ARE_FILES = not PORTABLE and sockets_are_files()
 CPU_AFFINITY = not PORTABLE and hasattr(os, "sched_setaffinity")
 OPEN_FILE_LIMIT = not PORTABLE and resource is not None
 # The kernel's receive time of a datagram: Linux's SO_TIMESTAMPNS, by recvmsg().

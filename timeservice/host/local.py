@@ -4,31 +4,34 @@ service never asks itself what to claim."""
 from __future__ import annotations
 
 import collections
+import functools
 import ipaddress
 import socket
 import threading
+from collections.abc import Callable
 
 
 class LocalAddresses:
     """Whether an address is one of this host's: a loopback one, or one a
-    socket can be bound to. The answers for the last `remembered` addresses
-    are kept, so that a flood costs one bind() per address at most."""
+    socket can be bound to. is_local() remembers the answers for the
+    `remembered` addresses asked most recently (its cache_info() says how
+    many it holds), so that a flood costs one bind() per address at most."""
 
     remembered = 1024
+    is_local: Callable[[str], bool]
 
-    def __init__(self) -> None:
-        self._answers: dict[str, bool] = {}
+    def __init__(self, remembered: int | None = None) -> None:
+        if remembered is not None:
+            self.remembered = remembered
+        # Whether `host` (as the kernel wrote it) is this host's.
+        self.is_local = functools.lru_cache(self.remembered)(self.decide)
 
     def __contains__(self, host: str) -> bool:
-        answer = self._answers.get(host)
-        if answer is None:
-            if len(self._answers) >= self.remembered:
-                self._answers.clear()
-            answer = self._answers[host] = self._decide(host)
-        return answer
+        return self.is_local(host)
 
     @staticmethod
-    def _decide(host: str) -> bool:
+    def decide(host: str) -> bool:
+        """Whether `host` is this host's, found afresh by a bind()."""
         name, percent, scope = host.partition("%")
         address = ipaddress.ip_address(name)
         if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
@@ -56,11 +59,13 @@ class ServedPorts:
         self.ports: frozenset[int] = frozenset()  # read without the lock
 
     def add(self, port: int) -> None:
+        """Note a port that a server of this process now serves."""
         with self._lock:
             self._ports[port] += 1
             self.ports = frozenset(self._ports)
 
     def remove(self, port: int) -> None:
+        """Forget a port once no server of this process serves it."""
         with self._lock:
             self._ports[port] -= 1
             if self._ports[port] <= 0:

@@ -46,6 +46,8 @@ class BoundedReader:
         self.buffer = b""
 
     def readline(self, size: int = -1) -> bytes:
+        """A line of at most `size` bytes; LineTooLong once the request's head
+        passes its bound."""
         while b"\n" not in self.buffer and not 0 <= size <= len(self.buffer):
             if self.left <= 0:
                 raise http.client.LineTooLong("request head")
@@ -65,6 +67,7 @@ class BoundedReader:
         return line
 
     def close(self) -> None:
+        """Forget what is buffered: the socket is the handler's to close."""
         self.buffer = b""
 
 
@@ -77,6 +80,7 @@ class EndpointHandler(http.server.BaseHTTPRequestHandler):
     reply_seconds = 10.0
 
     def setup(self) -> None:
+        """Read through a BoundedReader, so no client can send an endless request."""
         super().setup()
         self.rfile.close()  # the reader http.server made; this one is bounded
         self.rfile = BoundedReader(  # type: ignore[assignment]

@@ -163,6 +163,7 @@ class MetricsHandler(EndpointHandler):
     server: MetricsServer
 
     def do_GET(self) -> None:
+        """Serve the metrics at /metrics, 404 elsewhere."""
         if self.path.partition("?")[0] != PATH:
             self.send_error(404, f"only {PATH} is here")
             return

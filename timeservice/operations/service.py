@@ -119,6 +119,8 @@ class Service:
         self._watcher: tuple[float, Callable[[], None]] | None = None
 
     def serve_forever(self, poll_interval: float = 0.5) -> None:
+        """Serve every server, each in its own thread, until stop(); ServerStopped if
+        one ends on its own."""
         waking, self._wake = socket.socketpair()
         self._wake.setblocking(False)
         waking.setblocking(False)

@@ -128,5 +128,6 @@ class Notifier:
         self.notify("WATCHDOG=1")
 
     def close(self) -> None:
+        """Close the socket to systemd, if open."""
         if self.sock is not None:
             self.sock.close()

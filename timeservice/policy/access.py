@@ -3,8 +3,9 @@ the most specific subnet that holds the address winning."""
 
 from __future__ import annotations
 
+import functools
 import ipaddress
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -36,13 +37,17 @@ class AccessList:
 
     For the same subnet given twice, the later rule wins. An address no
     subnet holds is denied if any subnet is allowed (``allow`` on its own
-    means "only these"), and allowed otherwise. Answers are remembered for
-    the last `remembered` addresses: parsing one costs microseconds.
+    means "only these"), and allowed otherwise. allows(host) remembers the
+    answers for the `remembered` addresses asked most recently (its
+    cache_info() says how many it holds): parsing one costs microseconds.
     """
 
     remembered = 4096
+    allows: Callable[[str], bool]
 
-    def __init__(self, rules: Iterable[tuple[Network, bool]]) -> None:
+    def __init__(
+        self, rules: Iterable[tuple[Network, bool]], remembered: int | None = None
+    ) -> None:
         latest: dict[Network, bool] = {}
         for given, allowed in rules:
             network = as_clients_are(given)
@@ -51,7 +56,10 @@ class AccessList:
         # Most specific first; a stable sort keeps the given order otherwise.
         self.rules = sorted(latest.items(), key=lambda rule: -rule[0].prefixlen)
         self.default = not any(allowed for _, allowed in self.rules)
-        self._answers: dict[str, bool] = {}
+        if remembered is not None:
+            self.remembered = remembered
+        # Whether the client at `host` (as the kernel wrote it) may ask.
+        self.allows = functools.lru_cache(self.remembered)(self.decide)
 
     def unmatched(self, versions: Iterable[int]) -> list[tuple[Network, bool]]:
         """The rules that can match no client of a server that hears only
@@ -71,16 +79,9 @@ class AccessList:
             + [(parse_subnet(text), False) for text in deny]
         )
 
-    def allows(self, host: str) -> bool:
-        """Whether the client at `host` (as the kernel wrote it) may ask."""
-        answer = self._answers.get(host)
-        if answer is None:
-            if len(self._answers) >= self.remembered:
-                self._answers.clear()  # simpler than an LRU, and as bounded
-            answer = self._answers[host] = self._decide(host)
-        return answer
-
-    def _decide(self, host: str) -> bool:
+    def decide(self, host: str) -> bool:
+        """Whether the client at `host` may ask, decided afresh (allows()
+        remembers it)."""
         address = ipaddress.ip_address(host.split("%")[0])
         if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
             address = address.ipv4_mapped

@@ -53,7 +53,7 @@ def keys_of(address: tuple) -> tuple[str, ...]:
     return (key,) if network is None else (key, network)
 
 
-class Verdict(enum.Enum):
+class Action(enum.Enum):
     """What a datagram gets: an answer, nothing, or a Kiss-o'-Death."""
 
     ANSWER = "answer"
@@ -61,7 +61,7 @@ class Verdict(enum.Enum):
     KISS = "kiss"
 
 
-ANSWER, DROP, KISS = Verdict.ANSWER, Verdict.DROP, Verdict.KISS
+ANSWER, DROP, KISS = Action.ANSWER, Action.DROP, Action.KISS
 
 
 class Record:
@@ -153,7 +153,7 @@ class SourceLimits:
         """How many sources the table remembers now."""
         return len(self._table)
 
-    def decide(self, address: tuple) -> Verdict:
+    def decide(self, address: tuple) -> Action:
         """What a datagram from `address` (as the kernel wrote it) gets."""
         host = address[0]
         now = self.clock()
@@ -175,7 +175,7 @@ class SourceLimits:
             return ANSWER
         return self._over(record, None, self.rate, now)
 
-    def _decide_ipv6(self, host: str, now: float) -> Verdict:
+    def _decide_ipv6(self, host: str, now: float) -> Action:
         """An IPv6 source: its /64 decides first, then the address, kept in
         the /64's own small table."""
         address = ipaddress.IPv6Address(host.split("%")[0])
@@ -235,7 +235,7 @@ class SourceLimits:
 
     def _over(
         self, record: Record, network: Record | None, rate: float, now: float
-    ) -> Verdict:
+    ) -> Action:
         """A request over `record`'s limit, or from a source that floods.
         `network` is an IPv6 address's /64, which has a token left."""
         flood_time = self.flood_time
@@ -322,11 +322,13 @@ class ConnectionLimits:
         return None
 
     def add(self, keys: tuple[str, ...]) -> None:
+        """Count one more connection under `keys`."""
         self.open += 1
         for key in keys:
             self._per_key[key] = self._per_key.get(key, 0) + 1
 
     def remove(self, keys: tuple[str, ...]) -> None:
+        """Count one connection under `keys` closed."""
         self.open -= 1
         for key in keys:
             left = self._per_key[key] - 1

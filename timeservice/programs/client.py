@@ -77,13 +77,13 @@ def offset_json(result: Estimate, server: str) -> str:
                 {
                     "offset": round(sample.offset, 9),
                     "error": round(sample.error, 9),
-                    "delay": round(sample.round_trip / 1e9, 9),
+                    "delay": round(sample.delay, 9),
                 }
                 for sample in result.samples
             ],
-            "t1": local_timestamp(best.t1),
+            "t1": local_timestamp(best.t1_ns),
             "ts": best.answer,
-            "t4": local_timestamp(best.t4),
+            "t4": local_timestamp(best.t4_ns),
         }
     )
 

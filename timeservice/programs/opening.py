@@ -51,6 +51,7 @@ class Settings(NamedTuple):
 
     @classmethod
     def from_arguments(cls, args: argparse.Namespace) -> Settings:
+        """The settings the command line's arguments give."""
         common: dict[str, Any] = {
             "clock": utc_clock if args.utc else local_clock,
             "access": (
@@ -290,6 +291,7 @@ def warn_unmatched(access: AccessList | None, opened: Opened) -> None:
 
 
 def close_all(opened: Opened) -> None:
+    """Close every socket opened, whatever the servers made of them."""
     for _, _, servers in opened:
         for server in servers:
             server.server_close()

@@ -162,6 +162,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def nothing_to_reload() -> None:
+    """SIGHUP's action while nothing can be reloaded: say so in the log."""
     logger.info("SIGHUP received; there is nothing to reload")
 
 

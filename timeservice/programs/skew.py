@@ -16,8 +16,8 @@ from ..clients.selection import (
     STATUS,
     TOLERANCE,
     UNKNOWN,
+    GroupVerdict,
     Reading,
-    Verdict,
     judge,
     largest_skew,
 )
@@ -25,7 +25,7 @@ from ..clients.targets import Asking, measure_all, parse_target
 from .options import add_sampling_arguments, positive, program, program_name, seconds
 
 
-def performance_data(verdict: Verdict, warning: float, critical: float) -> str:
+def performance_data(verdict: GroupVerdict, warning: float, critical: float) -> str:
     """After the ``|``, as check_ntp_time writes it: label=value;warn;crit;min;max."""
     total = len(verdict.results)
     return " ".join(
@@ -39,16 +39,18 @@ def performance_data(verdict: Verdict, warning: float, critical: float) -> str:
     )
 
 
-def status_line(verdict: Verdict, warning: float, critical: float) -> str:
+def status_line(verdict: GroupVerdict, warning: float, critical: float) -> str:
+    """The monitoring status line: the status, the summary and the performance data."""
     data = performance_data(verdict, warning, critical)
     return f"SKEW {STATUS[verdict.status]}: {verdict.summary} | {data}"
 
 
 def signed(value: float) -> str:
+    """An offset with its sign, to the microsecond."""
     return f"{value:+.6f}"
 
 
-def report(verdict: Verdict) -> list[str]:
+def report(verdict: GroupVerdict) -> list[str]:
     """The table, one row per target, and the lines about the majority."""
     rows = [("target", "protocol", "offset s", "bound s", "delay s", "verdict")]
     for item in verdict.results:
@@ -102,7 +104,7 @@ def report(verdict: Verdict) -> list[str]:
     return lines
 
 
-def as_json(verdict: Verdict) -> str:
+def as_json(verdict: GroupVerdict) -> str:
     """One object for scripts: the status, the majority, every target."""
     targets = []
     for item in verdict.results:

@@ -66,6 +66,7 @@ class TimeRequestHandler(socketserver.StreamRequestHandler):
     read_buffer = 4096
 
     def setup(self) -> None:
+        """Make the reader, note the peer and the clock, be tracked."""
         # StreamRequestHandler.setup() makes a reader with makefile(), whose
         # reads run Python code; a buffered reader over the file descriptor
         # reads in C. The writer is made only if a subclass asks for wfile:
@@ -92,6 +93,7 @@ class TimeRequestHandler(socketserver.StreamRequestHandler):
         self.server.track(self)
 
     def handle(self) -> None:
+        """Answer each line until EOF, a line too long, or the server cuts it off."""
         max_line = self.server.max_line
         readline, limit = self.rfile.readline, max_line + len(b"\r\n")
         line_received = self.line_received
@@ -120,6 +122,7 @@ class TimeRequestHandler(socketserver.StreamRequestHandler):
         return self.connection.makefile("wb")
 
     def finish(self) -> None:
+        """Close the files and log the connection's end, summarised."""
         wfile = self.__dict__.get("wfile")  # None unless a subclass made one
         if wfile is not None:
             with contextlib.suppress(OSError):  # the client may be gone
@@ -132,11 +135,12 @@ class TimeRequestHandler(socketserver.StreamRequestHandler):
 
     def line_received(self, request: bytes) -> None:
         """Answer one request line (its line ending dropped) with one reply line."""
-        reply = request_error(request)
-        if reply is None:
+        reason = request_error(request)
+        if reason is None:
             reply = self.time_reply()
         else:
-            self.server.count_error(reply[4:-1].decode())
+            self.server.count_error(reason)
+            reply = error_line(reason)
         if self.debug:
             logger.debug("%s: %r -> %r", self.peer, request, reply)
         self.connection.sendall(reply)

@@ -27,6 +27,7 @@ class NtpHandler(socketserver.BaseRequestHandler):
     server: NtpServer
 
     def handle(self) -> None:
+        """Answer a client request with the server's state; drop anything else."""
         data, reply_to, received = self.request
         clock = self.server.clock
         now = clock.now_ns

@@ -31,6 +31,7 @@ class AnswerHandler(socketserver.BaseRequestHandler):
     """
 
     def answer(self, clock: Clock) -> bytes:
+        """The bytes to send for the time `clock` reads now."""
         raise NotImplementedError
 
     @staticmethod
@@ -39,6 +40,7 @@ class AnswerHandler(socketserver.BaseRequestHandler):
         return rfc868.is_reply(datagram) or daytime.is_reply(datagram)
 
     def handle(self) -> None:
+        """Send the answer once, over TCP or to the datagram's sender."""
         if isinstance(self.request, tuple) and self.is_answer(self.request[0]):
             self.server.count_refusal("loop", self.client_address)  # type: ignore[attr-defined]
             return
@@ -63,6 +65,7 @@ class DaytimeHandler(AnswerHandler):
     _lines: weakref.WeakKeyDictionary[Clock, TimeLines] = weakref.WeakKeyDictionary()
 
     def answer(self, clock: Clock) -> bytes:
+        """The time as one Daytime line (RFC 867)."""
         lines = self._lines.get(clock)
         if lines is None:
             lines = self._lines.setdefault(clock, TimeLines())
@@ -75,6 +78,7 @@ class TimeHandler(AnswerHandler):
     protocol = "time"
 
     def answer(self, clock: Clock) -> bytes:
+        """The time as RFC 868's four bytes: seconds since 1900."""
         return rfc868.encode(clock.now_ns() // 1_000_000_000)
 
 

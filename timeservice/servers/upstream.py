@@ -137,6 +137,7 @@ class UpstreamQuery:
         return self._asked, ntp.Upstream.from_reply(reply, self.source_id)
 
     def close(self) -> None:
+        """Close the socket to the daemon; the next request opens another."""
         if self._sock is not None:
             self._sock.close()
             self._sock = None

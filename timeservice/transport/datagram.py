@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import logging
 import socket
 import socketserver
@@ -27,7 +28,7 @@ from ..clock.system import Clock, local_clock
 from ..host import capabilities
 from ..host.local import SERVED_PORTS
 from ..policy.logs import format_address
-from ..policy.sources import ANSWER, DROP, KISS, SourceLimits, Verdict
+from ..policy.sources import ANSWER, DROP, KISS, Action, SourceLimits
 from .admission import AdmissionMixIn
 from .ancillary import (
     _PKTINFO_SPACE,
@@ -65,6 +66,7 @@ class Reply:
         self.socket, self.ancillary = sock, ancillary
 
     def sendto(self, data: bytes, address: Any) -> int:
+        """Send `data` to `address`, from the address the datagram was sent to."""
         if self.ancillary is None:
             return self.socket.sendto(data, address)
         return self.socket.sendmsg([data], self.ancillary, 0, address)
@@ -94,7 +96,7 @@ class DatagramServer(
 
     Methods that may be overridden: verify_request(request, client_address),
     as in socketserver, whether the source may ask at all;
-    admit(request, client_address), what the datagram gets (a Verdict:
+    admit(request, client_address), what the datagram gets (an Action:
     ANSWER, DROP or KISS), by default verify_request() and then the
     source's limits; over_limit(request, client_address), what to send a
     datagram whose verdict is KISS (by default nothing). None of them
@@ -105,7 +107,8 @@ class DatagramServer(
     between services; port 0 is always dropped), max_packet_size, and
     AdmissionMixIn's (a denied source gets nothing). Class variables:
     batch, the most datagrams one wake-up answers of those already waiting;
-    remembered_addresses, the local addresses whose Reply is kept.
+    remembered_addresses, how many of the local addresses asked at keep
+    their Reply (reply_for(), whose cache_info() says how many it holds).
     Handlers call drop(reason) for a datagram they do not answer and add to
     `answered`. Their request is ``(data, reply, receive_ns)``: `reply`
     sends the answer (its sendto(data, address)) from the address the
@@ -145,7 +148,8 @@ class DatagramServer(
         self.destination_info = False  # likewise: IP_PKTINFO, IPV6_RECVPKTINFO
         self._served_port: int | None = None
         self._ancillary_space = 0  # what recvmsg() reads beside the data
-        self._replies: dict[tuple[bytes, ...], Reply] = {}  # by the address asked
+        # The Reply for the ancillary data that says which address was asked.
+        self.reply_for = functools.lru_cache(self.remembered_addresses)(self.make_reply)
         super().__init__(server_address, handler_class, bind_and_activate, **settings)
         if self.limits is None and self.burst is not None:
             self.limits = SourceLimits(self.rate, self.burst)
@@ -226,7 +230,11 @@ class DatagramServer(
             self.max_packet_size, self._ancillary_space, flags
         )
         read = time.time_ns()
-        reply = self._reply_for(ancillary) if self.destination_info else None
+        reply = None
+        if self.destination_info:
+            reply = self.reply_for(
+                tuple(item for item in ancillary if item[0] != socket.SOL_SOCKET)
+            )
         if self.kernel_timestamps:
             kernel = stamp_of(ancillary)
             # A clock stepped since the start makes the kernel's time a lie too.
@@ -234,25 +242,15 @@ class DatagramServer(
                 read = kernel
         return (data, reply or self._plain_reply, read), address
 
-    def _reply_for(self, ancillary: list[tuple[int, int, bytes]]) -> Reply | None:
+    def make_reply(self, ancillary: tuple[tuple[int, int, bytes], ...]) -> Reply | None:
         """The Reply that answers from the address the datagram was sent to,
-        one for each such address; NOT_UNICAST for a broadcast or multicast
-        one; None where the kernel did not say."""
-        key = tuple(
-            value for level, _, value in ancillary if level != socket.SOL_SOCKET
-        )
-        reply = self._replies.get(key)
-        if reply is None:
-            info, unicast = answer_from(
-                [item for item in ancillary if item[0] != socket.SOL_SOCKET]
-            )
-            if info is None:
-                return None
-            if len(self._replies) >= self.remembered_addresses:
-                self._replies.clear()  # there are this host's addresses only
-            reply = Reply(self.socket, info) if unicast else NOT_UNICAST
-            self._replies[key] = reply
-        return reply
+        which `ancillary` (the destination's, as recvmsg() gave it) names;
+        NOT_UNICAST for a broadcast or multicast address; None where the
+        kernel did not say. reply_for() remembers it."""
+        info, unicast = answer_from(list(ancillary))
+        if info is None:
+            return None
+        return Reply(self.socket, info) if unicast else NOT_UNICAST
 
     def _handle_request_noblock(self) -> None:
         """One wake-up of serve_forever() or handle_request(): the datagram
@@ -297,7 +295,7 @@ class DatagramServer(
             return False
         return True
 
-    def admit(self, request: Any, client_address: Any) -> Verdict:
+    def admit(self, request: Any, client_address: Any) -> Action:
         """What a datagram gets: nothing unless verify_request() lets its
         source ask, then what its SourceLimits decide. Never sends."""
         if not self.verify_request(request, client_address):

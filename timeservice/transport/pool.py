@@ -68,6 +68,16 @@ def serve_waiting(
             server.shutdown_request(request)
 
 
+class ThreadSet(set):
+    """The threads serving connections, where ThreadingMixIn keeps its own
+    (`_threads`), so that its server_close() and CPython's tests see them."""
+
+    def join(self) -> None:
+        """Wait for every thread, as ThreadingMixIn.server_close() does."""
+        for thread in list(self):
+            thread.join()
+
+
 class ThreadPoolMixIn(socketserver.ThreadingMixIn, socketserver.TCPServer):
     """Serves each connection in a thread, and reuses threads that are done.
 
@@ -90,7 +100,7 @@ class ThreadPoolMixIn(socketserver.ThreadingMixIn, socketserver.TCPServer):
         self._pool_lock = threading.Lock()
         self._threads_idle = 0  # idle threads that no connection has claimed
         self._handoff: queue.SimpleQueue = queue.SimpleQueue()
-        self._thread_pool: set[threading.Thread] = set()
+        self._threads = ThreadSet()  # where ThreadingMixIn keeps its threads
         super().__init__(*args, **kwargs)
 
     def process_request(self, request: Any, client_address: Any) -> None:
@@ -116,12 +126,12 @@ class ThreadPoolMixIn(socketserver.ThreadingMixIn, socketserver.TCPServer):
             daemon=self.daemon_threads,
         )
         with self._pool_lock:
-            self._thread_pool.add(thread)
+            self._threads.add(thread)
         try:
             thread.start()
         except RuntimeError as exc:  # a process or memory limit
             with self._pool_lock:
-                self._thread_pool.discard(thread)
+                self._threads.discard(thread)
             logger.warning(
                 "%s: cannot start a thread: %s", format_address(client_address), exc
             )
@@ -147,7 +157,7 @@ class ThreadPoolMixIn(socketserver.ThreadingMixIn, socketserver.TCPServer):
                 request, client_address = self._next_connection()
         finally:
             with self._pool_lock:
-                self._thread_pool.discard(threading.current_thread())
+                self._threads.discard(threading.current_thread())
 
     def _next_connection(self) -> tuple:
         while True:
@@ -164,7 +174,7 @@ class ThreadPoolMixIn(socketserver.ThreadingMixIn, socketserver.TCPServer):
         """Wake the idle threads so they end, then join every thread; a step
         of server_close()."""
         with self._pool_lock:
-            threads = list(self._thread_pool)
+            threads = list(self._threads)
         for _ in threads:
             self._handoff.put((None, None))  # ends a thread once it is idle
         if self.block_on_close:

@@ -109,6 +109,7 @@ class TimeLines:
         self._second: tuple[int, bytes, bytes] = (-1, b"", b"")
 
     def line(self, now_ns: int, offset_of: Callable[[int], int]) -> bytes:
+        """The reply line for `now_ns`, in the zone `offset_of(second)` gives."""
         second, nanoseconds = divmod(now_ns, 1_000_000_000)
         cached, head, tail = self._second
         if second != cached:
@@ -156,14 +157,15 @@ def error_line(reason: str) -> bytes:
     return f"ERR {reason}\n".encode()
 
 
-def request_error(request: bytes) -> bytes | None:
-    """The ``ERR`` line for a request that is not ``send time``, else None."""
+def request_error(request: bytes) -> str | None:
+    """Why a request line is not ``send time`` (the reason its ``ERR`` line
+    carries), else None."""
     if request == _USUAL_REQUEST:  # the usual spelling needs no parsing
         return None
     try:
         parse_request(request)
     except RequestError as exc:
-        return error_line(str(exc))
+        return str(exc)
     return None
 
 

@@ -110,6 +110,7 @@ def to_short(seconds: float) -> int:
 
 
 def from_short(value: int) -> float:
+    """An NTP short format value (16.16 fixed point) as seconds."""
     return value / 65536
 
 
@@ -132,6 +133,7 @@ class Packet:
     transmit: int
 
     def pack(self) -> bytes:
+        """The packet as its 48 bytes on the wire."""
         return PACKET.pack(
             self.leap << 6 | self.version << 3 | self.mode,
             self.stratum,
@@ -196,6 +198,8 @@ class Upstream:
 
     @classmethod
     def from_reply(cls, reply: Packet, source_id: bytes = NO_REFERENCE) -> Upstream:
+        """What a checked reply of the daemon lets the service claim, named
+        `source_id`."""
         return cls(
             reply.leap,
             reply.stratum,
