@@ -17,13 +17,18 @@ turns, so that the machine's drift hits all of them alike; the table shows
 the median over the rounds and the spread between them. Progress goes to
 stderr, the table to stdout. Where chronyd is installed, NTP over UDP is
 measured too: this server's NTP service against chronyd serving ``local
-stratum 10``, both with their rate limits off.
+stratum 10``, both with their rate limits off. A part not in the default set,
+``--parts forged``, sends NTP requests forged from a client's address (20, 200
+and 2,000 a second for 10 s) to both with their rate limits on, while the
+client asks twice a second from that address: it counts the client's answers,
+and every datagram the address got against every one it sent.
 
     python scripts/bench.py [--rounds N] [--seconds S] [--quick] [--json FILE]
         [--against TREE] [--only NAME,...] [--parts PART,...] [--python-load]
 
 Its parts are in scripts/benchmark/, one concern per module: the servers under
-test, the load, the measuring, the report and the command line.
+test, the load, the measuring, the report, the command line and the forged
+part.
 """
 
 import sys

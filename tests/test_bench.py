@@ -151,6 +151,49 @@ def test_an_ab_run_measures_another_checkout_interleaved(tmp_path):
         assert set(report["ntp"]) == {"ours", "before", "chronyd"}
 
 
+@pytest.mark.slow
+def test_the_forged_part_shows_the_address_never_got_more_than_it_sent(tmp_path):
+    report_file = tmp_path / "forged.json"
+    result = subprocess.run(
+        [sys.executable, "scripts/bench.py", "--quick", "--parts", "forged"]
+        + ["--json", str(report_file)],
+        check=False,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    servers = ["ours"] + (["chronyd"] if shutil.which("chronyd") else [])
+    if "chronyd" not in servers:
+        assert "chronyd is not installed" in result.stderr
+    assert HEADING not in result.stdout  # the forged part alone
+    rows = [
+        line.split()
+        for line in result.stdout.splitlines()
+        if line.split()[:1] in (["timeservice"], ["chronyd"])
+    ]
+    assert len(rows) == 2 * len(servers)  # --quick: two forged rates
+    for row in rows:  # server, forged rate, answered/asked, got/sent, got ÷ sent
+        assert len(row) == 5
+        answered, asked = map(float, row[2].split("/"))
+        got, sent = map(int, row[3].split("/"))
+        assert 0 <= answered <= asked == 4  # twice a second for 2 s
+        assert 0 <= got <= sent
+        assert float(row[4]) <= 1
+    report = json.loads(report_file.read_text())
+    assert report["workloads"] == report["ntp"] == {}
+    forged = report["forged"]
+    assert [(r["server"], r["rate"]) for r in forged["rows"]] == [
+        (server, rate) for rate in (20, 200) for server in servers
+    ]
+    for figures in forged["rows"]:
+        for run in figures["rounds"]:
+            assert run["address_received"] <= run["address_sent"]
+            assert run["client_answered"] + run["client_kisses"] <= 4
+
+
 def test_every_module_of_the_benchmark_is_one_short_concern():
     modules = sorted(PACKAGE.glob("*.py"))
     assert {module.stem for module in modules} >= {"cli", "servers", "load"}
@@ -174,6 +217,7 @@ def test_the_script_runs_from_any_directory(tmp_path):
     assert "Benchmark timeservice against the assignment's sketch" in result.stdout
     for option in ("--rounds", "--quick", "--json", "--against", "--only", "--parts"):
         assert option in result.stdout
+    assert "forged" in result.stdout  # a part, not in the default set
 
 
 def module_constants(modules) -> dict:

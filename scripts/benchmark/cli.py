@@ -13,6 +13,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from . import forged
 from .load import (
     IDLE_CONNECTIONS,
     MEMORY,
@@ -25,6 +26,8 @@ from .measure import check_replies, idle_memory, raise_file_limit, run_load
 from .report import summarise, table
 from .servers import Lineup, build, choose_servers, start_ntp_server
 
+PARTS = ("tcp", "memory", "ntp", "forged")
+DEFAULT_PARTS = ("tcp", "memory", "ntp")
 DESCRIPTION = (
     "Benchmark timeservice against the assignment's sketch, an asyncio server and"
     " a minimal C server on epoll (built with the system's C compiler, if any)."
@@ -56,13 +59,18 @@ def run(args) -> tuple[dict, Lineup]:
         print(
             f"open-file limit too low for {MEMORY}; skipping that run", file=sys.stderr
         )
-    lineup = choose_servers(c_server, args.only, args.against, "ntp" in args.parts)
-    servers, ntp_servers = list(lineup.commands), list(lineup.ntp)
+    lineup = choose_servers(
+        c_server, args.only, args.against, bool({"ntp", "forged"} & args.parts)
+    )
+    servers = list(lineup.commands)
+    ntp_servers = list(lineup.ntp) if "ntp" in args.parts else []
+    forged_servers = forged.lineup(lineup.ntp) if "forged" in args.parts else []
     workloads = WORKLOADS if "tcp" in args.parts else []
     memory_ok = memory_ok and "memory" in args.parts
     samples = {name: {server: [] for server in servers} for name, _, _ in workloads}
     memory = {server: [] for server in servers}
     ntp = {server: [] for server in ntp_servers}
+    forged_rounds = []
     for number in range(args.rounds):
         order = servers[number % len(servers) :] + servers[: number % len(servers)]
         for name, connections, mode in workloads:
@@ -96,8 +104,24 @@ def run(args) -> tuple[dict, Lineup]:
                         server, clients, mode, args.seconds, args.warmup, generator
                     )
                 )
+        if forged_servers:
+            forged_rounds.append(
+                forged.measure_round(
+                    number,
+                    forged_servers,
+                    workdir,
+                    args.quick,
+                    lambda server, part, n=number: progress(
+                        n, args.rounds, lineup.names[server], part
+                    ),
+                )
+            )
     shutil.rmtree(workdir, ignore_errors=True)
-    return summarise(args, label, samples, memory, ntp), lineup
+    report = summarise(args, label, samples, memory, ntp)
+    report["forged"] = (
+        forged.summarise(forged_rounds, args.quick) if forged_rounds else {}
+    )
+    return report, lineup
 
 
 def progress(number, rounds, server, workload):
@@ -129,7 +153,8 @@ def main(argv=None):
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="one short round, to check that the script works",
+        help="one short round, to check that the script works (forged: "
+        f"{forged.QUICK_SECONDS:g} s, {forged.QUICK_RATES[-1]} a second at most)",
     )
     parser.add_argument(
         "--python-load",
@@ -153,18 +178,28 @@ def main(argv=None):
     parser.add_argument(
         "--parts",
         type=lambda text: set(text.split(",")),
-        default={"tcp", "memory", "ntp"},
+        default=set(DEFAULT_PARTS),
         metavar="PART,...",
-        help="what to measure: tcp, memory, ntp (default: all)",
+        help="what to measure: tcp, memory, ntp, forged (default: "
+        f"{','.join(DEFAULT_PARTS)}); forged: NTP requests forged from a "
+        f"client's address at {', '.join(map(str, forged.FORGED_RATES))} a "
+        f"second for {forged.FORGED_SECONDS:g} s each, against ours and chronyd "
+        "with their rate limits on: what the client and the address get",
     )
     args = parser.parse_args(argv)
     args.argv = argv
+    if args.parts - set(PARTS):
+        parser.error(f"--parts: unknown {','.join(sorted(args.parts - set(PARTS)))}")
     if args.quick:
         args.rounds, args.seconds, args.warmup = 1, 0.2, 0.1
     if args.rounds < 1 or args.seconds <= 0:
         parser.error("--rounds and --seconds must be positive")
     report, lineup = run(args)
-    print(table(report, lineup.names))
+    others = bool(args.parts & set(DEFAULT_PARTS))
+    if others:
+        print(table(report, lineup.names))
+    if report["forged"]:  # after the others' table, or alone with the machine
+        print(forged.table(report, lineup.names, machine=not others))
     if args.json:
         with open(args.json, "w") as out:
             json.dump(report, out, indent=2)

@@ -134,15 +134,16 @@ class Server:
         return tree_cpu(self.process.pid)
 
 
-def start_ntp_server(name, workdir, tree):
-    """Our NTP service (from the checkout `tree`), or chronyd serving its local
-    clock at stratum 10.
+def start_ntp_server(name, workdir, tree, command=OURS_NTP, more_config=()):
+    """Our NTP service (from the checkout `tree`, run as `command`), or chronyd
+    serving its local clock at stratum 10, with the lines `more_config` added
+    to its configuration.
 
     chronyd has no rate limit unless its configuration sets one; -x leaves
     the system clock alone. It is ready once it answers.
     """
     if name in ("ours", "before"):
-        return Server(name, OURS_NTP, tree, r"Serving NTP on \S+ port (\d+)")
+        return Server(name, command, tree, r"Serving NTP on \S+ port (\d+)")
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -150,9 +151,10 @@ def start_ntp_server(name, workdir, tree):
     config.write_text(
         f"local stratum 10\nport {port}\nbindaddress 127.0.0.1\nallow 127.0.0.1\n"
         f"cmdport 0\npidfile {workdir}/chronyd.pid\n"
+        + "".join(f"{line}\n" for line in more_config)
     )
-    command = ["chronyd", "-d", "-x", "-u", "root", "-f", str(config)]
-    server = Server(name, command, ROOT, line=None)
+    chronyd = ["chronyd", "-d", "-x", "-u", "root", "-f", str(config)]
+    server = Server(name, chronyd, ROOT, line=None)
     server.address = ("127.0.0.1", port)
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.settimeout(0.2)
