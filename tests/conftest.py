@@ -23,7 +23,6 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 from timeservice.clock.system import Clock
-from timeservice.host.sockets import udp_owners
 from timeservice.policy.access import AccessList
 from timeservice.server import TimeServer
 from timeservice.wire import ntp
@@ -105,20 +104,12 @@ def free_port() -> int:
     raise AssertionError("no port free for TCP and UDP")
 
 
-OWNERS_READABLE = udp_owners("127.0.0.1", 9) is not None
-
-
 def daemon_port() -> int:
-    """A UDP port on 127.0.0.1 for a stand-in for the clock's daemon that the
-    service believes on this path: any free port where the owner of a socket
-    can be read; else a free privileged one (root only), as the portable
-    path believes only those."""
-    if OWNERS_READABLE:
-        return free_port()
+    """A free UDP port on 127.0.0.1 for a stand-in for the clock's daemon
+    that the service believes: a privileged one, which only root can bind
+    (the tests that need it are skipped otherwise)."""
     if not hasattr(os, "geteuid") or os.geteuid() != 0:
-        pytest.skip(
-            "the owner of a socket cannot be read here; a privileged port needs root"
-        )
+        pytest.skip("the daemon's stand-in needs a privileged port: root")
     for port in range(1023, 823, -1):
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
             try:

@@ -17,7 +17,7 @@ PACKAGE = ROOT / "timeservice"
 # Each layer, and the layers below it that it may import (and itself).
 MAY_IMPORT = {
     "wire": {"wire"},
-    "host": {"host"},
+    "host": {"host", "wire"},
     "clock": {"wire", "host", "clock"},
     "policy": {"wire", "policy"},
     "transport": {"wire", "host", "clock", "policy", "transport"},
@@ -208,6 +208,31 @@ def test_one_way_to_log_a_handlers_error_for_each_kind_of_transport():
         if isinstance(node, ast.FunctionDef) and node.name == "handle_error"
     ]
     assert defined == ["timeservice.transport.loop"]
+
+
+def test_one_function_says_who_a_source_is():
+    """Every part that decides by source (the access list, what a source may
+    get, the connection caps, this host's own addresses) asks
+    wire.addresses.source_of(); none reads a client's address itself (an
+    IPv4-mapped one, a scope), so they cannot disagree."""
+    deciders = {
+        "timeservice.policy.access",
+        "timeservice.policy.sources",
+        "timeservice.host.local",
+    }
+    reading = {"ip_address", "IPv4Address", "IPv6Address", "ipv4_mapped"}
+    for name in deciders:
+        path = modules()[name]
+        tree = ast.parse(path.read_text())
+        assert "timeservice.wire.addresses" in imports_of(name, path), name
+        used = {
+            node.attr if isinstance(node, ast.Attribute) else node.id
+            for node in ast.walk(tree)
+            if isinstance(node, (ast.Attribute, ast.Name))
+        }
+        # access.py reads rules' subnets (as_clients_are), never a client.
+        allowed = {"ipv4_mapped"} if name.endswith("access") else set()
+        assert used & reading <= allowed, name
 
 
 def test_the_tests_are_laid_out_as_the_layers():

@@ -166,5 +166,5 @@ def test_each_worker_keeps_its_own_limits_so_a_source_gets_up_to_n_times():
         process.send_signal(signal.SIGTERM)
         assert process.wait(TIMEOUT) == 0
     print(f"two workers: {got} of 400 datagrams from one source got a reply")
-    # One worker's bound: its burst of 16 and what may go over at once (6).
-    assert 16 <= got <= 2 * (16 + 6)
+    # Each worker's bound: its burst of 16 and a quarter of the rest, at random.
+    assert 16 <= got <= 2 * 16 + 0.35 * (400 - 16)

@@ -8,7 +8,6 @@ import pytest
 from conftest import access
 
 from timeservice.policy.access import AccessList, parse_subnet
-from timeservice.policy.sources import address_key, network_key
 
 
 @pytest.mark.parametrize(
@@ -70,22 +69,6 @@ def test_answers_are_remembered_for_a_bounded_number_of_addresses():
 def test_a_subnet_that_is_not_one_is_refused():
     with pytest.raises(ValueError, match="not an IPv4 or IPv6 subnet: '192.0.2.0/33'"):
         parse_subnet("192.0.2.0/33")
-
-
-@pytest.mark.parametrize(
-    "address, key, network",
-    [
-        (("192.0.2.7", 1), "192.0.2.7", None),
-        (("2001:db8::1", 1, 0, 0), "2001:db8::1", "2001:db8::/64"),
-        (("2001:db8::ffff:1", 5), "2001:db8::ffff:1", "2001:db8::/64"),
-        (("::ffff:192.0.2.7", 1, 0, 0), "192.0.2.7", None),
-        (("fe80::1%lo", 5, 0, 1), "fe80::1", "fe80::/64"),
-    ],
-)
-def test_a_client_is_its_address_and_an_ipv6_one_its_slash_64_too(
-    address, key, network
-):
-    assert (address_key(address), network_key(address)) == (key, network)
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,6 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from timeservice.policy.access import AccessList, parse_subnet
-from timeservice.policy.sources import address_key, network_key
 
 
 @given(st.text(max_size=50))
@@ -29,13 +28,3 @@ def test_a_subnet_reads_back_and_holds_its_addresses(address, prefix):
     assert parse_subnet(str(network)) == network
     assert AccessList([(network, True)]).allows(str(address))
     assert not AccessList([(network, False)]).allows(str(address))
-
-
-@given(st.ip_addresses(v=6))
-def test_an_ipv6_client_is_its_address_within_its_slash_64(address):
-    key = address_key((str(address), 1, 0, 0))
-    network = network_key((str(address), 1, 0, 0))
-    if address.ipv4_mapped is not None:
-        assert key == str(address.ipv4_mapped) and network is None
-    else:
-        assert ipaddress.ip_address(key) in ipaddress.ip_network(network)

@@ -89,7 +89,9 @@ def test_ntp_requests_are_paced_as_servers_expect():
 
 def test_a_burst_stops_at_a_kiss_and_keeps_what_it_has(serve, capsys):
     # 16 at once, then a kiss: nothing leaks past the limit.
-    server = serve(NtpServer, NtpHandler, local_stratum=10, limits=SourceLimits(leak=0))
+    server = serve(
+        NtpServer, NtpHandler, local_stratum=10, limits=SourceLimits(leak=0, kiss=True)
+    )
     argv = ["--protocol", "ntp", "--offset", "-n", "20", "--burst", "--json"]
     assert client_program.main([*argv, "127.0.0.1", str(port_of(server))]) == 0
     captured = capsys.readouterr()
@@ -99,7 +101,7 @@ def test_a_burst_stops_at_a_kiss_and_keeps_what_it_has(serve, capsys):
 
 
 def test_the_client_names_a_kiss_of_death_in_one_line(serve, capsys):
-    policy = SourceLimits(burst=1, rate=0.0, leak=0.0)
+    policy = SourceLimits(burst=1, rate=0.0, leak=0.0, kiss=True)
     server = serve(NtpServer, NtpHandler, local_stratum=10, limits=policy)
     port = str(port_of(server))
     assert client_program.main(["--protocol", "ntp", "127.0.0.1", port]) == 0

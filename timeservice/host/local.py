@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import collections
 import functools
-import ipaddress
 import socket
 import threading
 from collections.abc import Callable
+
+from ..wire.addresses import source_of
 
 
 class LocalAddresses:
@@ -32,18 +33,15 @@ class LocalAddresses:
     @staticmethod
     def decide(host: str) -> bool:
         """Whether `host` is this host's, found afresh by a bind()."""
-        name, percent, scope = host.partition("%")
-        address = ipaddress.ip_address(name)
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
-            address = address.ipv4_mapped
+        source = source_of(host)
+        address = source.address
         if address.is_loopback or address.is_unspecified:
             return True
         family = socket.AF_INET if address.version == 4 else socket.AF_INET6
-        # A link-local address is bound on its interface: its scope stays.
-        where = f"{address}{percent}{scope}" if address.version == 6 else str(address)
+        # A link-local address is bound on its interface: its key keeps its scope.
         try:
             with socket.socket(family, socket.SOCK_DGRAM) as probe:
-                probe.bind((where, 0))
+                probe.bind((source.key, 0))
         except OSError:
             return False
         return True

@@ -7,6 +7,8 @@ import functools
 import ipaddress
 from collections.abc import Callable, Iterable
 
+from ..wire.addresses import source_of
+
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
@@ -82,9 +84,7 @@ class AccessList:
     def decide(self, host: str) -> bool:
         """Whether the client at `host` may ask, decided afresh (allows()
         remembers it)."""
-        address = ipaddress.ip_address(host.split("%")[0])
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
-            address = address.ipv4_mapped
+        address = source_of(host).address
         for network, allowed in self.rules:
             if address in network:
                 return allowed

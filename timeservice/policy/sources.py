@@ -1,56 +1,37 @@
-"""Who a source is and what it may get: the one place that decides both.
+"""What a source may get: the one place that decides it, for datagrams
+(SourceLimits) and for connections (ConnectionLimits). Who a source is
+comes from wire.addresses.source_of(), which every part that decides by
+source asks.
 
-A source is a client's address (an IPv4-mapped IPv6 address counts as the
-IPv4 one). An IPv6 address also belongs to its /64: a LAN is one /64, so its
-hosts each get an address's share, but one host may hold a whole /64 and
-take a new address for every request, so the /64 has a share of its own,
-NETWORK_FACTOR times larger. SourceLimits decides what a datagram from a
-source gets (an answer, nothing, or a Kiss-o'-Death); ConnectionLimits counts
-the connections a stream server holds from each. Both only decide: the
-transports act on the verdict. The clock and the random source are
-arguments, so that a test can run hours of a client's life in a second and
-a leak cannot make it flaky.
+A source is a client's address; an IPv6 address also belongs to its /64,
+which one host may hold whole. The /64 is a key of the tables, so that a
+host rotating through its addresses fills one entry and not the table; it
+is not one budget, so that the other hosts of a LAN keep their own answers
+while one of them floods. Both classes only decide: the transports act on
+the verdict. The clock and the random source are arguments, so that a test
+can run hours of a client's life in a second and a leak cannot make it
+flaky.
 """
 
 from __future__ import annotations
 
 import collections
 import enum
-import ipaddress
-import math
 import random
 import time
 from collections.abc import Callable
 
-NETWORK_FACTOR = 4  # an IPv6 /64 may have this many times one address's share
+from ..wire.addresses import source_of
 
+NETWORK_FACTOR = 4  # an IPv6 /64 may hold this many times one address's connections
 
-def address_key(address: tuple) -> str:
-    """Who a client is: its address as the kernel wrote it, an IPv4-mapped
-    IPv6 address as the IPv4 one, without an IPv6 scope."""
-    if ":" not in address[0]:  # IPv4 as the kernel wrote it: no parsing needed
-        return address[0]
-    host = ipaddress.IPv6Address(address[0].split("%")[0])
-    if host.ipv4_mapped is not None:
-        return str(host.ipv4_mapped)
-    return str(host)
+# What one entry of SourceLimits' table costs, in bytes, at most: an IPv4
+# source, an IPv6 /64 or one address in it, with its key, its number and
+# its place in the table (measured with tracemalloc by the tests: about 190
+# bytes for an IPv4 source, 140 for an IPv6 one, on CPython 3.11; rounded up).
+RECORD_BYTES = 256
 
-
-def network_key(address: tuple) -> str | None:
-    """The IPv6 /64 a client shares a limit with; None for IPv4."""
-    if ":" not in address[0]:
-        return None
-    host = ipaddress.IPv6Address(address[0].split("%")[0])
-    if host.ipv4_mapped is not None:
-        return None
-    return str(ipaddress.IPv6Network((host, 64), strict=False))
-
-
-def keys_of(address: tuple) -> tuple[str, ...]:
-    """Every key a client counts under: its address, then its /64 if IPv6."""
-    network = network_key(address)
-    key = address_key(address)
-    return (key,) if network is None else (key, network)
+TABLE_BYTES = 16 * 2**20  # the table's bound; chrony's clientloglimit is 512 KB
 
 
 class Action(enum.Enum):
@@ -64,67 +45,56 @@ class Action(enum.Enum):
 ANSWER, DROP, KISS = Action.ANSWER, Action.DROP, Action.KISS
 
 
-class Record:
-    """What the table knows of one source (an address or an IPv6 /64): its
-    bucket, what it has had over its limit, and how fast it asks over it."""
+class Network:
+    """An IPv6 /64 in the table: the buckets of up to `addresses_per_network`
+    of its addresses, and the bucket that those without one share."""
 
-    __slots__ = (
-        "tokens",  # answers it may have now
-        "seen",  # when tokens were last brought up to date
-        "spare",  # what may still go out over its limit: leaks and kisses
-        "spare_seen",
-        "kissed",  # when it was last told to slow down
-        "flood",  # its requests over the limit, a second (decaying average)
-        "flood_seen",
-        "addresses",  # an IPv6 /64's own addresses, each a Record
-    )
+    __slots__ = ("addresses", "shared")
 
-    def __init__(self, tokens: float, spare: float, now: float) -> None:
-        self.tokens, self.seen = tokens, now
-        self.spare, self.spare_seen = spare, now
-        self.kissed = -math.inf
-        self.flood, self.flood_seen = 0.0, now
-        self.addresses: collections.OrderedDict[str, Record] | None = None
+    def __init__(self, now: float) -> None:
+        self.addresses: dict[str, float] = {}
+        self.shared = now
 
 
 class SourceLimits:
     """What each source may make a UDP server send, decided per datagram.
 
-    - A bucket per source: `burst` answers at once, `rate` a second after
-      (an IPv6 /64: NETWORK_FACTOR times both, decided first).
-    - Over it, answers leak at random, as chrony's ``leak`` lets them: a
-      forger who sends from a client's address cannot starve the client,
-      because what goes out is spread at random over everything the address
-      sends. While a source asks at most `flood_above` a second over its
-      limit, `leak` a second of those are answered at random and the rest
-      may get a Kiss-o'-Death, at most one per `kiss_interval` (for an IPv6
-      address, its /64 too); beyond that it is flooding (forged, or deaf to
-      kisses), gets no kiss, and each request is answered with the
-      probability that spreads ``rate + spare_rate`` answers a second over
-      all it sends.
-    - What goes out over the limit, leaks and kisses alike, comes out of a
-      second bucket of `spare_rate` a second (`spare_burst` at once): after
-      its burst a source gets at most ``rate + spare_rate`` datagrams a
-      second in all, and the whole server sends at most `kiss_rate` kisses
-      a second.
-    - The table remembers `sources` sources (an IPv6 /64, with up to
-      `addresses_per_network` of its addresses, is one) and forgets the one
-      heard from least recently to make room: a new source always gets a
-      bucket of its own, so a flood of new sources locks no one out.
+    - A bucket per source: `burst` answers at once, `rate` a second after.
+      A bucket is one number, the time it will be full again (the generic
+      cell rate algorithm), and a full bucket is as good as none: the table
+      forgets such sources first and loses nothing.
+    - Over its limit, a request is answered at random with probability
+      `leak`, as chrony's ``leak`` answers (its default, 2, is 1 in 4): what
+      an address gets is a share of what it sends, never more than it sent,
+      so a forger who sends from a client's address cannot starve the client
+      at any rate. The whole server answers at most `leak_rate` such
+      requests a second, so a flood of forged requests makes it send a
+      bounded amount, and costs the sources within their limits nothing.
+    - A Kiss-o'-Death only where `kiss` asks for it, as chrony sends one
+      only with ``kod``: at most one per `kiss_interval` to an address (and
+      to an IPv6 /64), and `kiss_rate` a second from the whole server. A
+      forger can draw them onto the client whose address he sends from.
+    - An IPv6 /64 is one entry of the table, with the buckets of up to
+      `addresses_per_network` of its addresses: a new address takes the
+      place of one whose bucket is full again, or, if there is none, shares
+      the /64's bucket. So the hosts of a LAN each keep their own answers
+      while one floods, and a /64 gets at most that many addresses' answers
+      and the shared bucket's, however many addresses it rotates through.
+    - The table holds at most `table_bytes` (RECORD_BYTES an entry, the
+      /64's addresses counted each) and forgets the source heard from least
+      recently to make room: a new source always gets a bucket of its own.
 
     Not thread-safe: one serving thread decides.
     """
 
     rate = 1.0
     burst = 16
-    leak = 2.0
-    spare_rate = 3.0
-    spare_burst = 6.0
-    flood_above = 3.0  # requests a second over the limit
-    flood_time = 4.0  # seconds: how fast the flood estimate follows a source
+    leak = 0.25
+    leak_rate = 1024.0  # answers a second over the limits, for the whole server
+    kiss = False
     kiss_interval = 1.0
     kiss_rate = 16.0
-    sources = 65536
+    table_bytes = TABLE_BYTES
     addresses_per_network = 16
 
     def __init__(
@@ -145,158 +115,153 @@ class SourceLimits:
         if burst is not None:
             self.burst = burst
         self.clock, self.random = clock, random_source
-        self._table: collections.OrderedDict[str, Record] = collections.OrderedDict()
-        self._kisses = (self.kiss_rate, clock())  # the whole server's kiss bucket
+        # A bucket refills one answer in `interval` seconds and holds
+        # `burst`: a request is over the limit when the bucket would be full
+        # only more than `tolerance` seconds from now.
+        self._interval = 1 / self.rate if self.rate > 0 else 1e12
+        self._tolerance = (self.burst - 1) * self._interval
+        self.max_records = max(2, int(self.table_bytes // RECORD_BYTES))
+        self.records = 0  # entries in the table, a /64's addresses each counted
+        self._table: collections.OrderedDict[str, float | Network] = (
+            collections.OrderedDict()
+        )
+        self._leaks = (self.leak_rate, clock())  # the whole server's leak bucket
+        self._kisses = (self.kiss_rate, clock())  # and its kiss bucket
+        self._kissed: collections.OrderedDict[str, float] = collections.OrderedDict()
         self.leaked = 0  # answers given over the limit, for the metrics
 
     def __len__(self) -> int:
-        """How many sources the table remembers now."""
+        """How many sources the table remembers now (an IPv6 /64 is one)."""
         return len(self._table)
 
     def decide(self, address: tuple) -> Action:
         """What a datagram from `address` (as the kernel wrote it) gets."""
-        host = address[0]
+        source = source_of(address[0])
         now = self.clock()
-        if ":" in host:
-            return self._decide_ipv6(host, now)
-        table = self._table
-        record = table.get(host)
-        if record is None:
-            record = self._remember(table, host, self.burst, now, self.sources)
+        if source.network is not None:
+            return self._decide_ipv6(source.key, source.network, now)
+        table, key = self._table, source.key
+        full_at = table.get(key)
+        if full_at is None:
+            self._make_room()
+            full_at = now
+            self.records += 1
         else:
-            table.move_to_end(host)
-        tokens = record.tokens + (now - record.seen) * self.rate
-        record.seen = now
-        if tokens > self.burst:
-            tokens = self.burst
-        record.tokens = tokens
-        if tokens >= 1 and record.flood <= self.flood_above:
-            record.tokens = tokens - 1
-            return ANSWER
-        return self._over(record, None, self.rate, now)
+            table.move_to_end(key)
+        taken = self._take(full_at, now)  # type: ignore[arg-type]
+        if taken is None:
+            table[key] = full_at
+            return self._over(key, now)
+        table[key] = taken
+        return ANSWER
 
-    def _decide_ipv6(self, host: str, now: float) -> Action:
-        """An IPv6 source: its /64 decides first, then the address, kept in
-        the /64's own small table."""
-        address = ipaddress.IPv6Address(host.split("%")[0])
-        if address.ipv4_mapped is not None:
-            return self.decide((str(address.ipv4_mapped),))
-        factor = NETWORK_FACTOR
-        network = self._bring_up(
-            self._table, address.packed[:8].hex(), factor, now, self.sources
-        )
-        if network.tokens < 1 or network.flood > self.flood_above:
-            return self._over(network, None, factor * self.rate, now)
-        if network.addresses is None:
-            network.addresses = collections.OrderedDict()
-        record = self._bring_up(
-            network.addresses, str(address), 1, now, self.addresses_per_network
-        )
-        if record.tokens >= 1 and record.flood <= self.flood_above:
-            record.tokens -= 1
-            network.tokens -= 1
-            return ANSWER
-        return self._over(record, network, self.rate, now)
+    def _decide_ipv6(self, key: str, prefix: str, now: float) -> Action:
+        """An IPv6 source: its /64's entry, and its own bucket in it if it
+        has or can have one, else the /64's shared bucket."""
+        table = self._table
+        network = table.get(prefix)
+        if network is None:
+            self._make_room()
+            network = table[prefix] = Network(now)
+            self.records += 1
+        else:
+            table.move_to_end(prefix)
+        assert isinstance(network, Network)
+        addresses = network.addresses
+        full_at = addresses.get(key)
+        if full_at is None:
+            if len(addresses) >= self.addresses_per_network and not self._forget_full(
+                addresses, now
+            ):
+                taken = self._take(network.shared, now)
+                if taken is None:
+                    return self._over(prefix, now)
+                network.shared = taken
+                return ANSWER
+            self._make_room()
+            full_at = addresses[key] = now
+            self.records += 1
+        taken = self._take(full_at, now)
+        if taken is None:
+            return self._over(prefix, now)
+        addresses[key] = taken
+        return ANSWER
 
-    def _bring_up(
-        self,
-        table: collections.OrderedDict[str, Record],
-        key: str,
-        factor: int,
-        now: float,
-        most: int,
-    ) -> Record:
-        """The record of `key` in `table`, its bucket brought up to now."""
-        record = table.get(key)
-        if record is None:
-            return self._remember(table, key, factor * self.burst, now, most)
-        table.move_to_end(key)
-        burst = factor * self.burst
-        record.tokens = min(
-            burst, record.tokens + (now - record.seen) * factor * self.rate
-        )
-        record.seen = now
-        return record
+    def _take(self, full_at: float, now: float) -> float | None:
+        """One answer from a bucket that is full at `full_at`: when it will be
+        full after it, or None if it has none to give (it stays as it was)."""
+        if full_at < now:
+            full_at = now
+        if full_at - now > self._tolerance:
+            return None
+        return full_at + self._interval
 
-    def _remember(
-        self,
-        table: collections.OrderedDict[str, Record],
-        key: str,
-        burst: int,
-        now: float,
-        most: int,
-    ) -> Record:
-        """A new source gets its own full bucket; the least recent goes if
-        the table is full."""
-        if len(table) >= most:
-            table.popitem(last=False)
-        record = table[key] = Record(float(burst), self.spare_burst, now)
-        return record
+    def _forget_full(self, addresses: dict[str, float], now: float) -> bool:
+        """Forget one address whose bucket is full again; False if none is."""
+        for key, full_at in addresses.items():
+            if full_at <= now:
+                del addresses[key]
+                self.records -= 1
+                return True
+        return False
 
-    def _over(
-        self, record: Record, network: Record | None, rate: float, now: float
-    ) -> Action:
-        """A request over `record`'s limit, or from a source that floods.
-        `network` is an IPv6 address's /64, which has a token left."""
-        flood_time = self.flood_time
-        record.flood = (
-            record.flood * math.exp((record.flood_seen - now) / flood_time)
-            + 1 / flood_time
-        )
-        record.flood_seen = now
-        spare = min(
-            self.spare_burst,
-            record.spare + (now - record.spare_seen) * self.spare_rate,
-        )
-        record.spare_seen = now
-        verdict = DROP
-        if record.flood > self.flood_above:  # at random, spread over all it sends
-            if self.random() < (rate + self.spare_rate) / record.flood:
-                if record.tokens >= 1:
-                    record.tokens -= 1
-                    verdict = ANSWER
-                elif spare >= 1:
-                    spare -= 1
-                    verdict = ANSWER
-                    self.leaked += 1
-        elif record.tokens >= 1:  # a flood that has just ended
-            record.tokens -= 1
-            verdict = ANSWER
-        elif spare >= 1 and self.random() < self.leak / record.flood:
-            spare -= 1
-            verdict = ANSWER
-            self.leaked += 1
-        elif spare >= 1 and self._may_kiss(record, network, now):
-            spare -= 1
-            verdict = KISS
-        record.spare = spare
-        if verdict is ANSWER and network is not None:
-            network.tokens -= 1
-        return verdict
+    def _make_room(self) -> None:
+        """Forget the sources heard from least recently until one more entry
+        fits; never the one just heard from, which is last."""
+        table = self._table
+        while self.records >= self.max_records and len(table) > 1:
+            _, forgotten = table.popitem(last=False)
+            self.records -= (
+                1 + len(forgotten.addresses) if isinstance(forgotten, Network) else 1
+            )
 
-    def _may_kiss(self, record: Record, network: Record | None, now: float) -> bool:
-        """Whether a source may be told to slow down now; if so, counted."""
-        interval = self.kiss_interval
-        if now - record.kissed < interval:
+    def _over(self, key: str, now: float) -> Action:
+        """A request over its source's limit: a leak at random, a kiss where
+        asked for, or nothing. `key` is who a kiss is counted against."""
+        if self.leak > 0 and self.random() < self.leak:
+            tokens, then = self._leaks
+            tokens = min(self.leak_rate, tokens + (now - then) * self.leak_rate)
+            if tokens >= 1:
+                self._leaks = (tokens - 1, now)
+                self.leaked += 1
+                return ANSWER
+            self._leaks = (tokens, now)
+        if self.kiss and self._may_kiss(key, now):
+            return KISS
+        return DROP
+
+    def _may_kiss(self, key: str, now: float) -> bool:
+        """Whether `key` may be told to slow down now; if so, counted."""
+        kissed = self._kissed
+        while kissed:  # those told long enough ago are forgotten, oldest first
+            oldest, when = next(iter(kissed.items()))
+            if now - when < self.kiss_interval:
+                break
+            del kissed[oldest]
+        if key in kissed:
             return False
-        if network is not None and now - network.kissed < interval:
-            return False  # a /64 has the kiss budget of one address
         tokens, then = self._kisses
         tokens = min(self.kiss_rate, tokens + (now - then) * self.kiss_rate)
         if tokens < 1:
             self._kisses = (tokens, now)
             return False
         self._kisses = (tokens - 1, now)
-        record.kissed = now
-        if network is not None:
-            network.kissed = now
+        kissed[key] = now
         return True
 
 
 class ConnectionLimits:
     """How many connections a stream server holds: at most `most` in all,
     `per_host` from one address and `per_network` from one IPv6 /64 (None
-    for no such limit). Not thread-safe: the server holds its lock."""
+    for no such limit).
+
+    A /64 at its limit is shared fairly: a newcomer with fewer connections
+    than the address of the /64 that holds the most is let in, and one of
+    that address's connections is cut (admit() names it), so that a host
+    flooding from several addresses of a LAN cannot lock the other hosts
+    out, and a host rotating through its /64 still holds no more than
+    `per_network`. Not thread-safe: the server holds its lock.
+    """
 
     def __init__(
         self, most: int, per_host: int | None, per_network: int | None
@@ -304,35 +269,71 @@ class ConnectionLimits:
         self.most, self.per_host, self.per_network = most, per_host, per_network
         self.open = 0
         self._per_key: dict[str, int] = {}
+        self._hosts: dict[str, collections.Counter[str]] = {}  # a /64's addresses
 
     def keys(self, address: tuple) -> tuple[str, ...]:
-        """The keys a connection from `address` counts under."""
+        """The keys a connection from `address` counts under: its address,
+        then its /64 if IPv6; none where no limit needs them."""
         if self.per_host is None and self.per_network is None:
             return ()
-        return keys_of(address)
+        source = source_of(address[0])
+        if source.network is None:
+            return (source.key,)
+        return (source.key, source.network)
+
+    def admit(self, keys: tuple[str, ...]) -> tuple[str | None, str | None]:
+        """Why one more connection under `keys` would be too many (busy,
+        per_host or per_network), or None; and, where its /64 is full, the
+        address of that /64 one of whose connections it takes the place of."""
+        if self.open >= self.most:
+            return "busy", None
+        if not keys:
+            return None, None
+        held = self._per_key.get(keys[0], 0)
+        if self.per_host is not None and held >= self.per_host:
+            return "per_host", None
+        if len(keys) < 2 or self.per_network is None:
+            return None, None
+        if self._per_key.get(keys[1], 0) < self.per_network:
+            return None, None
+        hosts = self._hosts[keys[1]]
+        heaviest, most = hosts.most_common(1)[0]
+        if most > held + 1:
+            return None, heaviest
+        return "per_network", None
 
     def refusal(self, keys: tuple[str, ...]) -> str | None:
-        """Why one more connection under `keys` would be too many, or None."""
-        if self.open >= self.most:
-            return "busy"
-        for index, key in enumerate(keys):
-            limit = self.per_host if index == 0 else self.per_network
-            if limit is not None and self._per_key.get(key, 0) >= limit:
-                return "per_host" if index == 0 else "per_network"
-        return None
+        """Why one more connection under `keys` would be too many, where no
+        connection can be cut to make room; None if it may open."""
+        cause, displaced = self.admit(keys)
+        return "per_network" if displaced is not None else cause
 
     def add(self, keys: tuple[str, ...]) -> None:
         """Count one more connection under `keys`."""
         self.open += 1
-        for key in keys:
-            self._per_key[key] = self._per_key.get(key, 0) + 1
+        self._count(keys, 1)
 
     def remove(self, keys: tuple[str, ...]) -> None:
         """Count one connection under `keys` closed."""
         self.open -= 1
+        self._count(keys, -1)
+
+    def displace(self, keys: tuple[str, ...]) -> None:
+        """Stop counting a connection under `keys` that is being cut to make
+        room; it stays in the count of all until remove(()) when it closes."""
+        self._count(keys, -1)
+
+    def _count(self, keys: tuple[str, ...], step: int) -> None:
         for key in keys:
-            left = self._per_key[key] - 1
+            left = self._per_key.get(key, 0) + step
             if left:
                 self._per_key[key] = left
             else:
                 del self._per_key[key]
+        if len(keys) == 2:
+            hosts = self._hosts.setdefault(keys[1], collections.Counter())
+            hosts[keys[0]] += step
+            if not hosts[keys[0]]:
+                del hosts[keys[0]]
+                if not hosts:
+                    del self._hosts[keys[1]]

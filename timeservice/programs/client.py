@@ -33,6 +33,7 @@ from ..policy.logs import format_address
 from ..wire.errors import ReplyError
 from ..wire.line import DEFAULT_PORT, format_timestamp
 from .options import (
+    Parser,
     add_sampling_arguments,
     join_port,
     port_number,
@@ -134,7 +135,7 @@ def collect(args: argparse.Namespace) -> tuple[Estimate | None, Exception | None
 def main(argv: Sequence[str] | None = None) -> int:
     """Ask a time server for the time and print the answer."""
     prog = program_name("timeservice.client")
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog=prog,
         description="Ask a time server for the date and time and print it.",
         epilog=f"examples: {prog} 192.0.2.10 {DEFAULT_PORT}; "

@@ -5,7 +5,6 @@ Run it with ``python -m timeservice``; it picks a free port unless told one.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 import threading
@@ -16,6 +15,7 @@ from ..clients.line import TimeClient
 from ..servers.line import TimeServer
 from ..wire.line import COMMAND, format_timestamp
 from .options import (
+    Parser,
     add_address_arguments,
     announce,
     configure_logging,
@@ -39,7 +39,7 @@ def client_host(bound: str) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Start a server, let the clients ask it for the time, print what they got."""
     prog = program_name("timeservice")
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog=prog,
         description="Run a time server and clients asking it, in one process.",
         epilog=f"example: {prog} -c 3",

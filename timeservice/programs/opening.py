@@ -68,15 +68,18 @@ class Settings(NamedTuple):
             max_per_host=args.max_per_host or None,
             max_per_network=args.max_per_network or None,
         )
-        datagrams = dict(common, burst=None) if args.no_rate_limit else common
+        if args.no_rate_limit:
+            datagrams = dict(common, burst=None)
+        else:
+            datagrams = dict(
+                common, kiss=args.kiss_of_death, table_bytes=args.source_table_size
+            )
         claim = None
         if args.upstream_stratum is not None:
             claim = (args.upstream_stratum, args.upstream_id or ntp.NO_REFERENCE)
-        users = {0} if args.upstream_user is None else {0, args.upstream_user}
         ntp_settings = {
             "local_stratum": args.local_stratum,
             "upstream": args.upstream,
-            "upstream_users": frozenset(users),
             "upstream_claim": claim,
         }
         return cls(line, common, datagrams, ntp_settings)

@@ -15,7 +15,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from types import FrameType
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 from ..clients.sampling import NTP_SPACING
 from ..clients.targets import split_host_port
@@ -29,6 +29,15 @@ def program_name(module: str) -> str:
     """What the user typed: the console script's name, or ``python -m MODULE``."""
     name = os.path.basename(sys.argv[0])
     return f"python -m {module}" if name.endswith(".py") else name
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse's parser, but a usage error is one line: what is wrong and
+    where help is, instead of the whole usage before it (exit status 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        """Say what is wrong in one line, and exit with status 2."""
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:

@@ -12,12 +12,14 @@ from .. import __version__
 from ..clients.targets import split_host_port
 from ..host import capabilities
 from ..policy.access import parse_subnet
-from ..policy.sources import NETWORK_FACTOR
+from ..policy.sources import NETWORK_FACTOR, TABLE_BYTES
+from ..servers.upstream import unvouched
 from ..transport.registry import IDLE_TIMEOUT, MAX_CONNECTIONS, MAX_PER_HOST
 from ..wire import ntp
 from ..wire.line import COMMAND, DEFAULT_PORT, MAX_LINE_BYTES
 from .opening import STANDARD
 from .options import (
+    Parser,
     add_address_arguments,
     cpu_choice,
     join_port,
@@ -43,16 +45,18 @@ def upstream_address(text: str) -> tuple | None:
     return address
 
 
-def user_id(text: str) -> int:
-    """An argparse type for --upstream-user: a user's name, as its uid."""
+def byte_size(text: str) -> int:
+    """An argparse type for a size in bytes: a number, or with K, M or G
+    (powers of 1,024)."""
+    unit = {"K": 2**10, "M": 2**20, "G": 2**30}.get(text[-1:].upper())
+    number = text[:-1] if unit else text
     try:
-        import pwd
-    except ImportError:
-        raise argparse.ArgumentTypeError("users need a POSIX system") from None
-    try:
-        return pwd.getpwnam(text).pw_uid
-    except KeyError:
-        raise argparse.ArgumentTypeError(f"no such user: {text!r}") from None
+        size = int(number) * (unit or 1)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size in bytes: {text!r}") from None
+    if size <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
+    return size
 
 
 def reference_id(text: str) -> bytes:
@@ -75,7 +79,7 @@ def subnet(text: str) -> str:
 def build_parser(prog: str) -> argparse.ArgumentParser:
     """The server's options, in groups: where it listens, its limits, the
     protocols and their clock, and running it as a daemon."""
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog=prog,
         description="Answer 'send time' with the current date and time over TCP; "
         "serve Daytime, Time and NTP too when asked.",
@@ -158,14 +162,6 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
         "'none' not to ask (default: 127.0.0.1:123)",
     )
     protocols.add_argument(
-        "--upstream-user",
-        type=user_id,
-        metavar="NAME",
-        help="with --ntp: the user the daemon serves as, whose socket is "
-        "believed besides root's (default: root only; a daemon that binds as "
-        "root and then drops its privileges still shows root)",
-    )
-    protocols.add_argument(
         "--upstream-stratum",
         type=int,
         choices=range(0, ntp.MAX_STRATUM),
@@ -184,7 +180,24 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
         "--no-rate-limit",
         action="store_true",
         help="answer every datagram (for benchmarks); by default each source "
-        "gets 16 replies at once and 1 a second after that",
+        "gets 16 replies at once and 1 a second after that, and 1 in 4 of what "
+        "it sends beyond",
+    )
+    limits.add_argument(
+        "--kiss-of-death",
+        action="store_true",
+        help="tell a source over its limit to slow down (a Kiss-o'-Death RATE, "
+        "once a second at most), as chrony's 'kod'; off by default, since a "
+        "forger can draw kisses onto the client whose address he sends from",
+    )
+    limits.add_argument(
+        "--source-table-size",
+        type=byte_size,
+        default=TABLE_BYTES,
+        metavar="BYTES",
+        help="memory each UDP server's table of sources may hold, as chrony's "
+        "'clientloglimit'; when full, the source heard from least recently is "
+        "forgotten (default: 16M)",
     )
     limits.add_argument(
         "--allow",
@@ -279,9 +292,13 @@ def check_arguments(args: argparse.Namespace) -> str | None:
                 "name them in the .socket unit instead"
             )
     elif args.ntp is None:
-        for option in ("local_stratum", "upstream_stratum", "upstream_user"):
+        for option in ("local_stratum", "upstream_stratum"):
             if getattr(args, option) is not None:
                 return f"--{option.replace('_', '-')} goes with --ntp"
+    if args.upstream is not None and (args.ntp is not None or args.activated):
+        problem = unvouched(args.upstream)
+        if problem is not None:
+            return f"--upstream {problem}"
     if args.upstream_id is not None and args.upstream_stratum is None:
         return "--upstream-id goes with --upstream-stratum"
     if args.group is not None and args.user is None:

@@ -5,10 +5,9 @@ form (a status line with performance data; exit 0 OK, 1 WARNING,
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from .. import __version__
 from ..clients.line import DEFAULT_TIMEOUT
@@ -22,7 +21,14 @@ from ..clients.selection import (
     largest_skew,
 )
 from ..clients.targets import Asking, measure_all, parse_target
-from .options import add_sampling_arguments, positive, program, program_name, seconds
+from .options import (
+    Parser,
+    add_sampling_arguments,
+    positive,
+    program,
+    program_name,
+    seconds,
+)
 
 
 def performance_data(verdict: GroupVerdict, warning: float, critical: float) -> str:
@@ -138,12 +144,13 @@ def as_json(verdict: GroupVerdict) -> str:
     )
 
 
-class MonitoringParser(argparse.ArgumentParser):
-    """Usage errors are UNKNOWN (3), as monitoring plugins report them."""
+class MonitoringParser(Parser):
+    """Usage errors are UNKNOWN (3), as monitoring plugins report them; one
+    line, as every command's."""
 
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.print_usage(sys.stderr)
-        self.exit(UNKNOWN, f"{self.prog}: error: {message}\n")
+    def error(self, message: str) -> NoReturn:
+        """Say what is wrong in one line, and exit with status 3 (UNKNOWN)."""
+        self.exit(UNKNOWN, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 @program

@@ -43,7 +43,7 @@ USUAL_REQUEST = REQUEST[: -len(b"\n")]
 
 
 # What a client is told when the registry cuts its connection off, by cause.
-LAST_WORDS = {"timeout": TIMEOUT, "shutdown": SHUTTING_DOWN}
+LAST_WORDS = {"timeout": TIMEOUT, "shutdown": SHUTTING_DOWN, "displaced": BUSY}
 
 
 class TimeRequestHandler(socketserver.StreamRequestHandler):
@@ -177,7 +177,8 @@ class TimeRequestHandler(socketserver.StreamRequestHandler):
 
     def expire(self, cause: str, grace: float, first: bool = True) -> None:
         """Cut the connection short; called from another thread (the
-        registry's), `cause` timeout or shutdown.
+        registry's), `cause` timeout, shutdown or displaced (its place in a
+        full /64 given to another host).
 
         The first time, complete lines already received are still answered,
         then the handler says why and closes; the registry calls again once

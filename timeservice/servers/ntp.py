@@ -60,23 +60,21 @@ class NtpServer(DatagramServer):
     only client requests, never another server's answer, so no two servers
     can answer each other forever. Settings: local_stratum
     (1-15 serves an unsynchronised clock, as chrony's ``local stratum``),
-    upstream (an address, None not to ask), upstream_users (the uids whose
-    socket there is believed: see timeservice.servers.upstream),
-    upstream_claim, kernel_state (a function that reads the kernel's clock
-    state in place of kernel.read(), for tests), and DatagramServer's.
+    upstream (an address, None not to ask; see timeservice.servers.upstream
+    for the addresses it may be), upstream_claim, kernel_state (a function
+    that reads the kernel's clock state in place of kernel.read(), for
+    tests), and DatagramServer's.
     """
 
     settings: tuple[str, ...] = (
         "local_stratum",
         "upstream",
-        "upstream_users",
         "upstream_claim",
         "kernel_state",
     )
     state_interval = 1.0  # seconds the clock state is reused
     local_stratum: int | None = None
     upstream: tuple | None = ("127.0.0.1", ntp.DEFAULT_PORT)
-    upstream_users: frozenset[int] = frozenset({0})  # whose socket is the daemon's
     upstream_claim: tuple[int, bytes] | None = None
     kernel_state: Callable[[], kernel.KernelState | None] | None = None  # for tests
 
@@ -92,7 +90,11 @@ class NtpServer(DatagramServer):
         self.precision = kernel.precision()
         self._state: tuple[float, ntp.ServerState] | None = None
         if self.upstream is not None:
-            self.query = UpstreamQuery(self.upstream, self.upstream_users)
+            try:
+                self.query = UpstreamQuery(self.upstream)
+            except ValueError:  # an address that cannot be vouched for
+                self.server_close()
+                raise
 
     def state(self) -> ntp.ServerState:
         """The server's clock state, from the kernel's, at most a second old."""

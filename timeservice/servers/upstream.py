@@ -3,11 +3,14 @@ what it claims, and believing only that daemon.
 
 The NTP service claims what that daemon says: its stratum (one more), its
 reference ID, its leap second. A process that answered in its place could
-make the service claim anything, so an answer counts only from a socket that
-root holds, or the user named as the daemon's (a daemon binds as root and
-then drops its privileges; its socket shows root): /proc tells on Linux.
-Where it cannot tell, only a port below 1024, which only root can bind, is
-believed. A daemon on another host is the operator's to vouch for.
+make the service claim anything, and no check after the fact can tell which
+socket sent a datagram. So the daemon is asked only where the kernel vouches
+for who answers: at a port below ``net.ipv4.ip_unprivileged_port_start``
+(1024 unless changed), which only a privileged process can bind, on this
+host or another (the query's socket is connected to it, so the kernel drops
+a datagram from any other port). An address that cannot be vouched for is
+refused when the query is made, so that a configuration that could be
+forged never serves.
 """
 
 from __future__ import annotations
@@ -16,28 +19,26 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Collection
 
 from ..host.local import LOCAL_ADDRESSES, SERVED_PORTS
-from ..host.sockets import udp_owners
+from ..host.sockets import unprivileged_port_start
 from ..policy.logs import format_address
 from ..wire import ntp
 
 logger = logging.getLogger(__name__)
 
-PRIVILEGED_PORTS = 1024
 
-
-def trusted(address: tuple, users: Collection[int]) -> bool:
-    """Whether the socket that answers at `address` is the daemon's: held by
-    one of `users` where this host can tell, else on a port only root binds."""
-    host, port = address[:2]
-    if host not in LOCAL_ADDRESSES:
-        return True  # another host's: the operator named it
-    owners = udp_owners(host, port)
-    if owners is None:
-        return port < PRIVILEGED_PORTS
-    return bool(owners) and owners <= set(users)
+def unvouched(address: tuple) -> str | None:
+    """Why a reply from `address` could come from a process other than the
+    daemon, or None where only a privileged process can send it."""
+    port, start = address[1], unprivileged_port_start()
+    if port < start:
+        return None
+    return (
+        f"{format_address(address)}: any local user can bind port {port} and "
+        f"answer in the daemon's place; ask it on a port below {start} "
+        "(its daemon's usual 123), or name what to claim with --upstream-stratum"
+    )
 
 
 class UpstreamQuery:
@@ -46,26 +47,29 @@ class UpstreamQuery:
 
     current() sends a client request at most every `interval` seconds and
     reads the reply on a later call, so the serving loop never waits on the
-    daemon. A reply is used only if it passes a client's checks, from a
-    stratum below 15, from a socket trusted() holds, and for `usable`
-    seconds after it was asked; a reply to the request that fails them ends
-    the claim at once. An address of this host and a UDP port this process
-    serves is never asked: the answer would be this server's own claim.
+    daemon. It asks only an address unvouched() finds nothing against
+    (ValueError otherwise). A reply is used only if it passes a client's
+    checks, from a stratum below 15, and for `usable` seconds after it was
+    asked; a reply to the request that fails them ends the claim at once.
+    An address of this host and a UDP port this process serves is never
+    asked: the answer would be this server's own claim.
     Thread-safe.
     """
 
     interval = 8.0
     usable = 64.0
 
-    def __init__(self, address: tuple, users: Collection[int] = (0,)) -> None:
-        self.address, self.users = address, frozenset(users)
+    def __init__(self, address: tuple) -> None:
+        problem = unvouched(address)
+        if problem is not None:
+            raise ValueError(problem)
+        self.address = address
         self.source_id = ntp.reference_id(str(address[0]).split("%")[0])
         self._lock = threading.Lock()
         self._sock: socket.socket | None = None
         self._request: bytes | None = None  # the request not answered yet
         self._sent = self._asked = -self.interval
         self._found: tuple[float, ntp.Upstream] | None = None  # asked at, claim
-        self._untrusted_said = False
 
     def current(self, now: float) -> tuple[ntp.Upstream, float] | None:
         """The daemon's claim and its age in seconds (now: monotonic), or None."""
@@ -124,16 +128,6 @@ class UpstreamQuery:
             return None
         if reply.stratum >= ntp.MAX_STRATUM:
             return None
-        if not trusted(self.address, self.users):
-            if not self._untrusted_said:  # once: it may answer every 8 s
-                logger.warning(
-                    "%s: not believed: the socket that answered is not held by "
-                    "root or the daemon's user (--upstream-user)",
-                    where,
-                )
-                self._untrusted_said = True
-            return None
-        self._untrusted_said = False
         return self._asked, ntp.Upstream.from_reply(reply, self.source_id)
 
     def close(self) -> None:

@@ -28,7 +28,7 @@ from ..clock.system import Clock, local_clock
 from ..host import capabilities
 from ..host.local import SERVED_PORTS
 from ..policy.logs import format_address
-from ..policy.sources import ANSWER, DROP, KISS, Action, SourceLimits
+from ..policy.sources import ANSWER, DROP, KISS, TABLE_BYTES, Action, SourceLimits
 from .admission import AdmissionMixIn
 from .ancillary import (
     _PKTINFO_SPACE,
@@ -101,8 +101,8 @@ class DatagramServer(
     source's limits; over_limit(request, client_address), what to send a
     datagram whose verdict is KISS (by default nothing). None of them
     sends: the serving loop acts on the verdict.
-    Settings: rate, burst (None turns the limit off), limits (a
-    SourceLimits made with its own clock or settings), min_source_port
+    Settings: rate, burst (None turns the limit off), kiss, table_bytes,
+    limits (a SourceLimits made with its own clock or settings), min_source_port
     (datagrams from lower ports are dropped, as inetd does against loops
     between services; port 0 is always dropped), max_packet_size, and
     AdmissionMixIn's (a denied source gets nothing). Class variables:
@@ -119,13 +119,17 @@ class DatagramServer(
     settings: tuple[str, ...] = (
         "rate",
         "burst",
+        "kiss",
+        "table_bytes",
         "limits",
         "min_source_port",
         "clock",
     )
     rate = 1.0  # replies per second per source, after the burst
     burst: int | None = 16  # replies a source may have at once
-    limits: SourceLimits | None = None  # made from rate and burst unless given
+    kiss = False  # a Kiss-o'-Death to a source over its limit (see SourceLimits)
+    table_bytes = TABLE_BYTES  # the most the table of sources may hold
+    limits: SourceLimits | None = None  # made from the four above unless given
     min_source_port = 0
     clock: Clock = local_clock
     traceback_on_fault = False  # one line: anyone can send datagrams by the thousand
@@ -152,7 +156,9 @@ class DatagramServer(
         self.reply_for = functools.lru_cache(self.remembered_addresses)(self.make_reply)
         super().__init__(server_address, handler_class, bind_and_activate, **settings)
         if self.limits is None and self.burst is not None:
-            self.limits = SourceLimits(self.rate, self.burst)
+            self.limits = SourceLimits(
+                self.rate, self.burst, kiss=self.kiss, table_bytes=self.table_bytes
+            )
         if self._served_port is None:  # not activated yet
             self._plain_reply = self.socket
 

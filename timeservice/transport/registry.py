@@ -113,7 +113,9 @@ class ConnectionRegistry(AdmissionMixIn, socketserver.TCPServer):
 
     At most `max_connections` are open at once, at most `max_per_host` from
     one address and `max_per_network` from one IPv6 /64 (None for no such
-    limit).
+    limit); a /64 at its limit is shared fairly (see ConnectionLimits): a
+    host with fewer connections than the /64's heaviest address gets in, and
+    one of that address's connections is cut off.
     Methods that may be overridden: refusal_words(cause), the bytes a connection
     that cannot be served is sent before it is closed (by default none;
     the cause is busy, per_host, per_network or denied); sweep(now) keeps
@@ -121,8 +123,8 @@ class ConnectionRegistry(AdmissionMixIn, socketserver.TCPServer):
     gives server_close() its steps expire_connections() and
     join_watchdog(); handlers call track(handler) once they run, count
     their answers in `requests`, have expire(cause, grace, first) called
-    (cause timeout or shutdown) when they are cut off, and call count_error(reason)
-    for each error they send.
+    (cause timeout, shutdown or displaced) when they are cut off, and call
+    count_error(reason) for each error they send.
 
     The deadlines are kept by a watchdog thread that runs while any
     connection is open, so they hold however the program serves:
@@ -178,7 +180,9 @@ class ConnectionRegistry(AdmissionMixIn, socketserver.TCPServer):
             return False
         keys = self.limits.keys(client_address)
         with self._lock:
-            cause = self.limits.refusal(keys)
+            cause, displaced = self.limits.admit(keys)
+            if displaced is not None and not self._displace(displaced):
+                cause = "per_network"
             if cause is None and not self._watch():
                 cause = "busy"
             if cause is None:
@@ -188,6 +192,19 @@ class ConnectionRegistry(AdmissionMixIn, socketserver.TCPServer):
                 return True
         self.count_refusal(cause, client_address)
         self.refuse(request, client_address, cause)
+        return False
+
+    def _displace(self, key: str) -> bool:
+        """Cut the oldest running connection of the address `key`, to make
+        room in its /64 for a host that holds fewer (the lock is held);
+        False if it has none that can be cut."""
+        for sock, keys in self._keys_of.items():
+            tracked = self._connections.get(sock)
+            if keys and keys[0] == key and tracked is not None and not tracked.cut:
+                self.limits.displace(keys)
+                self._keys_of[sock] = ()  # counted in all until it closes
+                self._cut(tracked, "displaced", self.linger)
+                return True
         return False
 
     def denied(self, request: Any, client_address: Any) -> None:
