@@ -32,7 +32,7 @@ from timeservice.wire.line import parse_timestamp, timestamp_ns
 # is generous: a loaded CI machine once took more than 5 s for a start-up line.
 TIMEOUT = 15.0
 ROOT = Path(__file__).resolve().parent.parent
-STARTUP = re.compile(r"Serving time on (\S+) port (\d+) \.\.\.\n")
+STARTUP = re.compile(r"Serving .+? on (\S+) port (\d+)(?: \(.+\))? \.\.\.\n")
 
 # Windows ends a process on SIGTERM without running its handler.
 needs_sigterm = pytest.mark.skipif(

@@ -77,7 +77,7 @@ def on_free_ports(block: list[str]) -> list[str]:
     for line in block:
         line = re.sub(r"\b(\d{4,5})\b", lambda m: str(moved[int(m[1])]), line)
         words = line.split()
-        if "timeservice.server" in words:
+        if "timeservice.server" in words and "--no-line" not in words:
             after = words.index("timeservice.server") + 1
             if after == len(words) or not words[after].isdigit():
                 words.insert(after, str(moved[DEFAULT_PORT]))
@@ -100,19 +100,20 @@ def command_of(line: str) -> str:
 def test_the_readme_is_short_and_names_the_two_commands():
     text = README.read_text()
     assert len(text.splitlines()) <= MOST_LINES
-    assert "python -m timeservice" in text and "scripts/test" in text
+    assert "python3 -m timeservice" in text and "scripts/test" in text
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "block", [b for b in README_BLOCKS if b], ids=lambda b: b[0][:40]
 )
-def test_the_readme_commands_run_as_shown(block):
+def test_the_readme_commands_run_as_shown(block, tmp_path):
     if any(" nc " in line for line in block) and shutil.which("nc") is None:
         pytest.skip("needs nc (Debian: netcat-openbsd; scripts/test installs it)")
     background = []
     try:
         for line in on_free_ports(block):
+            line = line.replace("/tmp/", f"{tmp_path}/")  # files of its own
             if line.split("#")[0].rstrip().endswith("&"):  # a server for the rest
                 words = shlex.split(line.split("&")[0])
                 words[0] = sys.executable
@@ -210,8 +211,59 @@ def test_the_readme_tells_a_newcomer_what_the_first_hour_needs():
     """How long the suite takes and its quick selection, how to stop a server
     started with `&`, what a user sees, and what is proven against what."""
     text = " ".join(README.read_text().split())
-    assert 'scripts/test -m "not slow"' in text and "about five minutes" in text
+    assert "scripts/test --quick" in text and "about five minutes" in text
     assert "kill %1" in text
     assert "Serving time on 127.0.0.1 port 8037 ..." in text
     assert "INFO SIGTERM received, shutting down" in text
     assert "busybox rdate" in text and "Python 3.11 or newer" in text
+
+
+# The exercise, readable first
+
+EXERCISE = DOCS / "aufgabe.py"
+
+
+def test_the_exercise_runs_as_shown_in_about_40_lines():
+    run = subprocess.run(
+        [sys.executable, str(EXERCISE), "0"],  # 0: any free port, not 5000
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert run.returncode == 0, run.stderr
+    assert re.fullmatch(
+        r"Antwort des Servers: \d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}[+-]\d\d:\d\d\n",
+        run.stdout,
+    )
+    assert len(EXERCISE.read_text().splitlines()) <= 45
+
+
+def test_the_course_page_starts_with_the_exercise_and_maps_it_to_the_code():
+    page = (DOCS / "kurs.md").read_text()
+    code = EXERCISE.read_text()
+    quoted = ["\n".join(block) for block in blocks(DOCS / "kurs.md", "python")]
+    assert quoted and all(block in code for block in quoted)  # the file's own lines
+    assert page.index("aufgabe.py") < page.index("## Wo steht der Code?")
+    # Every file the table names exists and holds what the row names in it.
+    rows = re.findall(r"`(timeservice/[\w/]+\.py)`: ((?:(?!`timeservice/)[^|])+)", page)
+    assert len(rows) >= 6
+    for path, names in rows:
+        source = (ROOT / path).read_text()
+        for name in re.findall(r"`(\w+)(?:\.(\w+))?\(\)`", names):
+            for part in filter(None, name):
+                assert re.search(rf"(def|class) {part}\b", source), (path, part)
+
+
+def test_a_student_finds_the_exercise_from_the_readme_first_screen():
+    first_screen = "\n".join(README.read_text().splitlines()[:30])
+    assert "docs/aufgabe.py" in first_screen and "docs/kurs.md" in first_screen
+    # The first file a student opens says where the server is.
+    face = (ROOT / "timeservice" / "server.py").read_text()
+    assert "timeservice/servers/line.py" in face
+
+
+def test_the_readme_says_python3_throughout():
+    """Debian and Ubuntu have no `python` command unless one is installed."""
+    for block in blocks(README, "sh"):
+        for line in block:
+            assert not re.search(r"(^|[\s(])python\s", line), line

@@ -2,6 +2,10 @@
 
 import sys
 
+# First: it holds the signals while the rest loads.
+from .programs import starting  # noqa: F401
+
+# isort: split
 from .programs.demo import main
 
 if __name__ == "__main__":

@@ -12,6 +12,10 @@ from __future__ import annotations
 
 import sys
 
+# First: run as the program, it holds the signals while the rest loads.
+from .programs import starting  # noqa: F401
+
+# isort: split
 from .clients.line import DEFAULT_TIMEOUT, TimeClient
 from .clients.measure import measure_offset
 from .clients.offset import Estimate, Sample, estimate, verdict

@@ -11,6 +11,10 @@ from __future__ import annotations
 
 import sys
 
+# First: run as the program, it holds the signals while the rest loads.
+from .programs import starting  # noqa: F401
+
+# isort: split
 from .clients.selection import (
     CRITICAL,
     OK,

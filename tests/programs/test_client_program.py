@@ -231,14 +231,6 @@ def test_client_offset_json_is_one_line(start_server, capsys):
     assert t1 + shift - timedelta(seconds=1) <= ts <= t4 + shift + timedelta(seconds=1)
 
 
-def test_client_json_needs_offset(server, capsys):
-    host, port = server.server_address[:2]
-    with pytest.raises(SystemExit) as exited:
-        client_program.main([host, str(port), "--json"])
-    assert exited.value.code == 2
-    assert "--json goes with --offset" in capsys.readouterr().err
-
-
 def test_a_precision_of_2_to_the_127_is_not_believed(capsys):
     with udp_socket() as fake:
 

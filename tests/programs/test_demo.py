@@ -73,7 +73,7 @@ def test_demo_reports_a_failed_client(capsys, monkeypatch):
             pass
 
     monkeypatch.setattr(launcher, "TimeClient", RefusedClient)
-    assert launcher.main(["-c", "2"]) == 1
+    assert launcher.main(["-n", "2"]) == 1
     captured = capsys.readouterr()
     assert "client 1 failed: connection refused" in captured.err
     assert "client 2 failed: connection refused" in captured.err

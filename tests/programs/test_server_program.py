@@ -176,3 +176,44 @@ def test_a_port_given_twice_is_a_usage_error(capsys):
         server_program.main(["-b", "127.0.0.1:18037", "8037"])
     assert exited.value.code == 2
     assert "the port is given twice: 18037 and 8037" in capsys.readouterr().err
+
+
+def test_ntp_served_alone_and_its_ports_read_from_the_ready_file(tmp_path):
+    """--no-line leaves the line protocol out (2.0.0 served it on 8037 beside
+    NTP, and failed where 8037 was taken); the ready file says what is
+    served, for a program that started the server on port 0."""
+    ready = tmp_path / "ready.json"
+    options = ("--no-line", "--ntp", "0", "--local-stratum", "10")
+    with server_process(*options, "--ready-file", str(ready)) as (process, port):
+        said = json.loads(ready.read_text())  # written before the start-up lines
+        assert said["pid"] == process.pid
+        assert said["serving"] == [  # nothing else: no TCP socket at all
+            {
+                "protocol": "ntp",
+                "transport": "udp",
+                "address": "127.0.0.1",
+                "port": port,
+            }
+        ]
+        result = run_client("--protocol", "ntp", "--burst", f"127.0.0.1:{port}")
+        assert result.returncode == 0, result.stderr
+        process.terminate()
+        assert process.wait(TIMEOUT) == 0
+
+
+def test_the_ready_file_names_every_socket(tmp_path):
+    ready = tmp_path / "ready.json"
+    args = ("0", "--daytime", "0", "--ntp", "0", "--ready-file", str(ready))
+    with server_process(*args) as (process, port):
+        served = json.loads(ready.read_text())["serving"]
+        process.terminate()
+        assert process.wait(TIMEOUT) == 0
+    kinds = [(s["protocol"], s["transport"]) for s in served]
+    assert kinds == [
+        ("line", "tcp"),
+        ("daytime", "tcp"),
+        ("daytime", "udp"),
+        ("ntp", "udp"),
+    ]
+    assert served[0]["port"] == port and served[0]["address"] == "127.0.0.1"
+    assert not list(tmp_path.glob(".ready-*"))  # written whole, renamed into place

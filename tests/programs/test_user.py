@@ -5,8 +5,10 @@ several addresses, the log under a flood, and units safe by default."""
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -14,10 +16,11 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, TIMEOUT, one_line, oneshot_server, readline_within
+from conftest import ROOT, TIMEOUT, one_line, oneshot_server, readline_within, until
 
 from timeservice import client
 from timeservice.programs import client as client_program
@@ -27,6 +30,7 @@ from timeservice.programs import skew as skew_program
 from timeservice.server import TimeHandler
 from timeservice.transport.datagram import DatagramServer
 from timeservice.wire import rfc868
+from timeservice.wire.line import parse_timestamp
 
 on_posix = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 
@@ -48,7 +52,7 @@ def program(module: str, *args: str, **options) -> subprocess.Popen:
 @on_posix
 @pytest.mark.slow
 def test_ctrl_c_ends_the_demo_at_once_without_a_traceback():
-    demo = program("timeservice", "-c", "10000")
+    demo = program("timeservice", "-n", "10000")
     try:
         assert readline_within(demo.stdout).startswith("Serving time on")
         demo.send_signal(signal.SIGINT)  # while its clients start
@@ -131,7 +135,7 @@ def test_ctrl_c_ends_the_client_and_skew_quietly(module):
 @on_posix
 @pytest.mark.slow
 def test_a_closed_pipe_ends_the_demo_quietly():
-    demo = program("timeservice", "-c", "3000")  # more than a pipe holds
+    demo = program("timeservice", "-n", "3000")  # more than a pipe holds
     assert demo.stdout.readline().startswith("Serving time on")
     demo.stdout.close()  # as `| head -1` does
     assert demo.wait(TIMEOUT) == 141  # 128 + SIGPIPE, as the shell expects
@@ -170,6 +174,85 @@ def test_a_name_idna_refuses_is_one_line(name, capsys):
     assert f"cannot listen on {name} port 0: not a host name" in one_line(
         capsys.readouterr().err
     )
+
+
+@pytest.mark.parametrize(
+    "module, mistake, status",
+    [
+        ("timeservice", ["-n", "0"], 2),
+        ("timeservice", ["--clients"], 2),
+        ("timeservice.server", ["--workers", "0"], 2),  # 2.0.0: 17 lines of usage
+        ("timeservice.server", ["--no-such-option"], 2),
+        ("timeservice.server", ["--no-line"], 2),
+        ("timeservice.client", ["--protocol", "smtp"], 2),
+        ("timeservice.client", ["--udp"], 2),
+        ("timeservice.skew", [], 3),  # a monitoring plugin's UNKNOWN
+        ("timeservice.skew", ["-w", "x", "127.0.0.1"], 3),
+    ],
+)
+def test_every_usage_error_is_one_line_with_a_hint(module, mistake, status):
+    run = subprocess.run(
+        [sys.executable, "-m", module, *mistake],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert run.returncode == status
+    assert run.stderr.count("\n") == 1, run.stderr
+    assert run.stderr.startswith(f"python -m {module}: error: ")
+    assert run.stderr.endswith(f"(see python -m {module} --help)\n")
+
+
+@on_posix
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full here")
+@pytest.mark.parametrize(
+    "module, args",
+    [
+        ("timeservice", []),
+        ("timeservice.client", ["{where}"]),
+        ("timeservice.client", ["{where}", "--offset", "-n", "2"]),
+        ("timeservice.client", ["{where}", "--json"]),
+        ("timeservice.skew", ["{where}"]),
+        ("timeservice.server", ["0"]),
+    ],
+)
+def test_a_full_disk_is_named_as_what_it_is(start_server, module, args):
+    """2.0.0: `client > /dev/full` said "cannot talk to 127.0.0.1 port 8037:
+    No space left on device", blaming the server for the disk."""
+    where = f"127.0.0.1:{start_server().server_address[1]}"
+    with open("/dev/full", "w") as full:
+        run = subprocess.run(
+            [sys.executable, "-m", module, *(a.format(where=where) for a in args)],
+            cwd=ROOT,
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=TIMEOUT,
+        )
+    assert run.returncode == 1
+    said = [line for line in run.stderr.splitlines() if " WARNING " not in line]
+    assert said == [
+        f"python -m {module}: cannot write the output: No space left on device"
+    ]
+
+
+def test_an_ipv6_address_with_a_port_is_told_its_brackets(capsys):
+    assert client_program.main(["::1:9", "--timeout", "1"]) == 1
+    err = one_line(capsys.readouterr().err)
+    assert "an IPv6 address with a port goes in brackets: [::1]:9" in err
+
+
+def test_json_for_a_plain_query_too(start_server, capsys):
+    port = start_server().server_address[1]
+    assert client_program.main([f"127.0.0.1:{port}", "--json", "-n", "2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2
+    for line in lines:
+        answer = json.loads(line)
+        assert answer["protocol"] == "line" and answer["server"].endswith(str(port))
+        moment = parse_timestamp(answer["answer"])
+        assert abs(moment - datetime.now(UTC)) < timedelta(minutes=1)
 
 
 @pytest.mark.parametrize("value", ["inf", "1e300", "nan", "0"])
@@ -306,7 +389,7 @@ def test_a_flood_of_connections_logs_a_bounded_number_of_lines(start_server, cap
 def test_the_demo_still_shows_its_clients_coming_and_going(capsys):
     from timeservice.__main__ import main as demo
 
-    assert demo(["-c", "3"]) == 0
+    assert demo(["-n", "3"]) == 0
     assert capsys.readouterr().out.count(" got ") == 3
 
 
@@ -372,3 +455,101 @@ def test_head_1_on_the_client_is_quiet_on_every_protocol(serve, options):
     err = asking.stderr.read()
     asking.stderr.close()
     assert err == ""
+
+
+# Signals at start-up: sent at chosen moments by an audit hook in the process
+# itself (each import of the package's modules, a socket made, a thread
+# started), so that every moment is hit on every run.
+
+LAUNCH = """
+import os, runpy, signal, sys
+module, event, nth, name = sys.argv[1:5]
+sys.argv = [module, *sys.argv[5:]]
+seen = 0
+
+def hook(happened, args):
+    global seen
+    if happened != event or (event == "import" and not args[0].startswith("time")):
+        return
+    seen += 1
+    if seen == int(nth):
+        os.kill(os.getpid(), getattr(signal, name))
+
+sys.addaudithook(hook)
+runpy.run_module(module, run_name="__main__", alter_sys=True)
+"""
+
+# A moment: the nth of an audit event. The package's 4th import comes after
+# the face's first, which holds the signals; the rest are while it loads,
+# or once its main() runs (a socket, a thread).
+MOMENTS = [("import", 4), ("import", 10), ("import", 20), ("socket.__new__", 1)]
+COMMANDS = {
+    "timeservice": ["-n", "50"],
+    "timeservice.client": ["127.0.0.1:{port}", "-n", "3"],
+    "timeservice.skew": ["127.0.0.1:{port}"],
+    "timeservice.server": ["0"],
+}
+
+
+def launched(module: str, event: str, nth: int, name: str, *args: str):
+    return subprocess.Popen(
+        [sys.executable, "-c", LAUNCH, module, event, str(nth), name, *args],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+@on_posix
+@pytest.mark.parametrize("module", COMMANDS)
+@pytest.mark.parametrize("event, nth", MOMENTS)
+def test_ctrl_c_at_any_moment_of_start_up_ends_a_command_with_130(
+    start_server, module, event, nth
+):
+    port = start_server().server_address[1]
+    args = [arg.format(port=port) for arg in COMMANDS[module]]
+    process = launched(module, event, nth, "SIGINT", *args)
+    try:
+        status = process.wait(TIMEOUT)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        _, err = process.communicate(timeout=TIMEOUT)
+    assert status == 130, err  # 2.0.0: a traceback, then killed by the signal
+    assert "Traceback" not in err
+
+
+@on_posix
+@pytest.mark.parametrize("event, nth", [*MOMENTS, ("socket.bind", 1)])
+def test_the_server_acts_on_sighup_and_sigterm_from_its_first_moment(event, nth):
+    hup = launched("timeservice.server", event, nth, "SIGHUP", "0")
+    term = launched("timeservice.server", event, nth, "SIGTERM", "0")
+    try:
+        # A SIGHUP at start-up reloads once the server serves: 2.0.0 died of it.
+        assert readline_within(hup.stdout).startswith("Serving time on")
+        until(hup.stderr, re.compile("SIGHUP received; there is nothing to reload"))
+        hup.send_signal(signal.SIGTERM)
+        assert hup.wait(TIMEOUT) == 0
+        # A SIGTERM at start-up stops it as soon as it serves, cleanly.
+        assert term.wait(TIMEOUT) == 0
+    finally:
+        for process in (hup, term):
+            if process.poll() is None:
+                process.kill()
+    hup_err = hup.communicate(timeout=TIMEOUT)[1]
+    term_err = term.communicate(timeout=TIMEOUT)[1]
+    assert "SIGTERM received, shutting down" in hup_err + term_err
+    assert "Traceback" not in hup_err + term_err
+
+
+@on_posix
+def test_sigterm_ends_a_client_as_the_system_does(start_server):
+    """The rule's other half: a command but the server ends on SIGTERM as the
+    system ends it (143 in a shell), at start-up too."""
+    port = start_server().server_address[1]
+    process = launched(
+        "timeservice.client", "import", 10, "SIGTERM", f"127.0.0.1:{port}"
+    )
+    assert process.wait(TIMEOUT) == -signal.SIGTERM
+    process.communicate(timeout=TIMEOUT)

@@ -74,6 +74,7 @@ class Supervisor:
         self.watchdog: Callable[[], None] | None = None
         self._signals: list[int] = []  # the handlers' flags, in arrival order
         self.stopping = False
+        self.stopped_by: int | None = None  # the signal that stopped them
 
     def serve(self, ready: Callable[[], None] = lambda: None) -> int:
         """Start the workers, call `ready`, and supervise them until a signal
@@ -123,7 +124,7 @@ class Supervisor:
             signals, self._signals = self._signals, []
             for signum in signals:
                 if signum in STOPS and not self.stopping:
-                    self.stopping = True
+                    self.stopping, self.stopped_by = True, signum
                     deadline = now + STOP_TIMEOUT
                     logger.info(
                         "%s received, stopping %d worker(s)",

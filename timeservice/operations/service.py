@@ -165,12 +165,12 @@ class Service:
     def _wait(self, waking: socket.socket) -> None:
         """Until a stop or a loop's end, doing the reloads asked meanwhile."""
         while not self._stopped and self._failure is None:
+            while self._reloads and not self._stopped:  # those asked before too
+                self._reloads -= 1
+                self.on_reload()
             select.select([waking], [], [])
             with contextlib.suppress(BlockingIOError):
                 waking.recv(4096)
-            while self._reloads and not self._stopped:
-                self._reloads -= 1
-                self.on_reload()
 
     def stop(self, reason: str | None = None) -> None:
         """End serve_forever(), from any thread but one the servers run, or
@@ -257,18 +257,28 @@ STOP_SIGNALS = [
 ]
 
 
+class Received:
+    """The stop signal that came first in a stop_on_signals() block, if any."""
+
+    stop: int | None = None
+
+
 @contextlib.contextmanager
 def stop_on_signals(
     stop: Callable[[str], None], reload: Callable[[], None] | None = None
-) -> Iterator[None]:
+) -> Iterator[Received]:
     """While in the block, SIGINT and SIGTERM call `stop` with what came
     (``SIGTERM received``), and SIGHUP calls `reload`, as Service.stop() and
     Service.reload() take them: they only set a flag and wake the thread that
     then acts and logs. A handler runs between any two steps of the main
     thread, which may hold a lock the handler would wait for, so it takes
-    none, logging's included."""
+    none, logging's included. The block gets a Received that says which
+    stop signal came first."""
+    received = Received()
 
     def on_signal(signum: int, frame: object) -> None:
+        if received.stop is None:
+            received.stop = signum
         stop(f"{signal.Signals(signum).name} received")
 
     def on_hangup(signum: int, frame: object) -> None:
@@ -279,7 +289,7 @@ def stop_on_signals(
     if hasattr(signal, "SIGHUP"):
         previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, on_hangup)
     try:
-        yield
+        yield received
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

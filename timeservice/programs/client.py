@@ -106,32 +106,57 @@ def ask(args: argparse.Namespace) -> Sample | str:
 
 
 def collect(args: argparse.Namespace) -> tuple[Estimate | None, Exception | None]:
-    """Ask as the arguments say; print each answer unless only JSON is wanted.
-    The estimate, if asked for, and the failure that ended the sampling early."""
+    """Ask as the arguments say; print each answer unless only the estimate's
+    JSON is wanted (with --json alone, each as a line of JSON). The estimate,
+    if asked for, and the failure that ended the sampling early."""
     default = NTP_SAMPLES if args.protocol == "ntp" else OFFSET_SAMPLES
     count = args.count or (default if args.offset else 1)
+    where = format_address((args.host, args.port))
+
+    def show(text: str, sample: Sample | None = None) -> None:
+        if args.json:
+            say(answer_json(where, args.protocol, text, sample))
+        else:
+            say(printable(text))  # a server's text, whatever it sent
+
     if args.protocol == "line":
         with TimeClient(args.host, args.port, args.timeout) as client:
             if args.offset:
                 return client.measure_offset(count), None
             for _ in range(count):
-                say(format_timestamp(client.get_time()))
+                show(format_timestamp(client.get_time()))
         return None, None
 
-    def ask_and_print() -> Sample | str:
+    def ask_and_show() -> Sample | str:
         answer = ask(args)
-        text = answer if isinstance(answer, str) else answer.answer
-        say(printable(text))  # a server's text, whatever it sent
+        if isinstance(answer, str):
+            show(answer)
+        else:
+            show(answer.answer, answer)
         return answer
 
     answers, failure = take_samples(
-        ask_and_print, count, spacing(args.protocol, args.burst)
+        ask_and_show, count, spacing(args.protocol, args.burst)
     )
     samples = [answer for answer in answers if isinstance(answer, Sample)]
     return (estimate(samples) if args.offset else None), failure
 
 
-@program
+def answer_json(where: str, protocol: str, text: str, sample: Sample | None) -> str:
+    """One answer as one line of JSON for scripts: the server, the protocol,
+    the answer as it came; with a Sample, its offset, bound and delay in
+    seconds."""
+    line: dict[str, object] = {"server": where, "protocol": protocol, "answer": text}
+    if sample is not None:
+        line |= {
+            "offset": round(sample.offset, 9),
+            "error": round(sample.error, 9),
+            "delay": round(sample.delay, 9),
+        }
+    return json.dumps(line)
+
+
+@program("timeservice.client")
 def main(argv: Sequence[str] | None = None) -> int:
     """Ask a time server for the time and print the answer."""
     prog = program_name("timeservice.client")
@@ -184,7 +209,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--json",
         action="store_true",
-        help="with --offset: print the estimate as one line of JSON instead",
+        help="print each answer as one line of JSON; with --offset, the "
+        "estimate as one line of JSON instead",
     )
     add_sampling_arguments(parser)
     parser.add_argument(
@@ -198,8 +224,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--version", action="version", version=f"%(prog)s {__version__}"
     )
     args = parser.parse_args(argv)
-    if args.json and not args.offset:
-        parser.error("--json goes with --offset")
     if args.udp and args.protocol == "line":
         parser.error("--udp goes with --protocol daytime or time")
     args.host, args.port = join_port(parser, args.host, args.port)
@@ -208,7 +232,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     where = format_address((args.host, args.port))
     try:
-        with contextlib.redirect_stdout(io.StringIO()) if args.json else nullcontext():
+        quiet = args.json and args.offset  # the estimate's JSON alone
+        with contextlib.redirect_stdout(io.StringIO()) if quiet else nullcontext():
             result, stopped = collect(args)
     except (OSError, ReplyError, UnicodeError) as exc:
         print(f"{prog}: {failure_line(exc, where, args)}", file=sys.stderr)
@@ -217,26 +242,37 @@ def main(argv: Sequence[str] | None = None) -> int:
         problem = failure_line(stopped, where, args)
         print(f"{prog}: stopped asking: {problem}", file=sys.stderr)
     if result is not None and args.json:
-        print(offset_json(result, where))
+        say(offset_json(result, where))
     elif result is not None:
         if args.protocol == "line":
             for sample in result.samples:
-                print(sample.answer)
-        print(offset_line(result))
+                say(sample.answer)
+        say(offset_line(result))
     return 0
 
 
 def failure_line(exc: Exception, where: str, args: argparse.Namespace) -> str:
     """Why asking `where` failed, in one line for people."""
-    if isinstance(exc, ConnectionRefusedError):
-        return f"connection refused by {where}: is the server running?"
-    if isinstance(exc, TimeoutError):
-        return f"no answer from {where} within {args.timeout:g} s"
-    if isinstance(exc, socket.gaierror):
-        return f"cannot resolve {args.host!r}: {exc.strerror}"
-    if isinstance(exc, UnicodeError):  # IDNA: "a..b", a label over 63 characters
-        return f"cannot resolve {args.host!r}: not a host name ({exc})"
     if isinstance(exc, ReplyError):
         return f"{where}: {exc}"
-    assert isinstance(exc, OSError)
-    return f"cannot talk to {where}: {exc.strerror or exc}"
+    if isinstance(exc, UnicodeError):  # IDNA: "a..b", a label over 63 characters
+        return f"cannot resolve {args.host!r}: not a host name ({exc})"
+    if isinstance(exc, ConnectionRefusedError):
+        problem = f"connection refused by {where}: is the server running?"
+    elif isinstance(exc, TimeoutError):
+        problem = f"no answer from {where} within {args.timeout:g} s"
+    elif isinstance(exc, socket.gaierror):
+        problem = f"cannot resolve {args.host!r}: {exc.strerror}"
+    else:
+        assert isinstance(exc, OSError)
+        problem = f"cannot talk to {where}: {exc.strerror or exc}"
+    return problem + bracket_hint(args.host)
+
+
+def bracket_hint(host: str) -> str:
+    """For ``::1:8037``, taken whole as an IPv6 address that is none: how
+    an IPv6 address goes with a port."""
+    address, _, port = host.rpartition(":")
+    if host.count(":") < 2 or not (port.isascii() and port.isdigit()):
+        return ""
+    return f" (an IPv6 address with a port goes in brackets: [{address}]:{port})"

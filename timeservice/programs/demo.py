@@ -25,6 +25,7 @@ from .options import (
     positive,
     program,
     program_name,
+    say,
 )
 
 POLL_INTERVAL = 0.05  # how quickly the demo's server notices it should stop
@@ -35,18 +36,18 @@ def client_host(bound: str) -> str:
     return {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(bound, bound)
 
 
-@program
+@program("timeservice")
 def main(argv: Sequence[str] | None = None) -> int:
     """Start a server, let the clients ask it for the time, print what they got."""
     prog = program_name("timeservice")
     parser = Parser(
         prog=prog,
         description="Run a time server and clients asking it, in one process.",
-        epilog=f"example: {prog} -c 3",
+        epilog=f"example: {prog} -n 3",
     )
     add_address_arguments(parser, 0)
     parser.add_argument(
-        "-c",
+        "-n",
         "--clients",
         type=positive(int),
         default=1,
@@ -105,6 +106,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{prog}: client {number} failed: {answer}", file=sys.stderr)
             failed += 1
         else:
-            print(f"client {number} sent {COMMAND!r}, got {answer}")
-    print("Server stopped.")
+            say(f"client {number} sent {COMMAND!r}, got {answer}")
+    say("Server stopped.")
     return 1 if failed else 0

@@ -166,15 +166,17 @@ def open_on(
 ) -> list[tuple[str, tuple[str, str, list[socketserver.BaseServer]]]] | None:
     """The servers `ports` asks for on one address (None: not that one),
     each with its option; or None, with those opened closed again."""
-    line = listen(
-        prog,
-        host,
-        ports["port"] or 0,
-        lambda address: TimeServer(address, **settings.line),
-    )
-    if line is None:
-        return None
-    opened: list = [("port", ("time", "", [line]))]
+    opened: list = []
+    if ports["port"] is not None:  # None: --no-line
+        line = listen(
+            prog,
+            host,
+            ports["port"],
+            lambda address: TimeServer(address, **settings.line),
+        )
+        if line is None:
+            return None
+        opened.append(("port", ("time", "", [line])))
     for option, (name, _, handler) in STANDARD.items():
         port = ports[option]
         if port is None:

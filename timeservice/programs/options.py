@@ -13,7 +13,7 @@ import signal
 import socketserver
 import sys
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from types import FrameType
 from typing import Any, NoReturn, TypeVar
 
@@ -21,6 +21,7 @@ from ..clients.sampling import NTP_SPACING
 from ..clients.targets import split_host_port
 from ..policy.logs import format_address
 from ..wire import ntp
+from . import starting
 
 T = TypeVar("T")
 
@@ -28,7 +29,7 @@ T = TypeVar("T")
 def program_name(module: str) -> str:
     """What the user typed: the console script's name, or ``python -m MODULE``."""
     name = os.path.basename(sys.argv[0])
-    return f"python -m {module}" if name.endswith(".py") else name
+    return name if name.startswith("timeservice") else f"python -m {module}"
 
 
 class Parser(argparse.ArgumentParser):
@@ -73,37 +74,79 @@ class OutputClosed(Exception):
     """
 
 
+class OutputFailed(Exception):
+    """This program's output cannot be written (a full disk, a failed
+    device); the message says why. Not an OSError, for the same reason as
+    OutputClosed."""
+
+
 def say(text: str) -> None:
-    """Print one line of output at once; a closed pipe is OutputClosed."""
+    """Print one line of output at once; a closed pipe is OutputClosed, any
+    other failure to write it OutputFailed."""
     try:
         print(text, flush=True)
     except BrokenPipeError:
         raise OutputClosed from None
+    except OSError as exc:
+        raise OutputFailed(exc.strerror or str(exc)) from None
 
 
-def program(main: Callable[..., int]) -> Callable[..., int]:
-    """A command's main(): Ctrl-C ends it with status 130 and a closed pipe
-    (``| head``) with 141, each quietly, as a shell expects, instead of with
-    a traceback."""
+def program(
+    module: str, *, holds: Collection[int] = ()
+) -> Callable[[Callable[..., int]], Callable[..., int]]:
+    """Make `main` the command ``python -m MODULE``'s main(): Ctrl-C ends it
+    with status 130 and a closed pipe (``| head``) with 141, each quietly, as
+    a shell expects, instead of with a traceback; an output that cannot be
+    written (a full disk) is one line that says so, and status 1. The
+    signals held since start-up (see starting) are released as it begins,
+    but `holds`, which the command delivers itself once it handles them
+    (the server: SIGTERM and SIGHUP)."""
 
-    @functools.wraps(main)
-    def run(argv: Sequence[str] | None = None) -> int:
-        try:
-            status = main(argv)
-            sys.stdout.flush()  # a closed pipe fails here, where it is handled
-            return status
-        except KeyboardInterrupt:
-            print(file=sys.stderr)  # the line the ^C was typed on ends
-            return 128 + signal.SIGINT
-        except (BrokenPipeError, OutputClosed):
-            # Nothing more can reach the reader; flushing at exit would fail
-            # again, so what is left goes nowhere.
-            with contextlib.suppress(OSError):
-                devnull = os.open(os.devnull, os.O_WRONLY)
-                os.dup2(devnull, sys.stdout.fileno())
-            return 128 + signal.SIGPIPE if hasattr(signal, "SIGPIPE") else 1
+    def decorate(main: Callable[..., int]) -> Callable[..., int]:
+        @functools.wraps(main)
+        def run(argv: Sequence[str] | None = None) -> int:
+            try:
+                starting.release([sig for sig in starting.HELD if sig not in holds])
+                status = main(argv)
+                flush_output()  # a closed pipe or a full disk fails here, if not before
+                return status
+            except KeyboardInterrupt:
+                print(file=sys.stderr)  # the line the ^C was typed on ends
+                return starting.INTERRUPTED
+            except (BrokenPipeError, OutputClosed):
+                # Nothing more can reach the reader; flushing at exit would fail
+                # again, so what is left goes nowhere.
+                quiet_stdout()
+                return 128 + signal.SIGPIPE if hasattr(signal, "SIGPIPE") else 1
+            except OutputFailed as exc:
+                quiet_stdout()
+                prog = program_name(module)
+                print(f"{prog}: cannot write the output: {exc}", file=sys.stderr)
+                return 1
+            finally:
+                starting.release()
 
-    return run
+        return run
+
+    return decorate
+
+
+def flush_output() -> None:
+    """Flush stdout; a closed pipe is OutputClosed, any other failure to
+    write it OutputFailed."""
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        raise OutputClosed from None
+    except OSError as exc:
+        raise OutputFailed(exc.strerror or str(exc)) from None
+
+
+def quiet_stdout() -> None:
+    """Point stdout at the null device: what is left of it goes nowhere."""
+    with contextlib.suppress(OSError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
 
 
 @contextlib.contextmanager
@@ -230,7 +273,7 @@ def announce(
 ) -> None:
     """Print the start-up line, with the address really bound (port 0 resolved)."""
     where = format_address(server.server_address)  # type: ignore[arg-type]
-    print(f"Serving {name} on {where}{how} ...", flush=True)
+    say(f"Serving {name} on {where}{how} ...")
 
 
 def configure_logging(level: int) -> None:

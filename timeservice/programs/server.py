@@ -24,6 +24,7 @@ from ..operations.service import Service, serve, stop_on_signals
 from ..policy.logs import format_address
 from ..servers.ntp import NtpServer
 from ..wire import ntp
+from . import starting
 from .opening import (
     Opened,
     Settings,
@@ -32,7 +33,16 @@ from .opening import (
     open_inherited,
     warn_unmatched,
 )
-from .options import announce, configure_logging, listen, program, program_name
+from .options import (
+    OutputFailed,
+    announce,
+    configure_logging,
+    listen,
+    program,
+    program_name,
+    say,
+)
+from .readiness import check_writable, write_ready_file
 from .server_options import parse_arguments
 
 logger = logging.getLogger(__name__)
@@ -68,7 +78,7 @@ def ntp_state_line(server: NtpServer) -> str:
     return f"NTP: answering as stratum {state.stratum}"
 
 
-@program
+@program("timeservice.server", holds=starting.SERVED)
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the time server from the command line."""
     prog = program_name("timeservice.server")
@@ -76,8 +86,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         account = None if args.user is None else find_account(args.user, args.group)
         inherited = systemd.inherited_sockets()
+        if args.ready_file is not None:
+            check_writable(args.ready_file)
     except (LookupError, systemd.ActivationError) as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(
+            f"{prog}: cannot write {args.ready_file}: {exc.strerror}", file=sys.stderr
+        )
         return 1
     configure_logging(
         logging.DEBUG
@@ -132,15 +149,21 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def ready(how: str = "") -> None:
         """Say so once the signals are handled: a stop from now on is clean."""
+        if args.ready_file is not None:  # first: the lines below say it is there
+            try:
+                write_ready_file(args.ready_file, servers)
+            except OSError as exc:
+                raise OutputFailed(f"{args.ready_file}: {exc.strerror}") from None
         for name, where, (first, *_) in opened:
             announce(first, name, where)
             if isinstance(first, NtpServer):
                 logger.info("%s", ntp_state_line(first))
         if account is not None:
-            print(f"Serving as user {account.user}, group {account.group}.", flush=True)
+            say(f"Serving as user {account.user}, group {account.group}.")
         if how:
-            print(how, flush=True)
+            say(how)
         notifier.notify("READY=1", f"STATUS={status_line(opened, account)}")
+        starting.deliver()  # a SIGTERM or SIGHUP that came while it started
 
     def stopping() -> None:
         notifier.notify("STOPPING=1", "STATUS=Shutting down")
@@ -151,12 +174,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         service = Service(servers)
         service.on_stop = stopping
         service.on_reload = nothing_to_reload
-        with stop_on_signals(service.stop, service.reload):
+        with stop_on_signals(service.stop, service.reload) as received:
             with kept_on_cpu(choose_cpu(args.cpu)):
                 ready()
                 if notifier.watchdog is None:
-                    return serve(service)
-                return serve(service, notifier.watched, notifier.watchdog / 2)
+                    status = serve(service)
+                else:
+                    status = serve(service, notifier.watched, notifier.watchdog / 2)
+        return starting.status_after(status, received.stop)
     finally:
         notifier.close()
 
@@ -196,9 +221,10 @@ def serve_in_workers(
     supervisor.work = work
     supervisor.on_stop = stopping
     try:
-        return supervisor.serve(
+        status = supervisor.serve(
             lambda: ready(f"Serving from {args.workers} worker processes.")
         )
+        return starting.status_after(status, supervisor.stopped_by)
     finally:
         for server in servers:
             server.server_close()

@@ -142,7 +142,14 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
         "--ntp",
         type=port_number,
         metavar="PORT",
-        help="serve NTP (server mode) on this UDP port too (standard: 123)",
+        help="serve NTP (server mode) on this UDP port too (standard: 123; 0 for "
+        "any free port)",
+    )
+    protocols.add_argument(
+        "--no-line",
+        action="store_true",
+        help="leave the line protocol out: serve only the protocols named "
+        "(--daytime, --time, --ntp), such as NTP alone",
     )
     protocols.add_argument(
         "--local-stratum",
@@ -234,6 +241,13 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
         "(on 127.0.0.1 unless an address is given)",
     )
     operating.add_argument(
+        "--ready-file",
+        metavar="PATH",
+        help="once every socket is bound, write there what is served, as JSON "
+        "(the pid; each socket's protocol, transport, address and port), for a "
+        "program that started the server on port 0",
+    )
+    operating.add_argument(
         "--workers",
         type=positive(int),
         default=1,
@@ -269,12 +283,17 @@ def parse_arguments(prog: str, argv: Sequence[str] | None) -> argparse.Namespace
     parser = build_parser(prog)
     args = parser.parse_args(argv)
     args.bind, port = join_port(parser, args.bind, args.port)
-    args.port = DEFAULT_PORT if port is None else port
+    if args.no_line and port is not None:
+        parser.error(f"--no-line leaves the line protocol out: no port for it ({port})")
+    args.port = None if args.no_line else DEFAULT_PORT if port is None else port
     args.activated = "LISTEN_FDS" in os.environ  # the sockets come from systemd
     problem = check_arguments(args)
     if problem is not None:
         parser.error(problem)
     return args
+
+
+STANDARD_OPTIONS = ("daytime", "time", "ntp")
 
 
 def check_arguments(args: argparse.Namespace) -> str | None:
@@ -285,13 +304,16 @@ def check_arguments(args: argparse.Namespace) -> str | None:
         if getattr(args, option) < 0:
             return f"--{option.replace('_', '-')} must be 0 or more"
     if args.activated:
-        given = [f"--{o}" for o in ("daytime", "time", "ntp") if getattr(args, o)]
+        given = [f"--{o}" for o in STANDARD_OPTIONS if getattr(args, o) is not None]
+        given += ["--no-line"] if args.no_line else []
         if given:
             return (
                 f"{', '.join(given)}: the sockets come from systemd (LISTEN_FDS); "
                 "name them in the .socket unit instead"
             )
-    elif args.ntp is None:
+    elif args.no_line and all(getattr(args, o) is None for o in STANDARD_OPTIONS):
+        return "--no-line leaves nothing to serve: name --daytime, --time or --ntp"
+    if not args.activated and args.ntp is None:
         for option in ("local_stratum", "upstream_stratum"):
             if getattr(args, option) is not None:
                 return f"--{option.replace('_', '-')} goes with --ntp"

@@ -27,6 +27,7 @@ from .options import (
     positive,
     program,
     program_name,
+    say,
     seconds,
 )
 
@@ -153,7 +154,7 @@ class MonitoringParser(Parser):
         self.exit(UNKNOWN, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-@program
+@program("timeservice.skew")
 def main(argv: Sequence[str] | None = None) -> int:
     """Check the clocks of many machines against each other."""
     prog = program_name("timeservice.skew")
@@ -246,8 +247,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         results, args.warning, args.critical, args.tolerance, args.ignore_unreachable
     )
     if args.json:
-        print(as_json(verdict))
+        say(as_json(verdict))
     else:
-        print(status_line(verdict, args.warning, args.critical))
-        print("\n".join(report(verdict)))
+        say(status_line(verdict, args.warning, args.critical))
+        say("\n".join(report(verdict)))
     return verdict.status
