@@ -12,7 +12,7 @@ from datetime import datetime
 HOST, PORT = "127.0.0.1", 5000  # feste Portnummer, wie die Aufgabe es will
 
 
-class TimeHandler(socketserver.StreamRequestHandler):
+class TimeRequestHandler(socketserver.StreamRequestHandler):
     """Ein Thread je Verbindung: beantwortet Zeile um Zeile, bis der Client schließt."""
 
     def handle(self):
@@ -34,10 +34,11 @@ def client(host, port):
 
 if __name__ == "__main__":
     port = int(sys.argv[1]) if len(sys.argv) > 1 else PORT
-    with socketserver.ThreadingTCPServer((HOST, port), TimeHandler) as server:
+    with socketserver.ThreadingTCPServer((HOST, port), TimeRequestHandler) as server:
         serving = threading.Thread(target=server.serve_forever)  # Thread 1: Server
         serving.start()
-        asking = threading.Thread(target=client, args=server.server_address)  # 2
+        host, port = server.server_address  # der Port, der wirklich gebunden ist
+        asking = threading.Thread(target=client, args=(host, port))  # Thread 2: Client
         asking.start()
         asking.join()
         server.shutdown()
