@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import glob
 import logging
 import os
@@ -530,3 +531,118 @@ def in_namespace(ns: str, code: str, *args: str) -> str:
     )
     assert run.returncode == 0, run.stderr
     return run.stdout
+
+
+# NTS: certificates of a lab of the test's own, where the nts extra is here
+
+try:
+    import OpenSSL  # noqa: F401
+    from cryptography import x509 as _x509  # noqa: F401
+
+    NTS_EXTRA = True
+except ImportError:
+    NTS_EXTRA = False
+
+needs_nts = pytest.mark.skipif(
+    not NTS_EXTRA, reason="needs the nts extra: pip install 'timeservice[nts]'"
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Lab:
+    """A CA of the test's own and certificates it signed, as PEM files:
+    `cert`/`key` name localhost and 127.0.0.1; the others are what a
+    client must refuse."""
+
+    ca: str
+    cert: str
+    key: str
+    wrong_name: str  # for elsewhere.example only
+    expired: str
+    self_signed: str
+    self_signed_key: str
+
+
+def make_lab(folder: Path) -> Lab:
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+    day = datetime.timedelta(days=1)
+
+    def name(text: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, text)])
+
+    def pem(cert: x509.Certificate) -> bytes:
+        return cert.public_bytes(serialization.Encoding.PEM)
+
+    def write(file: str, data: bytes) -> str:
+        path = folder / file
+        path.write_bytes(data)
+        return str(path)
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(name("timeservice test CA"))
+        .issuer_name(name("timeservice test CA"))
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - day)
+        .not_valid_after(now + 30 * day)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+
+    def leaf(names: list, before, after, issuer=ca, signer=ca_key, subject="lab"):
+        return (
+            x509.CertificateBuilder()
+            .subject_name(name(subject))
+            .issuer_name(issuer.subject if issuer is not None else name(subject))
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(before)
+            .not_valid_after(after)
+            .add_extension(x509.SubjectAlternativeName(names), False)
+            .add_extension(
+                x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), False
+            )
+            .sign(signer, hashes.SHA256())
+        )
+
+    lab_names = [
+        x509.DNSName("localhost"),
+        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+    ]
+    good = leaf(lab_names, now - day, now + 30 * day)
+    wrong = leaf([x509.DNSName("elsewhere.example")], now - day, now + 30 * day)
+    expired = leaf(lab_names, now - 30 * day, now - day)
+    lone = leaf(lab_names, now - day, now + 30 * day, issuer=None, signer=key)
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    return Lab(
+        ca=write("ca.pem", pem(ca)),
+        cert=write("cert.pem", pem(good) + pem(ca)),
+        key=write("key.pem", key_pem),
+        wrong_name=write("wrong.pem", pem(wrong) + pem(ca)),
+        expired=write("expired.pem", pem(expired) + pem(ca)),
+        self_signed=write("lone.pem", pem(lone)),
+        self_signed_key=write("lone-key.pem", key_pem),
+    )
+
+
+@pytest.fixture(scope="session")
+def lab(tmp_path_factory) -> Lab:
+    """The lab's certificates, made once a session (needs the nts extra)."""
+    if not NTS_EXTRA:
+        pytest.skip("needs the nts extra: pip install 'timeservice[nts]'")
+    return make_lab(tmp_path_factory.mktemp("lab"))

@@ -81,7 +81,9 @@ def on_free_ports(block: list[str]) -> list[str]:
             after = words.index("timeservice.server") + 1
             if after == len(words) or not words[after].isdigit():
                 words.insert(after, str(moved[DEFAULT_PORT]))
-        elif "timeservice.client" in words and "127.0.0.1" not in line:
+        elif "timeservice.client" in words and not any(
+            re.fullmatch(r"\S+:\d+", word) for word in line.split("#")[0].split()
+        ):
             at = words.index("timeservice.client") + 1
             words.insert(at, f"127.0.0.1:{moved[DEFAULT_PORT]}")
         out.append(" ".join(words))
@@ -267,3 +269,38 @@ def test_the_readme_says_python3_throughout():
     for block in blocks(README, "sh"):
         for line in block:
             assert not re.search(r"(^|[\s(])python\s", line), line
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl")
+def test_the_nts_lab_example_runs_as_shown(tmp_path, lab):
+    """docs/nts.md's certificate for a lab, made with openssl as shown, serves
+    NTS that the client authenticates (`lab`: the nts extra is here)."""
+    [block] = blocks(DOCS / "nts.md", "sh")
+    background = []
+    try:
+        for line in on_free_ports(block):
+            if line.endswith("&"):
+                words = shlex.split(line[:-1])
+                words[0] = sys.executable
+                process = subprocess.Popen(
+                    words, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                    text=True,
+                )  # fmt: skip
+                background.append(process)
+                assert readline_within(process.stdout).startswith("Serving NTP")
+                continue
+            command = line.replace("python3 -m", f"{sys.executable} -m")
+            result = subprocess.run(
+                ["bash", "-c", command],
+                cwd=tmp_path,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert result.returncode == 0, (line, result.stderr)
+    finally:
+        for process in background:
+            process.send_signal(signal.SIGTERM)
+            _, err = process.communicate(timeout=TIMEOUT)
+            assert process.returncode == 0, err
+    assert "offset" in result.stdout  # the last line: the client's estimate

@@ -21,10 +21,12 @@ MAY_IMPORT = {
     "clock": {"wire", "host", "clock"},
     "policy": {"wire", "policy"},
     "transport": {"wire", "host", "clock", "policy", "transport"},
-    "servers": {"wire", "host", "clock", "policy", "transport", "servers"},
-    "clients": {"wire", "clients"},  # the line protocol's timestamps are wire's
+    "nts": {"wire", "nts"},  # NTS's cryptography, from the nts extra
+    "servers": {"wire", "host", "clock", "policy", "transport", "nts", "servers"},
+    "clients": {"wire", "clients", "nts"},  # the line protocol's timestamps: wire
     "operations": {"wire", "host", "clock", "policy", "transport", "operations"},
     "programs": {
+        "nts",
         "wire",
         "host",
         "clock",

@@ -2,7 +2,9 @@
 
 The public face of the client side: TimeClient speaks the line protocol;
 ask_daytime(), ask_time() and ask_ntp() ask the standard protocols once
-each. Each answer is a Sample for the offset arithmetic (estimate(),
+each, and ask_nts() NTP authenticated with NTS (establish() and
+ask_nts_once() for several samples of one Key Establishment; the nts
+extra). Each answer is a Sample for the offset arithmetic (estimate(),
 verdict()); measure_offset() takes the samples and the best of them in any
 protocol, in one call. Durations are seconds, as a float. Importing it loads
 no server code.
@@ -18,6 +20,7 @@ from .programs import starting  # noqa: F401
 # isort: split
 from .clients.line import DEFAULT_TIMEOUT, TimeClient
 from .clients.measure import measure_offset
+from .clients.nts import NtsSession, ask_nts, ask_nts_once, establish
 from .clients.offset import Estimate, Sample, estimate, verdict
 from .clients.standard import PORTS, UnknownForm, ask_daytime, ask_ntp, ask_time
 from .wire.errors import ReplyError
@@ -27,6 +30,7 @@ __all__ = [
     "DEFAULT_TIMEOUT",
     "PORTS",
     "Estimate",
+    "NtsSession",
     "NtpError",
     "ReplyError",
     "Sample",
@@ -34,6 +38,9 @@ __all__ = [
     "UnknownForm",
     "ask_daytime",
     "ask_ntp",
+    "ask_nts",
+    "ask_nts_once",
+    "establish",
     "ask_time",
     "estimate",
     "measure_offset",

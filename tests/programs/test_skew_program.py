@@ -86,7 +86,7 @@ def test_a_target_that_cannot_be_parsed_is_a_usage_error_and_nothing_is_asked(
     assert err.count("\n") == 1  # one line, as every usage error
     assert (
         "error: bad target 'smtp://x': unknown protocol 'smtp' "
-        "(one of line, daytime, time, ntp) (see python -m timeservice.skew --help)"
+        "(one of line, daytime, time, ntp, nts) (see python -m timeservice.skew --help)"
     ) in err
 
 

@@ -553,3 +553,58 @@ def test_sigterm_ends_a_client_as_the_system_does(start_server):
     )
     assert process.wait(TIMEOUT) == -signal.SIGTERM
     process.communicate(timeout=TIMEOUT)
+
+
+# NTS without its extra, and its options
+
+WITHOUT_NTS_EXTRA = """
+import runpy, sys
+sys.modules["OpenSSL"] = None  # as where the nts extra is not installed
+module, *sys.argv[1:] = sys.argv[1:]
+runpy.run_module(module, run_name="__main__", alter_sys=True)
+"""
+
+
+@pytest.mark.parametrize(
+    "module, args",
+    [
+        ("timeservice.client", ["--protocol", "nts", "127.0.0.1:9"]),
+        (
+            "timeservice.server",
+            ["--no-line", "--ntp", "0", "--nts-ke", "0", "--nts-cert", "c.pem",
+             "--nts-key", "k.pem"],
+        ),
+    ],
+)  # fmt: skip
+def test_nts_without_its_extra_is_one_line_that_says_what_to_install(module, args):
+    run = subprocess.run(
+        [sys.executable, "-c", WITHOUT_NTS_EXTRA, module, *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert run.returncode == 1
+    said = [line for line in run.stderr.splitlines() if " WARNING " not in line]
+    assert len(said) == 1 and "pip install 'timeservice[nts]'" in said[0], run.stderr
+
+
+@pytest.mark.parametrize(
+    "args, problem",
+    [
+        (["--ntp", "0", "--nts-ke", "0"], "--nts-ke needs --nts-cert FILE"),
+        (["--nts-ke", "0", "--nts-cert", "c", "--nts-key", "k"], "goes with --ntp"),
+        (["--nts-cert", "c"], "--nts-cert goes with --nts-ke"),
+    ],
+)
+def test_the_nts_options_that_do_not_fit_are_usage_errors(args, problem, capsys):
+    with pytest.raises(SystemExit) as exited:
+        server_program.main(args)
+    assert exited.value.code == 2
+    assert problem in one_line(capsys.readouterr().err)
+
+
+def test_a_ca_is_for_nts_alone(capsys):
+    with pytest.raises(SystemExit):
+        client_program.main(["--ca", "ca.pem", "127.0.0.1:9"])
+    assert "--ca goes with --protocol nts" in one_line(capsys.readouterr().err)

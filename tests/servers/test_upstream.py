@@ -26,6 +26,7 @@ from conftest import (
 )
 
 from timeservice.clock import kernel
+from timeservice.host import capabilities
 from timeservice.programs import server as server_program
 from timeservice.server import NtpHandler, NtpServer
 from timeservice.servers.upstream import UpstreamQuery, unvouched
@@ -122,6 +123,9 @@ def test_the_program_refuses_such_an_upstream_in_one_line(capsys):
 
 
 @needs_netns
+@pytest.mark.skipif(
+    capabilities.PORTABLE, reason="the portable path reads no sysctl: below 1024"
+)
 def test_the_privileged_ports_are_what_the_namespace_says():
     with namespace("pp") as ns:
         subprocess.run(
@@ -206,6 +210,7 @@ print(json.dumps(said), flush=True)
 SERVICE = """
 import json, os, pwd, socket, subprocess, sys, threading
 from timeservice.clock import kernel
+from timeservice.host import capabilities
 from timeservice.server import NtpServer
 from timeservice.wire import ntp
 daemon_code, forger_code, user = sys.argv[1:]

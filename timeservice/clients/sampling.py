@@ -27,7 +27,7 @@ T = TypeVar("T")
 
 def spacing(protocol: str, burst: bool) -> float:
     """Seconds between the requests of one sampling: see NTP_SPACING."""
-    return NTP_SPACING if protocol == "ntp" and not burst else 0.0
+    return NTP_SPACING if protocol in ("ntp", "nts") and not burst else 0.0
 
 
 def take_samples(

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from ..wire import daytime, ntp, rfc868
+from ..wire import daytime, ntp, nts, rfc868
 from ..wire.errors import ReplyError
 from ..wire.line import DEFAULT_PORT, format_timestamp, timestamp_ns
 from .line import DEFAULT_TIMEOUT, remaining, shown
@@ -28,10 +28,11 @@ PORTS = {
     "daytime": daytime.DEFAULT_PORT,
     "time": rfc868.DEFAULT_PORT,
     "ntp": ntp.DEFAULT_PORT,
+    "nts": nts.KE_PORT,  # NTS Key Establishment's, which names the NTP port
 }
 
 
-MAX_DATAGRAM = 512
+MAX_DATAGRAM = 2048  # an NTS reply with its cookies: a kilobyte or more
 
 
 def addresses(host: str, port: int, kind: socket.SocketKind) -> list[tuple]:
@@ -160,14 +161,34 @@ def ask_ntp(
     Kiss-o'-Death, an unsynchronised server, a root distance over
     `max_distance`...) raises ntp.NtpError.
     """
+    return ntp_exchange(
+        host,
+        port,
+        ntp.request_packet,
+        lambda data, request: ntp.check_reply(data, request, max_distance),
+        timeout,
+    )
+
+
+def ntp_exchange(
+    host: str,
+    port: int,
+    make_request: Callable[[int], bytes],
+    check: Callable[[bytes, bytes], ntp.Packet],
+    timeout: float,
+) -> Sample:
+    """One NTP exchange, to each address of the name until one answers: the
+    request `make_request(t1)` makes (t1 its transmit time), the first
+    datagram that answers it (its origin), `check(reply, request)` passed
+    (ntp.NtpError, or another ReplyError, if not), as a Sample."""
 
     def ask(family: int, address: tuple) -> tuple[bytes, bytes, int, int, int, int]:
         with socket.socket(family, socket.SOCK_DGRAM) as sock:
             sock.connect(address)
             deadline = time.monotonic() + timeout
             t1, start = time.time_ns(), time.monotonic_ns()
-            request = ntp.request_packet(t1)
-            sent = ntp.Packet.unpack(request).transmit
+            request = make_request(t1)
+            sent = request[40:48]
             sock.send(request)
             other = b""  # the first datagram that is no answer to it
             for _ in range(64):  # strays are few; the deadline ends it anyway
@@ -182,16 +203,13 @@ def ask_ntp(
                         ) from None
                     raise
                 end, t4 = time.monotonic_ns(), time.time_ns()
-                if (
-                    len(data) >= ntp.PACKET_BYTES
-                    and ntp.Packet.unpack(data).origin == sent
-                ):
+                if len(data) >= ntp.PACKET_BYTES and data[24:32] == sent:
                     return data, request, t1, t4, start, end
                 other = other or data
             raise ReplyError("no reply to this request among 64 datagrams")
 
     data, request, t1, t4, start, end = each_address(host, port, socket.SOCK_DGRAM, ask)
-    reply = ntp.check_reply(data, request, max_distance)
+    reply = check(data, request)
     t2 = ntp.from_timestamp(reply.receive, near_ns=t1)
     t3 = ntp.from_timestamp(reply.transmit, near_ns=t1)
     precision = 2.0**reply.precision

@@ -9,6 +9,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from ..nts import TlsError, Unavailable
 from ..wire import ntp
 from ..wire.errors import ReplyError
 from .line import DEFAULT_TIMEOUT
@@ -55,12 +56,14 @@ def parse_target(text: str) -> Target:
 @dataclass(frozen=True)
 class Asking:
     """How each target is asked: samples, the limit of each exchange, NTP's
-    pacing and the root distance it takes at most."""
+    pacing and the root distance it takes at most, and for NTS the
+    certificates trusted (a PEM file; None: the system's)."""
 
     samples: int = 4
     timeout: float = DEFAULT_TIMEOUT
     burst: bool = False
     max_distance: float = ntp.MAX_DISTANCE
+    ca: str | None = None  # what NTS targets' certificates are trusted by
 
 
 def measure(target: Target, asking: Asking) -> Reading | Failure:
@@ -78,6 +81,10 @@ def measure(target: Target, asking: Asking) -> Reading | Failure:
         return Failure(target, "unreachable", exc.strerror or str(exc))
     except ntp.NotSynchronised as exc:
         return Failure(target, "not synchronised", str(exc))
+    except TlsError as exc:
+        return Failure(target, "refused", f"TLS: {exc}")
+    except Unavailable as exc:
+        return Failure(target, "refused", str(exc))
     except ReplyError as exc:
         return Failure(target, "refused", str(exc))
     return Reading(target, best.offset, best.error, best.delay)
@@ -94,6 +101,7 @@ def ask_target(target: Target, asking: Asking) -> Estimate:
         timeout=asking.timeout,
         burst=asking.burst,
         max_distance=asking.max_distance,
+        ca=asking.ca,
     )
 
 

@@ -26,6 +26,9 @@ CAUSES = {
     "low_source_port": "source port 0, or below 1024 for Daytime and Time",
     "loop": "a Daytime or Time reply, which answering could start a loop",
     "not_unicast": "sent to a broadcast or multicast address",
+    "handshake": "its NTS-KE handshake failed (TLS)",
+    "ke_request": "its NTS-KE request was not one",
+    "ke_timeout": "its NTS-KE exchange took too long",
 }
 
 

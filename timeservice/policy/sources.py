@@ -230,6 +230,13 @@ class SourceLimits:
             return KISS
         return DROP
 
+    def may_nak(self, address: tuple) -> bool:
+        """Whether an NTS NAK may go to `address` now, within the bounds a
+        Kiss-o'-Death has (a NAK is one, however kisses are set); if so,
+        counted."""
+        source = source_of(address[0])
+        return self._may_kiss(source.network or source.key, self.clock())
+
     def _may_kiss(self, key: str, now: float) -> bool:
         """Whether `key` may be told to slow down now; if so, counted."""
         kissed = self._kissed

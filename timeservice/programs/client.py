@@ -14,6 +14,7 @@ from contextlib import nullcontext
 
 from .. import __version__
 from ..clients.line import DEFAULT_HOST, DEFAULT_TIMEOUT, TimeClient
+from ..clients.nts import NtsSession, ask_nts_once, establish
 from ..clients.offset import Estimate, Sample, estimate, verdict
 from ..clients.sampling import (
     NTP_SAMPLES,
@@ -29,6 +30,7 @@ from ..clients.standard import (
     ask_time,
     local_timestamp,
 )
+from ..nts import TlsError, Unavailable
 from ..policy.logs import format_address
 from ..wire.errors import ReplyError
 from ..wire.line import DEFAULT_PORT, format_timestamp
@@ -89,10 +91,14 @@ def offset_json(result: Estimate, server: str) -> str:
     )
 
 
-def ask(args: argparse.Namespace) -> Sample | str:
+def ask(args: argparse.Namespace, session: NtsSession | None = None) -> Sample | str:
     """One answer by the protocol the arguments name: a Sample, or the text of
-    a daytime form this client does not read."""
+    a daytime form this client does not read. NTS asks in `session`."""
     where = (args.host, args.port)
+    if session is not None:
+        return ask_nts_once(
+            session, timeout=args.timeout, max_distance=args.max_distance
+        )
     if args.protocol == "ntp":
         return ask_ntp(*where, timeout=args.timeout, max_distance=args.max_distance)
     if args.protocol == "time":
@@ -109,7 +115,7 @@ def collect(args: argparse.Namespace) -> tuple[Estimate | None, Exception | None
     """Ask as the arguments say; print each answer unless only the estimate's
     JSON is wanted (with --json alone, each as a line of JSON). The estimate,
     if asked for, and the failure that ended the sampling early."""
-    default = NTP_SAMPLES if args.protocol == "ntp" else OFFSET_SAMPLES
+    default = NTP_SAMPLES if args.protocol in ("ntp", "nts") else OFFSET_SAMPLES
     count = args.count or (default if args.offset else 1)
     where = format_address((args.host, args.port))
 
@@ -127,8 +133,12 @@ def collect(args: argparse.Namespace) -> tuple[Estimate | None, Exception | None
                 show(format_timestamp(client.get_time()))
         return None, None
 
+    session = None
+    if args.protocol == "nts":
+        session = establish(args.host, args.port, ca=args.ca, timeout=args.timeout)
+
     def ask_and_show() -> Sample | str:
-        answer = ask(args)
+        answer = ask(args, session)
         if isinstance(answer, str):
             show(answer)
         else:
@@ -185,7 +195,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         choices=PORTS,
         default="line",
         help="line: this project's 'send time'; daytime: RFC 867; time: RFC 868; "
-        "ntp: RFC 5905 (default: %(default)s)",
+        "ntp: RFC 5905; nts: NTP authenticated with Network Time Security, "
+        "RFC 8915, HOST[:PORT] its Key Establishment (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--ca",
+        metavar="FILE",
+        help="with --protocol nts: trust the certificates in FILE (PEM), a lab's "
+        "CA say, instead of the system's",
     )
     parser.add_argument(
         "--udp",
@@ -224,8 +241,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--version", action="version", version=f"%(prog)s {__version__}"
     )
     args = parser.parse_args(argv)
-    if args.udp and args.protocol == "line":
+    if args.udp and args.protocol not in ("daytime", "time"):
         parser.error("--udp goes with --protocol daytime or time")
+    if args.ca is not None and args.protocol != "nts":
+        parser.error("--ca goes with --protocol nts")
     args.host, args.port = join_port(parser, args.host, args.port)
     if args.port is None:
         args.port = PORTS[args.protocol]
@@ -235,7 +254,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         quiet = args.json and args.offset  # the estimate's JSON alone
         with contextlib.redirect_stdout(io.StringIO()) if quiet else nullcontext():
             result, stopped = collect(args)
-    except (OSError, ReplyError, UnicodeError) as exc:
+    except (OSError, ReplyError, UnicodeError, TlsError, Unavailable) as exc:
         print(f"{prog}: {failure_line(exc, where, args)}", file=sys.stderr)
         return 1
     if stopped is not None:  # the samples taken before it stand
@@ -255,6 +274,10 @@ def failure_line(exc: Exception, where: str, args: argparse.Namespace) -> str:
     """Why asking `where` failed, in one line for people."""
     if isinstance(exc, ReplyError):
         return f"{where}: {exc}"
+    if isinstance(exc, Unavailable):
+        return str(exc)
+    if isinstance(exc, TlsError):
+        return f"{where}: NTS-KE over TLS failed: {exc}"
     if isinstance(exc, UnicodeError):  # IDNA: "a..b", a label over 63 characters
         return f"cannot resolve {args.host!r}: not a host name ({exc})"
     if isinstance(exc, ConnectionRefusedError):

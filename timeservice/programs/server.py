@@ -24,7 +24,7 @@ from ..operations.service import Service, serve, stop_on_signals
 from ..policy.logs import format_address
 from ..servers.ntp import NtpServer
 from ..wire import ntp
-from . import starting
+from . import nts_serving, starting
 from .opening import (
     Opened,
     Settings,
@@ -105,9 +105,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     logger.debug("platform: %s", capabilities.describe())
     settings = Settings.from_arguments(args)
+    nts = None
+    if args.nts_ke is not None:
+        nts = nts_serving.prepare(prog, args)
+        if nts is None:
+            return 1
+        from ..servers.nts import NtsResponder
+
+        settings.ntp["nts"] = NtsResponder(nts[1])
     if inherited is None:
         opened = open_bound(prog, args, settings)
         if opened is None:
+            return 1
+        if nts is not None and not nts_serving.open_key_establishment(
+            prog, args, *nts, opened, settings.line["access"]
+        ):
+            close_all(opened)
             return 1
     else:
         try:

@@ -146,6 +146,32 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
         "any free port)",
     )
     protocols.add_argument(
+        "--nts-ke",
+        type=port_number,
+        metavar="PORT",
+        help="with --ntp: serve NTS Key Establishment (RFC 8915, TLS 1.3) on this "
+        "TCP port, and answer NTS requests (standard: 4460; 0 for any free port; "
+        "needs the nts extra: pip install 'timeservice[nts]')",
+    )
+    protocols.add_argument(
+        "--nts-cert",
+        metavar="FILE",
+        help="with --nts-ke: the server's certificate (PEM; may hold its chain)",
+    )
+    protocols.add_argument(
+        "--nts-key",
+        metavar="FILE",
+        help="with --nts-ke: the certificate's private key (PEM)",
+    )
+    protocols.add_argument(
+        "--nts-cookie-keys",
+        metavar="FILE",
+        help="with --nts-ke: where the keys that seal the cookies are kept, made "
+        "(readable by its owner only) if missing, so that cookies outlive a "
+        "restart (default: $STATE_DIRECTORY/nts-cookie-keys under systemd, else "
+        "in memory only)",
+    )
+    protocols.add_argument(
         "--no-line",
         action="store_true",
         help="leave the line protocol out: serve only the protocols named "
@@ -313,8 +339,13 @@ def check_arguments(args: argparse.Namespace) -> str | None:
             )
     elif args.no_line and all(getattr(args, o) is None for o in STANDARD_OPTIONS):
         return "--no-line leaves nothing to serve: name --daytime, --time or --ntp"
+    if args.nts_ke is not None and (args.nts_cert is None or args.nts_key is None):
+        return "--nts-ke needs --nts-cert FILE and --nts-key FILE"
+    for option in ("nts_cert", "nts_key", "nts_cookie_keys"):
+        if getattr(args, option) is not None and args.nts_ke is None:
+            return f"--{option.replace('_', '-')} goes with --nts-ke"
     if not args.activated and args.ntp is None:
-        for option in ("local_stratum", "upstream_stratum"):
+        for option in ("local_stratum", "upstream_stratum", "nts_ke"):
             if getattr(args, option) is not None:
                 return f"--{option.replace('_', '-')} goes with --ntp"
     if args.upstream is not None and (args.ntp is not None or args.activated):

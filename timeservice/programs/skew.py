@@ -171,7 +171,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         nargs="+",
         metavar="TARGET",
         help="[PROTOCOL://]HOST[:PORT], PROTOCOL one of line (default), ntp, "
-        "time, daytime; an IPv6 address in brackets",
+        "nts (PORT its Key Establishment's), time, daytime; an IPv6 address "
+        "in brackets",
     )
     parser.add_argument(
         "-n",
@@ -189,6 +190,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="limit for each exchange (default: %(default)s)",
     )
     add_sampling_arguments(parser)
+    parser.add_argument(
+        "--ca",
+        metavar="FILE",
+        help="trust the certificates in FILE (PEM) for nts:// targets, instead "
+        "of the system's",
+    )
     parser.add_argument(
         "--parallel",
         type=positive(int),
@@ -241,7 +248,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             targets.append(parse_target(text))
         except ValueError as exc:
             parser.error(f"bad target {text!r}: {exc}")
-    asking = Asking(args.samples, args.timeout, args.burst, args.max_distance)
+    asking = Asking(args.samples, args.timeout, args.burst, args.max_distance, args.ca)
     results = measure_all(targets, asking, args.parallel)
     verdict = judge(
         results, args.warning, args.critical, args.tolerance, args.ignore_unreachable

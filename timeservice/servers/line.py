@@ -16,11 +16,9 @@ from typing import Any, BinaryIO
 from ..clock.system import Clock, local_clock
 from ..host import capabilities
 from ..policy.logs import format_address
-from ..transport.binding import AnyAddressMixIn
-from ..transport.loop import LoopMixIn, clock_failed
-from ..transport.pool import AcceptBackoffMixIn, ThreadPoolMixIn
-from ..transport.registry import ConnectionRegistry, abort, drain
-from ..transport.settings import SettingsMixIn
+from ..transport.loop import clock_failed
+from ..transport.registry import abort, drain
+from ..transport.stream import StreamServer
 from ..wire.line import (
     BUSY,
     CLOCK_UNAVAILABLE,
@@ -195,15 +193,7 @@ class TimeRequestHandler(socketserver.StreamRequestHandler):
             abort(self.connection)
 
 
-class TimeServer(
-    SettingsMixIn,
-    LoopMixIn,
-    ConnectionRegistry,
-    ThreadPoolMixIn,
-    AcceptBackoffMixIn,
-    AnyAddressMixIn,
-    socketserver.TCPServer,
-):
+class TimeServer(StreamServer):
     """A threading TCP server for the time protocol, with limits on every client.
 
     A connection may send a line of at most `max_line` bytes and must finish
@@ -217,8 +207,6 @@ class TimeServer(
     max_line = MAX_LINE_BYTES  # longest request line, line ending not counted
     clock: Clock = local_clock
     send_buffer = 64 * 1024  # replies the kernel holds for a client that reads slowly
-    allow_reuse_address = True  # restart at once on the same port
-    request_queue_size = socket.SOMAXCONN
 
     def __init__(
         self,
@@ -244,14 +232,3 @@ class TimeServer(
             # handle_request() still waits; handlers make theirs blocking.
             os.set_blocking(self.socket.fileno(), False)
         super().socket_options()
-
-    def server_close(self) -> None:
-        """Close in this order, each step once: stop listening; tell the
-        handlers to answer what they have and close, and close the sockets
-        being drained; end the idle threads and join every thread; wait for
-        the watchdog; log what the summarised logs hold."""
-        self.socket.close()
-        self.expire_connections()
-        self.join_threads()
-        self.join_watchdog()
-        self.flush_logs()

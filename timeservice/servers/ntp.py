@@ -13,7 +13,7 @@ from typing import Any
 from ..clock import claims, kernel
 from ..transport.datagram import DatagramServer
 from ..transport.loop import clock_failed
-from ..wire import ntp
+from ..wire import ntp, nts
 from .upstream import UpstreamQuery
 
 logger = logging.getLogger(__name__)
@@ -31,12 +31,19 @@ class NtpHandler(socketserver.BaseRequestHandler):
         data, reply_to, received = self.request
         clock = self.server.clock
         now = clock.now_ns
+        port = self.client_address[1]
         try:
             if not clock.system:  # a clock of its own: both times from it
                 received = now()
-            reply = ntp.server_reply(
-                data, self.server.state(), received, now, self.client_address[1]
-            )
+            state = self.server.state()
+            if len(data) > ntp.PACKET_BYTES and self.server.nts is not None:
+                self.answer_nts(
+                    data,
+                    reply_to,
+                    lambda: ntp.server_reply(data, state, received, now, port),
+                )
+                return
+            reply = ntp.server_reply(data, state, received, now, port)
         except Exception as exc:
             clock_failed(self.client_address, exc)
             return
@@ -45,6 +52,41 @@ class NtpHandler(socketserver.BaseRequestHandler):
             return
         self.server.answered += 1  # before: a client may ask the count at once
         reply_to.sendto(reply, self.client_address)
+
+    def answer_nts(
+        self, data: bytes, reply_to: Any, reply: Callable[[], bytes | None]
+    ) -> None:
+        """A request with extension fields, where the server speaks NTS: an
+        NTS request gets its authenticated answer, or a NAK where the policy
+        allows one; any other gets the plain answer (RFC 7822: unknown
+        fields are ignored)."""
+        server = self.server
+        assert server.nts is not None
+        try:
+            request = nts.read_request(data)
+        except ValueError:
+            server.drop("a malformed NTS request")
+            return
+        if request is None:
+            answer = reply()
+            if answer is None:
+                server.drop("not an NTP client request")
+                return
+            server.answered += 1
+            reply_to.sendto(answer, self.client_address)
+            return
+        verdict = server.nts.answer(data, request, reply)
+        if verdict.reply is None:
+            server.drop(verdict.dropped)
+            return
+        if verdict.nak:
+            limits = server.limits
+            if limits is not None and not limits.may_nak(self.client_address):
+                server.drop("an NTS NAK over its source's bound")
+                return
+        else:
+            server.answered += 1
+        reply_to.sendto(verdict.reply, self.client_address)
 
 
 class NtpServer(DatagramServer):
@@ -63,7 +105,8 @@ class NtpServer(DatagramServer):
     upstream (an address, None not to ask; see timeservice.servers.upstream
     for the addresses it may be), upstream_claim, kernel_state (a function
     that reads the kernel's clock state in place of kernel.read(), for
-    tests), and DatagramServer's.
+    tests), nts (a servers.nts.NtsResponder, for NTS requests), and
+    DatagramServer's.
     """
 
     settings: tuple[str, ...] = (
@@ -71,12 +114,15 @@ class NtpServer(DatagramServer):
         "upstream",
         "upstream_claim",
         "kernel_state",
+        "nts",
     )
     state_interval = 1.0  # seconds the clock state is reused
     local_stratum: int | None = None
     upstream: tuple | None = ("127.0.0.1", ntp.DEFAULT_PORT)
     upstream_claim: tuple[int, bytes] | None = None
     kernel_state: Callable[[], kernel.KernelState | None] | None = None  # for tests
+    nts: Any = None  # a servers.nts.NtsResponder: NTS requests answered
+    max_packet_size = 2048  # an NTS request with its placeholders: a kilobyte or more
 
     def __init__(
         self,

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from .errors import ReplyError
+from .nts import read_fields
 from .rfc868 import from_1900, to_1900
 
 DEFAULT_PORT = 123
@@ -239,12 +240,19 @@ def request_version(packet: bytes, source_port: int | None = None) -> int | None
 
     NTPv1 (RFC 1059) had no mode field, so its requests come as mode 0: as
     chrony does, one is a client's unless it comes from port 123 (a peer's),
-    and it is answered in version 1 and server mode. Anything else (short,
-    another mode, extension fields or a MAC, which this server does not
-    implement) is dropped.
+    and it is answered in version 1 and server mode. An NTPv4 request may
+    carry extension fields (RFC 7822), which the caller reads (NTS) or
+    ignores; anything else (short, another mode, a MAC, which this server
+    does not implement) is dropped.
     """
     if len(packet) != PACKET_BYTES:
-        return None
+        if len(packet) < PACKET_BYTES or packet[0] & 0x3F != 4 << 3 | MODE_CLIENT:
+            return None
+        try:
+            read_fields(packet)
+        except ValueError:  # a MAC, or not fields at all
+            return None
+        return 4
     version, mode = packet[0] >> 3 & 7, packet[0] & 7
     if mode == MODE_CLIENT and version in VERSIONS:
         return version
@@ -257,7 +265,7 @@ def client_request(packet: bytes, source_port: int | None = None) -> Packet | No
     """The request a server answers (see request_version()), or None."""
     if request_version(packet, source_port) is None:
         return None
-    return Packet.unpack(packet)
+    return Packet.unpack(packet[:PACKET_BYTES])
 
 
 def server_reply(
@@ -291,7 +299,7 @@ def server_reply(
         to_short(state.root_dispersion),
         state.reference_id,
         reference,
-        packet[40:],  # origin: the request's transmit timestamp
+        packet[40:48],  # origin: the request's transmit timestamp
         receive,
     )
     return head + _TIMESTAMP.pack(to_timestamp(now_ns()))

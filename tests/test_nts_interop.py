@@ -1,0 +1,181 @@
+"""NTS judged by chronyd (4.3, built +NTS): chronyd authenticates this
+server, once (``-Q``) and as a client that keeps polling, and this client
+and the skew check authenticate chronyd's NTS server. Certificates are the
+lab's own; no clock is set (``-x``, ``-Q``)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+from conftest import ROOT, TIMEOUT, readline_within
+from test_interop import CHRONY_OFFSET, free_port, needs, run, started, wait_for_udp
+
+from timeservice.wire import ntp
+
+
+@contextlib.contextmanager
+def our_nts_server(lab, tmp_path: Path) -> Iterator[dict[str, int]]:
+    """This project's server as a program, NTP and NTS-KE on free ports: the
+    ports its ready file gives, by protocol."""
+    ready = tmp_path / "ready.json"
+    process = subprocess.Popen(
+        [
+            sys.executable, "-m", "timeservice.server", "--no-line", "--ntp", "0",
+            "--local-stratum", "10", "--nts-ke", "0", "--nts-cert", lab.cert,
+            "--nts-key", lab.key, "--nts-cookie-keys", str(tmp_path / "keys"),
+            "--ready-file", str(ready), "-q",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        assert readline_within(process.stdout).startswith("Serving NTP")
+        served = json.loads(ready.read_text())["serving"]
+        yield {entry["protocol"]: entry["port"] for entry in served}
+    finally:
+        process.terminate()
+        _, err = process.communicate(timeout=TIMEOUT)
+        assert "Traceback" not in err, err
+
+
+def private_folder(tmp_path: Path, name: str) -> Path:
+    """A folder only root reads, as chronyd wants for its dumps and socket."""
+    folder = tmp_path / name
+    folder.mkdir(mode=0o700)
+    return folder
+
+
+def client_config(folder: Path, ports: dict[str, int], ca: str, *more: str) -> Path:
+    config = folder / "chrony.conf"
+    config.write_text(
+        "\n".join(
+            [
+                f"server 127.0.0.1 port {ports['ntp']} nts ntsport {ports['nts-ke']} "
+                "iburst minpoll -4 maxpoll -4",
+                f"ntstrustedcerts {ca}",
+                f"ntsdumpdir {folder}",
+                f"pidfile {folder}/chronyd.pid",
+                *more,
+                "",
+            ]
+        )
+    )
+    return config
+
+
+@needs("chronyd")
+def test_chronyd_authenticates_our_nts_server_once(lab, tmp_path):
+    folder = private_folder(tmp_path, "client")
+    with our_nts_server(lab, tmp_path) as ports:
+        config = client_config(folder, ports, lab.ca, "cmdport 0")
+        result = run(
+            "chronyd", "-Q", "-d", "-u", "root", "-t", "10", "-f", str(config),
+            timeout=30,
+        )  # fmt: skip
+    said = result.stdout + result.stderr
+    found = CHRONY_OFFSET.search(said)
+    assert found, said  # an NTS source: only an authenticated reply counts
+    print(f"chronyd -Q over NTS: {found[0]}")
+    assert abs(float(found[1])) < 0.005  # one machine's clock
+    assert (folder / "127.0.0.1.nts").exists()  # the keys and cookies it kept
+
+
+@needs("chronyd")  # chronyc comes with it
+def test_a_chronyd_client_polls_our_nts_server_authenticated(lab, tmp_path):
+    folder = private_folder(tmp_path, "client")
+    socket_path = folder / "chronyd.sock"
+    with our_nts_server(lab, tmp_path) as ports:
+        config = client_config(
+            folder, ports, lab.ca, f"bindcmdaddress {socket_path}", "cmdport 0"
+        )
+        command = ("chronyd", "-d", "-x", "-u", "root", "-f", str(config))
+        with started(*command) as chronyd:
+            for _ in range(100):  # its log, until it has taken our time
+                line = readline_within(chronyd.stdout, 30)
+                if "Selected source" in line or not line:
+                    break
+            assert "Selected source 127.0.0.1" in line, line
+            data = run("chronyc", "-h", str(socket_path), "-n", "ntpdata").stdout
+            stats = run("chronyc", "-h", str(socket_path), "-n", "authdata").stdout
+    print(data)
+    assert re.search(r"Authenticated\s*:\s*Yes", data), data
+    assert re.search(r"127\.0\.0\.1\s+NTS\s+1\s+15", stats), stats  # KE'd, AEAD 15
+
+
+def chronyd_nts_server(lab, folder: Path) -> tuple[tuple[str, ...], dict[str, int]]:
+    ports = {"ntp": free_port(), "nts-ke": free_port(kind=socket.SOCK_STREAM)}
+    config = folder / "server.conf"
+    config.write_text(
+        "\n".join(
+            [
+                f"port {ports['ntp']}",
+                f"ntsport {ports['nts-ke']}",
+                f"ntsserverkey {lab.key}",
+                f"ntsservercert {lab.cert}",
+                f"ntsdumpdir {folder}",
+                "local stratum 10",
+                "allow 127.0.0.1",
+                "bindaddress 127.0.0.1",
+                "cmdport 0",
+                f"pidfile {folder}/chronyd.pid",
+                "",
+            ]
+        )
+    )
+    return ("chronyd", "-d", "-x", "-u", "root", "-f", str(config)), ports
+
+
+@contextlib.contextmanager
+def daemon(*command: str) -> Iterator[subprocess.Popen]:
+    """A daemon in the foreground, ended by its own pid: chronyd serving NTS
+    has a helper process, which it ends itself."""
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        yield process
+    finally:
+        process.terminate()
+        try:
+            process.communicate(timeout=TIMEOUT)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.communicate(timeout=TIMEOUT)
+
+
+@needs("chronyd")
+def test_our_client_and_skew_authenticate_chronyds_nts_server(lab, tmp_path):
+    command, ports = chronyd_nts_server(lab, private_folder(tmp_path, "server"))
+    with daemon(*command):
+        request = ntp.request_packet(0)
+        wait_for_udp(ports["ntp"], request)  # it serves: its KE port is open too
+        ke = f"127.0.0.1:{ports['nts-ke']}"
+        asked = run(
+            sys.executable, "-m", "timeservice.client", "--protocol", "nts",
+            "--ca", lab.ca, ke, "--offset", "--burst", "--json",
+        )  # fmt: skip
+        checked = run(
+            sys.executable, "-m", "timeservice.skew", "--ca", lab.ca, "--burst",
+            f"nts://{ke}", "--json",
+        )  # fmt: skip
+        untrusted = run(
+            sys.executable, "-m", "timeservice.client", "--protocol", "nts", ke
+        )
+    assert asked.returncode == 0, asked.stderr
+    figures = json.loads(asked.stdout)
+    print(f"our NTS client against chronyd: {figures['offset']:+.6f} s")
+    assert abs(figures["offset"]) <= figures["error"] < 0.01
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert json.loads(checked.stdout)["targets"][0]["verdict"] == "agrees"
+    assert untrusted.returncode == 1
+    assert "certificate verify failed" in untrusted.stderr  # not the system's CA
+    assert untrusted.stderr.count("\n") == 1
