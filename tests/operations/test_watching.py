@@ -120,11 +120,11 @@ def test_a_hung_worker_is_replaced_and_only_the_parent_tells_systemd(tmp_path):
 
 @needs_pidfd
 @pytest.mark.parametrize("workers", ["1", "2"])
-def test_sighup_is_one_line_and_whatever_ends_the_parent_ends_its_workers(workers):
+def test_sighup_reloads_and_whatever_ends_the_parent_ends_its_workers(workers):
     with server_process("0", "-v", "--workers", workers) as (process, port):
         pids = workers_of(process, int(workers)) if workers != "1" else set()
         process.send_signal(signal.SIGHUP)  # 2.0.0: the parent died, status 129
-        until(process.stderr, re.compile("SIGHUP received; there is nothing to reload"))
+        until(process.stderr, re.compile("SIGHUP received; reloaded the command line"))
         assert process.poll() is None
         with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as sock:
             sock.sendall(b"send time\n")

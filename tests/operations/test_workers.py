@@ -126,7 +126,6 @@ def test_one_connection_is_served_by_one_worker_only():
     [
         (["--workers", "0"], "must be above 0"),
         (["--workers", "2", "--cpu", "0"], "use auto or off"),
-        (["--workers", "2", "--metrics", "0"], "not with --workers"),
     ],
 )
 def test_worker_options_that_do_not_fit(argv, problem, capsys):

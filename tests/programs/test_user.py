@@ -528,7 +528,7 @@ def test_the_server_acts_on_sighup_and_sigterm_from_its_first_moment(event, nth)
     try:
         # A SIGHUP at start-up reloads once the server serves: 2.0.0 died of it.
         assert readline_within(hup.stdout).startswith("Serving time on")
-        until(hup.stderr, re.compile("SIGHUP received; there is nothing to reload"))
+        until(hup.stderr, re.compile("SIGHUP received; reloaded the command line"))
         hup.send_signal(signal.SIGTERM)
         assert hup.wait(TIMEOUT) == 0
         # A SIGTERM at start-up stops it as soon as it serves, cleanly.

@@ -37,8 +37,19 @@ class CookieKeys:
     def __init__(self, keys: Mapping[int, bytes], current: int) -> None:
         if current not in keys:
             raise ValueError(f"no key {current} among the keys")
-        self.current = current
-        self._aeads = {number: Aead(key) for number, key in keys.items()}
+        # The key that seals and those that open, one value, so that a
+        # replace() between a seal's two reads cannot mix two sets.
+        self._state = (current, {number: Aead(key) for number, key in keys.items()})
+
+    @property
+    def current(self) -> int:
+        """The ID of the key that seals."""
+        return self._state[0]
+
+    def replace(self, other: CookieKeys) -> None:
+        """Take `other`'s keys, for every server that shares these (a
+        reload): a cookie sealed from now on is sealed with its key."""
+        self._state = other._state
 
     @classmethod
     def new(cls) -> CookieKeys:
@@ -72,10 +83,9 @@ class CookieKeys:
 
     def seal(self, aead: int, c2s: bytes, s2c: bytes) -> bytes:
         """A cookie for a client's keys."""
-        key_id = _ID.pack(self.current)
-        nonce, sealed = self._aeads[self.current].seal(
-            _AEAD.pack(aead) + c2s + s2c, key_id
-        )
+        current, aeads = self._state
+        key_id = _ID.pack(current)
+        nonce, sealed = aeads[current].seal(_AEAD.pack(aead) + c2s + s2c, key_id)
         return key_id + nonce + sealed
 
     def open(self, cookie: bytes) -> tuple[int, bytes, bytes] | None:
@@ -84,7 +94,7 @@ class CookieKeys:
         if len(cookie) < _ID.size + 16 + 16 + _AEAD.size:
             return None
         key_id = cookie[: _ID.size]
-        aead = self._aeads.get(_ID.unpack(key_id)[0])
+        aead = self._state[1].get(_ID.unpack(key_id)[0])
         if aead is None:
             return None
         nonce = cookie[_ID.size : _ID.size + 16]

@@ -57,10 +57,22 @@ def labels_of(server: socketserver.BaseServer) -> dict[str, str]:
 ClockState = Callable[[], ntp.ServerState]  # what the NTP service claims, now
 
 
+WorkerThreads = Callable[[], dict[int, int]]  # each live worker's threads
+
+
 def collect(
-    servers: Sequence[socketserver.BaseServer], clock_state: ClockState | None = None
+    servers: Sequence[Any],
+    clock_state: ClockState | None = None,
+    worker_threads: WorkerThreads | None = None,
 ) -> list[Family]:
-    """Every metric, read now from the servers, the process and the kernel."""
+    """Every metric, read now from the servers (their statistics(): a
+    worker's are gathered, see operations.gathering), the process, the
+    workers and the kernel."""
+    threads: list[Sample] = [({}, threading.active_count())]
+    if worker_threads is not None:  # a sum of processes' threads means nothing
+        threads = [({"worker": "parent"}, threading.active_count())]
+        for slot, count in worker_threads().items():
+            threads.append(({"worker": str(slot)}, count))
     requests: list[Sample] = []
     errors: list[Sample] = []
     refused: list[Sample] = []
@@ -69,7 +81,7 @@ def collect(
     leaked: list[Sample] = []
     for server in servers:
         labels = labels_of(server)
-        counts = server.statistics()  # type: ignore[attr-defined]
+        counts = server.statistics()
         requests.append((labels, counts["requests"]))
         for reason, count in counts.get("errors", {}).items():
             errors.append(({**labels, "reason": reason}, count))
@@ -121,8 +133,8 @@ def collect(
         (
             "timeservice_threads",
             "gauge",
-            "Threads in the process.",
-            [({}, threading.active_count())],
+            "Threads in the process; with workers, in each (label worker).",
+            threads,
         ),
     ]
     return families + clock_families(clock_state)
@@ -167,7 +179,9 @@ class MetricsHandler(EndpointHandler):
         if self.path.partition("?")[0] != PATH:
             self.send_error(404, f"only {PATH} is here")
             return
-        body = render(collect(self.server.servers, self.server.clock_state)).encode()
+        server = self.server
+        families = collect(server.servers, server.clock_state, server.worker_threads)
+        body = render(families).encode()
         self.send_response(200)
         self.send_header("Content-Type", CONTENT_TYPE)
         self.send_header("Content-Length", str(len(body)))
@@ -178,16 +192,19 @@ class MetricsHandler(EndpointHandler):
 class MetricsServer(EndpointServer):
     """Serves the metrics of `servers` over HTTP, within EndpointServer's
     limits; `clock_state` is what the NTP service claims of the clock (its
-    state()), where there is one."""
+    state()), where there is one. With workers, `servers` are their counts
+    gathered (GatheredServer) and `worker_threads` each one's threads."""
 
     def __init__(
         self,
         server_address: tuple,
-        servers: Sequence[socketserver.BaseServer],
+        servers: Sequence[Any],
         bind_and_activate: bool = True,
         clock_state: ClockState | None = None,
+        worker_threads: WorkerThreads | None = None,
         **settings: Any,
     ) -> None:
         self.servers = list(servers)
         self.clock_state = clock_state
+        self.worker_threads = worker_threads
         super().__init__(server_address, MetricsHandler, bind_and_activate, **settings)

@@ -29,6 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..host.process import end_with_parent
+from .gathering import Gathered
 
 logger = logging.getLogger(__name__)
 
@@ -62,16 +63,17 @@ class Supervisor:
     """
 
     def __init__(
-        self, count: int, work: Callable[[int, Callable[[], None]], int]
+        self, count: int, work: Callable[[int, Callable[..., None]], int]
     ) -> None:
         self.count, self.work = count, work
         self.workers: dict[int, Worker] = {}  # by pid
         self.silence = SILENCE
         self.on_stop: Callable[[], None] = lambda: None  # e.g. tell systemd
-        self.on_reload: Callable[[], None] = lambda: logger.info(
+        self.on_reload: Callable[[], object] = lambda: logger.info(
             "SIGHUP received; there is nothing to reload"
         )
         self.watchdog: Callable[[], None] | None = None
+        self.gathered: Gathered | None = None  # what the workers count, if kept
         self._signals: list[int] = []  # the handlers' flags, in arrival order
         self.stopping = False
         self.stopped_by: int | None = None  # the signal that stopped them
@@ -174,8 +176,17 @@ class Supervisor:
         for worker in self.workers.values():
             if worker.beats in ready:
                 with contextlib.suppress(BlockingIOError):
-                    if os.read(worker.beats, 4096):
+                    data = os.read(worker.beats, 4096)
+                    if data:
                         worker.heard = now
+                        if self.gathered is not None:
+                            counted = self.gathered.heard(worker.number, data)
+                            if counted is not None:
+                                logger.debug(
+                                    "worker %d reported %d requests",
+                                    worker.number,
+                                    counted,
+                                )
 
     def _replace_the_silent(self, now: float) -> None:
         for worker in self.workers.values():
@@ -205,8 +216,14 @@ class Supervisor:
             if worker is None:
                 continue
             os.close(worker.beats)
+            if self.gathered is not None:
+                self.gathered.ended(worker.number)
             ended.append((worker, os.waitstatus_to_exitcode(wait_status)))
         return ended
+
+    def signal_workers(self, signum: int) -> None:
+        """Send `signum` to every worker (a reload: SIGHUP)."""
+        self._signal_all(signum)
 
     def _signal_all(self, signum: int) -> None:
         for pid in self.workers:
@@ -247,9 +264,9 @@ class Supervisor:
             # Held until here, a stop ends a worker that serves nothing yet.
             signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED)
 
-            def beat() -> None:
+            def beat(message: bytes = b".") -> None:
                 try:
-                    os.write(beats, b".")
+                    os.write(beats, message)
                 except BrokenPipeError:
                     # The parent has ended: stop as its death signal would.
                     os.kill(os.getpid(), signal.SIGTERM)

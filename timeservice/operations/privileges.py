@@ -17,11 +17,24 @@ class Account(NamedTuple):
 
 
 def find_account(user: str, group: str | None = None) -> Account:
-    """The account `user` names, in `group` or the user's own; else LookupError.
+    """The account `user` names, in `group` or the user's own, that this
+    process can become; else LookupError.
 
     Checked before anything listens, so that a typo costs no half-started
     server. Only root can become another user.
     """
+    account = look_up(user, group)
+    if os.geteuid() != 0 and (os.geteuid(), os.getegid()) != (
+        account.uid,
+        account.gid,
+    ):
+        raise LookupError(f"only root can serve as another user or group ({user})")
+    return account
+
+
+def look_up(user: str, group: str | None = None) -> Account:
+    """The account `user` names, in `group` or the user's own; else
+    LookupError: what a configuration names, whoever checks it."""
     try:
         import grp
         import pwd
@@ -35,11 +48,6 @@ def find_account(user: str, group: str | None = None) -> Account:
         found = grp.getgrgid(entry.pw_gid) if group is None else grp.getgrnam(group)
     except KeyError:
         raise LookupError(f"no such group: {group or entry.pw_gid!r}") from None
-    if os.geteuid() != 0 and (os.geteuid(), os.getegid()) != (
-        entry.pw_uid,
-        found.gr_gid,
-    ):
-        raise LookupError(f"only root can serve as another user or group ({user})")
     return Account(entry.pw_name, entry.pw_uid, found.gr_name, found.gr_gid)
 
 

@@ -104,7 +104,7 @@ class Service:
             raise ValueError("a service needs a server")
         self.servers = list(servers)
         self.on_stop: Callable[[], None] = lambda: None
-        self.on_reload: Callable[[], None] = lambda: logger.info(
+        self.on_reload: Callable[[], object] = lambda: logger.info(
             "reload asked; there is nothing to reload"
         )
         self._stopped = False  # stop() was called; a plain flag, set from signals

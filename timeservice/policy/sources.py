@@ -33,6 +33,9 @@ RECORD_BYTES = 256
 
 TABLE_BYTES = 16 * 2**20  # the table's bound; chrony's clientloglimit is 512 KB
 
+RATE = 1.0  # replies a second per source, after its burst
+BURST = 16  # replies a source may have at once: ntpdig's, chronyd -Q's iburst
+
 
 class Action(enum.Enum):
     """What a datagram gets: an answer, nothing, or a Kiss-o'-Death."""
@@ -87,8 +90,8 @@ class SourceLimits:
     Not thread-safe: one serving thread decides.
     """
 
-    rate = 1.0
-    burst = 16
+    rate = RATE
+    burst = BURST
     leak = 0.25
     leak_rate = 1024.0  # answers a second over the limits, for the whole server
     kiss = False
@@ -118,8 +121,7 @@ class SourceLimits:
         # A bucket refills one answer in `interval` seconds and holds
         # `burst`: a request is over the limit when the bucket would be full
         # only more than `tolerance` seconds from now.
-        self._interval = 1 / self.rate if self.rate > 0 else 1e12
-        self._tolerance = (self.burst - 1) * self._interval
+        self.configure()
         self.max_records = max(2, int(self.table_bytes // RECORD_BYTES))
         self.records = 0  # entries in the table, a /64's addresses each counted
         self._table: collections.OrderedDict[str, float | Network] = (
@@ -129,6 +131,23 @@ class SourceLimits:
         self._kisses = (self.kiss_rate, clock())  # and its kiss bucket
         self._kissed: collections.OrderedDict[str, float] = collections.OrderedDict()
         self.leaked = 0  # answers given over the limit, for the metrics
+
+    def configure(
+        self,
+        *,
+        rate: float | None = None,
+        burst: int | None = None,
+        kiss: bool | None = None,
+    ) -> None:
+        """New figures, for the sources the table knows too (a reload)."""
+        if rate is not None:
+            self.rate = rate
+        if burst is not None:
+            self.burst = burst
+        if kiss is not None:
+            self.kiss = kiss
+        self._interval = 1 / self.rate if self.rate > 0 else 1e12
+        self._tolerance = (self.burst - 1) * self._interval
 
     def __len__(self) -> int:
         """How many sources the table remembers now (an IPv6 /64 is one)."""

@@ -43,8 +43,8 @@ def prepare(prog: str, args: argparse.Namespace) -> tuple[Any, Any] | None:
 
     path = cookie_keys_path(args)
     try:
-        context = tls.server_context(args.nts_cert, args.nts_key)
-        keys = CookieKeys.new() if path is None else CookieKeys.load(path)
+        context, keys = read_material(args)
+        keys = keys or CookieKeys.new()
     except (OSError, ValueError, tls.TlsError) as exc:
         reason = getattr(exc, "strerror", None) or str(exc)
         where = getattr(exc, "filename", None)
@@ -95,3 +95,16 @@ def open_key_establishment(
         port = ke.server_address[1]
         opened.append(("NTS-KE", " (TCP, TLS 1.3)", [ke]))
     return True
+
+
+def read_material(args: argparse.Namespace) -> tuple[Any, Any]:
+    """The TLS context from the certificate and key the arguments name, and
+    the cookie keys from their file (None where they are kept in memory
+    only), read now (on a reload: as the service's user); TlsError,
+    OSError or ValueError if one cannot be read."""
+    from ..nts import tls
+    from ..nts.cookies import CookieKeys
+
+    context = tls.server_context(args.nts_cert, args.nts_key)
+    path = cookie_keys_path(args)
+    return context, None if path is None else CookieKeys.load(path)

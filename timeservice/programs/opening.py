@@ -14,6 +14,7 @@ from typing import Any, NamedTuple, cast
 
 from ..clock.system import local_clock, utc_clock
 from ..operations import systemd
+from ..policy import sources
 from ..policy.access import AccessList
 from ..servers.line import TimeServer
 from ..servers.ntp import NtpServer
@@ -68,12 +69,12 @@ class Settings(NamedTuple):
             max_per_host=args.max_per_host or None,
             max_per_network=args.max_per_network or None,
         )
-        if args.no_rate_limit:
-            datagrams = dict(common, burst=None)
-        else:
-            datagrams = dict(
-                common, kiss=args.kiss_of_death, table_bytes=args.source_table_size
-            )
+        datagrams = dict(
+            common,
+            burst=None if args.no_rate_limit else sources.BURST,
+            kiss=args.kiss_of_death,
+            table_bytes=args.source_table_size,
+        )
         claim = None
         if args.upstream_stratum is not None:
             claim = (args.upstream_stratum, args.upstream_id or ntp.NO_REFERENCE)

@@ -32,12 +32,25 @@ def program_name(module: str) -> str:
     return name if name.startswith("timeservice") else f"python -m {module}"
 
 
+class UsageError(Exception):
+    """Options or a configuration that cannot be used; the message is one line."""
+
+
 class Parser(argparse.ArgumentParser):
     """argparse's parser, but a usage error is one line: what is wrong and
-    where help is, instead of the whole usage before it (exit status 2)."""
+    where help is, instead of the whole usage before it (exit status 2); or,
+    where `raising` (a server reloading), a UsageError. `reloadable` holds
+    the dests of the options that may change when a server reloads."""
+
+    def __init__(self, *args: Any, raising: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.raising = raising
+        self.reloadable: set[str] = set()
 
     def error(self, message: str) -> NoReturn:
         """Say what is wrong in one line, and exit with status 2."""
+        if self.raising:
+            raise UsageError(message)
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 

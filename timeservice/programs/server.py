@@ -13,13 +13,21 @@ import argparse
 import logging
 import socketserver
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from ..clock import claims, kernel
 from ..host import capabilities
-from ..operations import prefork, systemd
-from ..operations.cpu import choose_cpu, kept_on_cpu, worker_cpus
-from ..operations.privileges import Account, become, find_account, running_as_root
+from ..operations import systemd
+from ..operations.cpu import choose_cpu, kept_on_cpu
+from ..operations.gathering import Gathered, GatheredServer
+from ..operations.privileges import (
+    Account,
+    become,
+    find_account,
+    look_up,
+    running_as_root,
+)
 from ..operations.service import Service, serve, stop_on_signals
 from ..policy.logs import format_address
 from ..servers.ntp import NtpServer
@@ -43,7 +51,9 @@ from .options import (
     say,
 )
 from .readiness import check_writable, write_ready_file
+from .reloading import Reloader, log_level
 from .server_options import parse_arguments
+from .workers import Workers, serve_in_workers
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +92,10 @@ def ntp_state_line(server: NtpServer) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the time server from the command line."""
     prog = program_name("timeservice.server")
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_arguments(prog, argv)
+    if args.check_config:
+        return check_config(prog, args)
     try:
         account = None if args.user is None else find_account(args.user, args.group)
         inherited = systemd.inherited_sockets()
@@ -96,14 +109,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{prog}: cannot write {args.ready_file}: {exc.strerror}", file=sys.stderr
         )
         return 1
-    configure_logging(
-        logging.DEBUG
-        if args.verbose
-        else logging.WARNING
-        if args.quiet
-        else logging.INFO
-    )
+    configure_logging(log_level(args))
     logger.debug("platform: %s", capabilities.describe())
+    if args.config_path is not None and not args.config_found:
+        logger.info("no %s: the defaults and the command line", args.config_path)
     settings = Settings.from_arguments(args)
     nts = None
     if args.nts_ke is not None:
@@ -130,9 +139,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
     warn_unmatched(settings.line["access"], opened)
     servers = [server for _, _, group in opened for server in group]
+    gathered = None  # with workers, their counts, for the metrics
+    metrics = None
     if args.metrics is not None:
         from ..operations.metrics import MetricsServer  # http.server: when asked
 
+        counted: list[Any] = servers
+        if args.workers > 1:
+            gathered = Gathered(len(servers))
+            counted = [GatheredServer(s, n, gathered) for n, s in enumerate(servers)]
         host, port = args.metrics
         metrics = listen(
             prog,
@@ -140,10 +155,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             port,
             lambda a: MetricsServer(
                 a,
-                servers,
+                counted,
                 clock_state=next(
                     (s.state for s in servers if isinstance(s, NtpServer)), None
                 ),
+                worker_threads=None if gathered is None else gathered.threads,
                 access=settings.line["access"],
             ),
         )
@@ -181,12 +197,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     def stopping() -> None:
         notifier.notify("STOPPING=1", "STATUS=Shutting down")
 
+    def reloader(of: list[socketserver.BaseServer], quiet: bool = False) -> Reloader:
+        return Reloader(
+            prog,
+            argv,
+            args,
+            of,
+            (lambda *fields: None) if quiet else notifier.notify,  # main PID only
+            None if nts is None else (nts_serving.read_material, nts[1]),
+            quiet,
+        )
+
     try:
         if args.workers > 1:
-            return serve_in_workers(servers, args, stopping, ready, notifier)
+            served = [server for server in servers if server is not metrics]
+            workers = Workers(served, metrics, gathered, reloader)
+            return serve_in_workers(workers, args, stopping, ready, notifier)
         service = Service(servers)
         service.on_stop = stopping
-        service.on_reload = nothing_to_reload
+        service.on_reload = reloader(servers).reload
         with stop_on_signals(service.stop, service.reload) as received:
             with kept_on_cpu(choose_cpu(args.cpu)):
                 ready()
@@ -199,48 +228,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         notifier.close()
 
 
-def nothing_to_reload() -> None:
-    """SIGHUP's action while nothing can be reloaded: say so in the log."""
-    logger.info("SIGHUP received; there is nothing to reload")
-
-
-def serve_in_workers(
-    servers: list[socketserver.BaseServer],
-    args: argparse.Namespace,
-    stopping: Callable[[], None],
-    ready: Callable[[str], None],
-    notifier: systemd.Notifier,
-) -> int:
-    """Serve the bound sockets from `args.workers` processes, each on a CPU
-    of its own where --cpu allows; the limits hold in each worker. A worker
-    whose server stops ends with status 1, one whose loops stop turning goes
-    silent, and the supervisor starts another; only the supervisor tells
-    systemd's watchdog, while every worker beats (NotifyAccess=main)."""
-    for server in servers:
-        # Every worker waits on every socket; those that lose the race for
-        # a connection or a datagram go back to waiting instead of blocking.
-        server.socket.setblocking(False)  # type: ignore[attr-defined]
-    cpus = worker_cpus(args.cpu, args.workers)
-    supervisor = prefork.Supervisor(args.workers, lambda n, beat: 0)
-    if notifier.watchdog is not None:  # silent past half of it: replaced
-        supervisor.silence = notifier.watchdog / 2
-        supervisor.watchdog = notifier.watched
-
-    def work(number: int, beat: Callable[[], None]) -> int:
-        service = Service(servers)
-        with stop_on_signals(service.stop), kept_on_cpu(cpus[number]):
-            return serve(service, beat, supervisor.silence / 4)
-
-    supervisor.work = work
-    supervisor.on_stop = stopping
+def check_config(prog: str, args: argparse.Namespace) -> int:
+    """--check-config: the options and the file are good (as parsing them
+    said), and so are the user and group it would serve as, and NTS's
+    certificate and key where it is served."""
     try:
-        status = supervisor.serve(
-            lambda: ready(f"Serving from {args.workers} worker processes.")
-        )
-        return starting.status_after(status, supervisor.stopped_by)
-    finally:
-        for server in servers:
-            server.server_close()
+        if args.user is not None:
+            look_up(args.user, args.group)
+    except LookupError as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return 2
+    if args.nts_ke is not None and nts_serving.prepare(prog, args) is None:
+        return 2
+    where = args.config_path if args.config_found else "the command line"
+    say(f"{prog}: {where}: the configuration is good")
+    return 0
 
 
 def status_line(opened: Opened, account: Account | None) -> str:

@@ -5,18 +5,18 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
+import sys
 from collections.abc import Sequence
 
 from .. import __version__
-from ..clients.targets import split_host_port
 from ..host import capabilities
-from ..policy.access import parse_subnet
 from ..policy.sources import NETWORK_FACTOR, TABLE_BYTES
 from ..servers.upstream import unvouched
 from ..transport.registry import IDLE_TIMEOUT, MAX_CONNECTIONS, MAX_PER_HOST
 from ..wire import ntp
 from ..wire.line import COMMAND, DEFAULT_PORT, MAX_LINE_BYTES
+from . import config
+from .config import Declared, ReplacedList
 from .opening import STANDARD
 from .options import (
     Parser,
@@ -28,58 +28,15 @@ from .options import (
     positive,
     seconds,
 )
+from .server_values import byte_size, reference_id, subnet, upstream_address
 
 
-def upstream_address(text: str) -> tuple | None:
-    """An argparse type for --upstream: ``HOST[:PORT]`` resolved to an
-    address (an IPv6 one in brackets), or ``none``."""
-    if text == "none":
-        return None
-    try:
-        host, port = split_host_port(text)
-        family, _, _, _, address = socket.getaddrinfo(
-            host, port or ntp.DEFAULT_PORT, type=socket.SOCK_DGRAM
-        )[0]
-    except (ValueError, OSError, UnicodeError) as exc:
-        raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None
-    return address
-
-
-def byte_size(text: str) -> int:
-    """An argparse type for a size in bytes: a number, or with K, M or G
-    (powers of 1,024)."""
-    unit = {"K": 2**10, "M": 2**20, "G": 2**30}.get(text[-1:].upper())
-    number = text[:-1] if unit else text
-    try:
-        size = int(number) * (unit or 1)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a size in bytes: {text!r}") from None
-    if size <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
-    return size
-
-
-def reference_id(text: str) -> bytes:
-    """An argparse type for --upstream-id: see ntp.reference_id()."""
-    try:
-        return ntp.reference_id(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def subnet(text: str) -> str:
-    """An argparse type for --allow and --deny: checked here, parsed later."""
-    try:
-        parse_subnet(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return text
-
-
-def build_parser(prog: str) -> argparse.ArgumentParser:
+def build_parser(prog: str, raising: bool = False) -> Parser:
     """The server's options, in groups: where it listens, its limits, the
-    protocols and their clock, and running it as a daemon."""
+    protocols and their clock, and running it as a daemon. With `raising`,
+    a usage error is a UsageError (see Parser)."""
     parser = Parser(
+        raising=raising,
         prog=prog,
         description="Answer 'send time' with the current date and time over TCP; "
         "serve Daytime, Time and NTP too when asked.",
@@ -87,65 +44,73 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     )
     listening = parser.add_argument_group("where it listens")
     add_address_arguments(listening, DEFAULT_PORT)
-    limits = parser.add_argument_group("limits on every client")
-    protocols = parser.add_argument_group("the standard protocols and NTP's clock")
-    operating = parser.add_argument_group("running it as a daemon")
-    limits.add_argument(
+    limits = Declared(parser, "limits on every client")
+    protocols = Declared(parser, "the standard protocols and NTP's clock")
+    operating = Declared(parser, "running it as a daemon")
+    limits(
         "--max-line",
+        reload=True,
         type=positive(int),
         default=MAX_LINE_BYTES,
         metavar="BYTES",
         help="longest request line, line ending not counted (default: %(default)s)",
     )
-    limits.add_argument(
+    limits(
         "--idle-timeout",
+        reload=True,
         type=seconds,
         default=IDLE_TIMEOUT,
         metavar="SECONDS",
         help="time a client has to send each request line (default: %(default)s)",
     )
-    limits.add_argument(
+    limits(
         "--max-connections",
+        reload=True,
         type=positive(int),
         default=MAX_CONNECTIONS,
         metavar="N",
         help="connections served at once; more get 'ERR busy' (default: %(default)s)",
     )
-    limits.add_argument(
+    limits(
         "--max-per-host",
+        reload=True,
         type=int,
         default=MAX_PER_HOST,
         metavar="N",
         help="connections one address may have open; more get 'ERR busy'; 0 for "
         "no such limit (default: %(default)s)",
     )
-    limits.add_argument(
+    limits(
         "--max-per-network",
+        reload=True,
         type=int,
         default=NETWORK_FACTOR * MAX_PER_HOST,
         metavar="N",
         help="connections one IPv6 /64 may have open (one host may hold a whole "
         "one); 0 for no such limit (default: %(default)s)",
     )
-    protocols.add_argument(
-        "--utc", action="store_true", help="answer in UTC instead of local time"
+    protocols(
+        "--utc",
+        reload=True,
+        action="store_true",
+        help="answer in UTC instead of local time",
     )
     for option, (name, usual, _) in STANDARD.items():
-        protocols.add_argument(
+        protocols(
             f"--{option}",
             type=port_number,
             metavar="PORT",
             help=f"serve {name} on this port too, over TCP and UDP "
             f"(standard: {usual}; 0 for any free port)",
         )
-    protocols.add_argument(
+    protocols(
         "--ntp",
         type=port_number,
         metavar="PORT",
         help="serve NTP (server mode) on this UDP port too (standard: 123; 0 for "
         "any free port)",
     )
-    protocols.add_argument(
+    protocols(
         "--nts-ke",
         type=port_number,
         metavar="PORT",
@@ -153,39 +118,43 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
         "TCP port, and answer NTS requests (standard: 4460; 0 for any free port; "
         "needs the nts extra: pip install 'timeservice[nts]')",
     )
-    protocols.add_argument(
+    protocols(
         "--nts-cert",
+        reload=True,
         metavar="FILE",
         help="with --nts-ke: the server's certificate (PEM; may hold its chain)",
     )
-    protocols.add_argument(
+    protocols(
         "--nts-key",
+        reload=True,
         metavar="FILE",
         help="with --nts-ke: the certificate's private key (PEM)",
     )
-    protocols.add_argument(
+    protocols(
         "--nts-cookie-keys",
+        reload=True,
         metavar="FILE",
         help="with --nts-ke: where the keys that seal the cookies are kept, made "
         "(readable by its owner only) if missing, so that cookies outlive a "
-        "restart (default: $STATE_DIRECTORY/nts-cookie-keys under systemd, else "
-        "in memory only)",
+        "restart, and read again on SIGHUP (default: "
+        "$STATE_DIRECTORY/nts-cookie-keys under systemd, else in memory only)",
     )
-    protocols.add_argument(
+    protocols(
         "--no-line",
         action="store_true",
         help="leave the line protocol out: serve only the protocols named "
         "(--daytime, --time, --ntp), such as NTP alone",
     )
-    protocols.add_argument(
+    protocols(
         "--local-stratum",
+        reload=True,
         type=int,
         choices=range(1, 16),
         metavar="N",
         help="with --ntp: serve this clock at stratum N (1-15) even when the kernel "
         "says it is unsynchronised, as chrony's 'local stratum' does",
     )
-    protocols.add_argument(
+    protocols(
         "--upstream",
         type=upstream_address,
         default=("127.0.0.1", ntp.DEFAULT_PORT),
@@ -194,36 +163,40 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
         "(its daemon), asked what to claim while the kernel says synchronised; "
         "'none' not to ask (default: 127.0.0.1:123)",
     )
-    protocols.add_argument(
+    protocols(
         "--upstream-stratum",
+        reload=True,
         type=int,
         choices=range(0, ntp.MAX_STRATUM),
         metavar="N",
         help="with --ntp: the stratum of that server (0-14), for when it cannot "
         "be asked: this one then claims N+1",
     )
-    protocols.add_argument(
+    protocols(
         "--upstream-id",
+        reload=True,
         type=reference_id,
         metavar="ID",
         help="with --upstream-stratum: that server's reference ID, its IPv4 "
         "address or a reference clock's code (GPS, PPS)",
     )
-    limits.add_argument(
+    limits(
         "--no-rate-limit",
+        reload=True,
         action="store_true",
         help="answer every datagram (for benchmarks); by default each source "
         "gets 16 replies at once and 1 a second after that, and 1 in 4 of what "
         "it sends beyond",
     )
-    limits.add_argument(
+    limits(
         "--kiss-of-death",
+        reload=True,
         action="store_true",
         help="tell a source over its limit to slow down (a Kiss-o'-Death RATE, "
         "once a second at most), as chrony's 'kod'; off by default, since a "
         "forger can draw kisses onto the client whose address he sends from",
     )
-    limits.add_argument(
+    limits(
         "--source-table-size",
         type=byte_size,
         default=TABLE_BYTES,
@@ -232,48 +205,63 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
         "'clientloglimit'; when full, the source heard from least recently is "
         "forgotten (default: 16M)",
     )
-    limits.add_argument(
+    limits(
         "--allow",
-        action="append",
+        reload=True,
+        action=ReplacedList,
         default=[],
         type=subnet,
         metavar="SUBNET",
         help="let clients in SUBNET ask (e.g. 192.0.2.0/24, 2001:db8::/32); "
         "alone, it denies everyone else; the most specific subnet wins",
     )
-    limits.add_argument(
+    limits(
         "--deny",
-        action="append",
+        reload=True,
+        action=ReplacedList,
         default=[],
         type=subnet,
         metavar="SUBNET",
         help="refuse clients in SUBNET; by default everyone may ask",
     )
-    operating.add_argument(
+    operating(
         "--user",
         metavar="NAME",
         help="once every socket is bound, serve as this user, without root",
     )
-    operating.add_argument(
+    operating(
         "--group",
         metavar="NAME",
         help="with --user: serve in this group (default: the user's)",
     )
-    operating.add_argument(
+    operating(
         "--metrics",
         type=metrics_address,
         metavar="[ADDRESS:]PORT",
         help="serve Prometheus metrics over HTTP at /metrics "
         "(on 127.0.0.1 unless an address is given)",
     )
-    operating.add_argument(
+    operating(
+        "--config",
+        metavar="FILE",
+        help="read the settings from FILE (TOML, one key for each long option: "
+        'max_per_host = 64, allow = ["192.0.2.0/24"]); the command line\'s '
+        "replace the file's; SIGHUP reads it again",
+    )
+    operating(
+        "--check-config",
+        action="store_true",
+        help="check the file and the options together, say so, and exit (0 if "
+        "they are good, 2 if not), as nginx -t does",
+    )
+    operating(
         "--ready-file",
         metavar="PATH",
         help="once every socket is bound, write there what is served, as JSON "
         "(the pid; each socket's protocol, transport, address and port), for a "
         "program that started the server on port 0",
     )
-    operating.add_argument(
+    operating(
         "--workers",
         type=positive(int),
         default=1,
@@ -281,7 +269,7 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
         help="serve from N processes on the same sockets, to use more than one "
         "core; every limit holds per worker (default: %(default)s)",
     )
-    operating.add_argument(
+    operating(
         "--cpu",
         type=cpu_choice,
         default="auto",
@@ -290,24 +278,32 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
         "thread runs Python at a time; 'auto' picks one when there are several "
         "CPUs and a GIL (default: %(default)s)",
     )
-    verbosity = operating.add_mutually_exclusive_group()
-    verbosity.add_argument(
-        "-v", "--verbose", action="store_true", help="log every request"
-    )
-    verbosity.add_argument(
-        "-q", "--quiet", action="store_true", help="log only warnings and errors"
-    )
-    operating.add_argument(
-        "--version", action="version", version=f"%(prog)s {__version__}"
-    )
+    verbosity = operating.group.add_mutually_exclusive_group()
+    for action in (
+        verbosity.add_argument(
+            "-v", "--verbose", action="store_true", help="log every request"
+        ),
+        verbosity.add_argument(
+            "-q", "--quiet", action="store_true", help="log only warnings and errors"
+        ),
+    ):
+        parser.reloadable.add(action.dest)
+    operating("--version", action="version", version=f"%(prog)s {__version__}")
     return parser
 
 
-def parse_arguments(prog: str, argv: Sequence[str] | None) -> argparse.Namespace:
-    """The server's command line, parsed and checked: a rule broken is a
-    usage error."""
-    parser = build_parser(prog)
-    args = parser.parse_args(argv)
+def parse_arguments(
+    prog: str, argv: Sequence[str] | None, raising: bool = False
+) -> argparse.Namespace:
+    """The server's command line over its configuration file, parsed and
+    checked: a rule broken is a usage error (with `raising`, a UsageError,
+    for a reload)."""
+    parser = build_parser(prog, raising)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        args = config.parse(parser, argv, config_file(argv))
+    except config.ConfigError as exc:
+        parser.error(str(exc))
     args.bind, port = join_port(parser, args.bind, args.port)
     if args.no_line and port is not None:
         parser.error(f"--no-line leaves the line protocol out: no port for it ({port})")
@@ -363,9 +359,15 @@ def check_arguments(args: argparse.Namespace) -> str | None:
             return (
                 "--cpu N keeps one process on one CPU; with --workers, use auto or off"
             )
-        if args.metrics is not None:
-            return "--metrics reports one process; not with --workers yet"
     cpus = capabilities.allowed_cpus()
     if isinstance(args.cpu, int) and cpus and args.cpu not in cpus:
         return f"--cpu {args.cpu}: this process may use CPUs {sorted(cpus)}"
     return None
+
+
+def config_file(argv: Sequence[str]) -> str | None:
+    """The --config FILE that `argv` names, before the file is read; None."""
+    finding = argparse.ArgumentParser(add_help=False)
+    finding.add_argument("--config")
+    known, _ = finding.parse_known_args(argv)
+    return known.config

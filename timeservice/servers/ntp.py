@@ -171,6 +171,11 @@ class NtpServer(DatagramServer):
             return claim, 0.0
         return None, 0.0
 
+    def settings_changed(self, names: set[str]) -> None:
+        """What to claim may have changed: the next request reads it afresh."""
+        super().settings_changed(names)
+        self._state = None
+
     def server_close(self) -> None:
         super().server_close()
         if self.query is not None:

@@ -4,15 +4,15 @@ client, with the count and a summarised log of the clients refused."""
 from __future__ import annotations
 
 import collections
-import socketserver
 import threading
 from typing import Any
 
 from ..policy.access import AccessList
 from ..policy.logs import RefusalLog, format_address
+from .settings import Reconfigurable
 
 
-class AdmissionMixIn(socketserver.BaseServer):
+class AdmissionMixIn(Reconfigurable):
     """Who may ask: the access list, checked before anything is spent on a
     client, and a count and a summarised log of the clients refused.
 

@@ -28,7 +28,16 @@ from ..clock.system import Clock, local_clock
 from ..host import capabilities
 from ..host.local import SERVED_PORTS
 from ..policy.logs import format_address
-from ..policy.sources import ANSWER, DROP, KISS, TABLE_BYTES, Action, SourceLimits
+from ..policy.sources import (
+    ANSWER,
+    BURST,
+    DROP,
+    KISS,
+    RATE,
+    TABLE_BYTES,
+    Action,
+    SourceLimits,
+)
 from .admission import AdmissionMixIn
 from .ancillary import (
     _PKTINFO_SPACE,
@@ -125,8 +134,8 @@ class DatagramServer(
         "min_source_port",
         "clock",
     )
-    rate = 1.0  # replies per second per source, after the burst
-    burst: int | None = 16  # replies a source may have at once
+    rate = RATE  # replies per second per source, after the burst
+    burst: int | None = BURST  # replies a source may have at once
     kiss = False  # a Kiss-o'-Death to a source over its limit (see SourceLimits)
     table_bytes = TABLE_BYTES  # the most the table of sources may hold
     limits: SourceLimits | None = None  # made from the four above unless given
@@ -285,6 +294,21 @@ class DatagramServer(
                         request[1].sendto(kiss, client_address)
             except Exception:
                 self.handle_error(request, client_address)
+
+    def settings_changed(self, names: set[str]) -> None:
+        """A rate limit turned on or off, or new figures for it: the sources
+        it knows keep their place."""
+        super().settings_changed(names)
+        if not names & {"rate", "burst", "kiss", "limits"} or "limits" in names:
+            return
+        if self.burst is None:
+            self.limits = None
+        elif self.limits is None:
+            self.limits = SourceLimits(
+                self.rate, self.burst, kiss=self.kiss, table_bytes=self.table_bytes
+            )
+        else:
+            self.limits.configure(rate=self.rate, burst=self.burst, kiss=self.kiss)
 
     def verify_request(self, request: Any, client_address: Any) -> bool:
         """Who may ask at all: the access list, the source port, and only a

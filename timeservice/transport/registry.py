@@ -207,6 +207,14 @@ class ConnectionRegistry(AdmissionMixIn, socketserver.TCPServer):
                 return True
         return False
 
+    def settings_changed(self, names: set[str]) -> None:
+        """New caps count from now, the connections open included."""
+        super().settings_changed(names)
+        with self._lock:
+            self.limits.most = connection_cap(self.max_connections)
+            self.limits.per_host = self.max_per_host
+            self.limits.per_network = self.max_per_network
+
     def denied(self, request: Any, client_address: Any) -> None:
         self.refuse(request, client_address, "denied")
 
