@@ -148,6 +148,19 @@ def listening_socket() -> Iterator[int]:
         yield sock.getsockname()[1]
 
 
+def run_python(code: str, **environment: str) -> subprocess.CompletedProcess:
+    """What Python `code` prints, run apart with the project importable and
+    `environment` added (TIMESERVICE_PORTABLE, say), bounded in time."""
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        env={**os.environ, **environment},
+    )
+
+
 def readline_within(stream, seconds: float = TIMEOUT) -> str:
     """The next line, or a failure after `seconds` instead of a hang.
 

@@ -15,6 +15,8 @@ import sys
 import pytest
 from conftest import ROOT
 
+from timeservice.host import capabilities
+
 PACKAGE = ROOT / "scripts" / "benchmark"  # the parts scripts/bench.py runs
 MAX_LINES = 400
 
@@ -151,11 +153,11 @@ def test_an_ab_run_measures_another_checkout_interleaved(tmp_path):
         assert set(report["ntp"]) == {"ours", "before", "chronyd"}
 
 
-@pytest.mark.slow
-def test_the_forged_part_shows_the_address_never_got_more_than_it_sent(tmp_path):
-    report_file = tmp_path / "forged.json"
+def quick_part(tmp_path, part: str) -> tuple[subprocess.CompletedProcess, dict]:
+    """``bench.py --quick --parts PART``: what it printed, and its report."""
+    report_file = tmp_path / f"{part}.json"
     result = subprocess.run(
-        [sys.executable, "scripts/bench.py", "--quick", "--parts", "forged"]
+        [sys.executable, "scripts/bench.py", "--quick", "--parts", part]
         + ["--json", str(report_file)],
         check=False,
         cwd=ROOT,
@@ -165,6 +167,12 @@ def test_the_forged_part_shows_the_address_never_got_more_than_it_sent(tmp_path)
     )
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
+    return result, json.loads(report_file.read_text())
+
+
+@pytest.mark.slow
+def test_the_forged_part_shows_the_address_never_got_more_than_it_sent(tmp_path):
+    result, report = quick_part(tmp_path, "forged")
     servers = ["ours"] + (["chronyd"] if shutil.which("chronyd") else [])
     if "chronyd" not in servers:
         assert "chronyd is not installed" in result.stderr
@@ -182,7 +190,6 @@ def test_the_forged_part_shows_the_address_never_got_more_than_it_sent(tmp_path)
         assert 0 <= answered <= asked == 4  # twice a second for 2 s
         assert 0 <= got <= sent
         assert float(row[4]) <= 1
-    report = json.loads(report_file.read_text())
     assert report["workloads"] == report["ntp"] == {}
     forged = report["forged"]
     assert [(r["server"], r["rate"]) for r in forged["rows"]] == [
@@ -192,6 +199,22 @@ def test_the_forged_part_shows_the_address_never_got_more_than_it_sent(tmp_path)
         for run in figures["rounds"]:
             assert run["address_received"] <= run["address_sent"]
             assert run["client_answered"] + run["client_kisses"] <= 4
+
+
+@pytest.mark.slow
+def test_the_send_part_shows_a_reply_never_leaves_before_its_time(tmp_path):
+    result, report = quick_part(tmp_path, "send")
+    send = report["send"]
+    if not capabilities.TRANSMIT_TIMESTAMPS:
+        assert send == {}
+        assert "the kernel gives no transmit times here" in result.stdout
+        return
+    assert set(send) == {"idle", "busy"}
+    for row in send.values():
+        assert row["replies"] > 0
+        # The clock is read, then the datagram leaves: never before.
+        assert 0 <= row["p10"] <= row["p50"] <= row["p90"] < 1000
+    assert "idle" in result.stdout and "busy" in result.stdout
 
 
 def test_every_module_of_the_benchmark_is_one_short_concern():

@@ -34,7 +34,7 @@ from conftest import (
 )
 
 from timeservice.clock import kernel as kernelclock
-from timeservice.wire import ntp
+from timeservice.wire import ntp, ntp_checks
 
 pytestmark = pytest.mark.slow
 PACKAGES = {
@@ -280,7 +280,7 @@ def wait_for_udp(port: int, request: bytes, accept=lambda data: True) -> None:
 
 
 def synchronised_reply(request: bytes):
-    return lambda data: ntp.check_reply(data, request) is not None
+    return lambda data: ntp_checks.check_reply(data, request) is not None
 
 
 @needs("chronyd", "faketime")
@@ -337,7 +337,7 @@ def test_synchronised_our_server_claims_what_chronyd_says(tmp_path):
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
             sock.settimeout(TIMEOUT)
             sock.sendto(request, ("127.0.0.1", port))
-            chronyd = ntp.check_reply(sock.recv(512), request)
+            chronyd = ntp_checks.check_reply(sock.recv(512), request)
         program = (
             "import sys; from timeservice.clock import kernel; "
             "from timeservice.programs import server; "
@@ -362,7 +362,7 @@ def test_synchronised_our_server_claims_what_chronyd_says(tmp_path):
             with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
                 sock.settimeout(TIMEOUT)
                 sock.sendto(claimed, ("127.0.0.1", ntp_port))
-                ours_says = ntp.check_reply(sock.recv(512), claimed)
+                ours_says = ntp_checks.check_reply(sock.recv(512), claimed)
     assert ours_says.reference_id == chronyd.reference_id
     assert ours_says.root_dispersion >= chronyd.root_dispersion
 

@@ -13,7 +13,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from . import forged
+from . import forged, sendpath
 from .load import (
     IDLE_CONNECTIONS,
     MEMORY,
@@ -26,7 +26,7 @@ from .measure import check_replies, idle_memory, raise_file_limit, run_load
 from .report import summarise, table
 from .servers import Lineup, build, choose_servers, start_ntp_server
 
-PARTS = ("tcp", "memory", "ntp", "forged")
+PARTS = ("tcp", "memory", "ntp", "forged", "send")
 DEFAULT_PARTS = ("tcp", "memory", "ntp")
 DESCRIPTION = (
     "Benchmark timeservice against the assignment's sketch, an asyncio server and"
@@ -121,6 +121,9 @@ def run(args) -> tuple[dict, Lineup]:
     report["forged"] = (
         forged.summarise(forged_rounds, args.quick) if forged_rounds else {}
     )
+    if "send" in args.parts:  # this tree's library, in this process
+        progress(0, 1, "this server", "send")
+        report["send"] = sendpath.measure(args.quick)
     return report, lineup
 
 
@@ -180,11 +183,13 @@ def main(argv=None):
         type=lambda text: set(text.split(",")),
         default=set(DEFAULT_PARTS),
         metavar="PART,...",
-        help="what to measure: tcp, memory, ntp, forged (default: "
+        help="what to measure: tcp, memory, ntp, forged, send (default: "
         f"{','.join(DEFAULT_PARTS)}); forged: NTP requests forged from a "
         f"client's address at {', '.join(map(str, forged.FORGED_RATES))} a "
         f"second for {forged.FORGED_SECONDS:g} s each, against ours and chronyd "
-        "with their rate limits on: what the client and the address get",
+        "with their rate limits on: what the client and the address get; "
+        "send: how much later than its transmit timestamp a basic NTP reply "
+        "leaves, idle and busy",
     )
     args = parser.parse_args(argv)
     args.argv = argv
@@ -200,6 +205,8 @@ def main(argv=None):
         print(table(report, lineup.names))
     if report["forged"]:  # after the others' table, or alone with the machine
         print(forged.table(report, lineup.names, machine=not others))
+    if "send" in report:
+        print(sendpath.table(report["send"]))
     if args.json:
         with open(args.json, "w") as out:
             json.dump(report, out, indent=2)

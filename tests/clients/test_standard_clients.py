@@ -9,7 +9,6 @@ import pytest
 from conftest import TIMEOUT, oneshot_server, port_of, reply_to, udp_socket
 
 from timeservice import client
-from timeservice.clock import claims
 from timeservice.server import NtpHandler, NtpServer
 from timeservice.wire import ntp, rfc868
 from timeservice.wire.errors import ReplyError
@@ -17,11 +16,9 @@ from timeservice.wire.errors import ReplyError
 S = 1_000_000_000
 
 
-def test_an_unsynchronised_server_is_one_clear_error(serve, monkeypatch):
-    server = serve(NtpServer, NtpHandler)
-    monkeypatch.setattr(
-        server, "_state", (float("inf"), claims.server_state(None, None, -20))
-    )
+def test_an_unsynchronised_server_is_one_clear_error(serve):
+    # A kernel that cannot be read and no local stratum: unsynchronised.
+    server = serve(NtpServer, NtpHandler, kernel_state=lambda: None, upstream=None)
     with pytest.raises(ntp.NotSynchronised, match="not synchronised"):
         client.ask_ntp("127.0.0.1", port_of(server))
 

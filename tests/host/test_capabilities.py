@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import types
 
-from conftest import ROOT, TIMEOUT, needs_sigterm, server_process
+from conftest import TIMEOUT, needs_sigterm, run_python, server_process
 
 from timeservice.host import capabilities
 
@@ -19,14 +16,7 @@ def test_the_portable_switch_turns_every_capability_off():
         "print(c.SOCKETS_ARE_FILES, c.CPU_AFFINITY, c.open_file_limit(),"
         " s.TimeRequestHandler.fd_reader)"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env={**os.environ, "TIMESERVICE_PORTABLE": "1"},
-    )
+    result = run_python(code, TIMESERVICE_PORTABLE="1")
     assert result.stdout == "False False None False\n", result.stderr
 
 

@@ -9,12 +9,12 @@ import tracemalloc
 
 import pytest
 
+from timeservice.policy.connections import ConnectionLimits
 from timeservice.policy.sources import (
     ANSWER,
     DROP,
     KISS,
     RECORD_BYTES,
-    ConnectionLimits,
     SourceLimits,
 )
 from timeservice.wire.addresses import source_of
@@ -299,3 +299,61 @@ def test_connections_are_counted_per_address_per_slash_64_and_in_all():
     assert everyone.keys(("192.0.2.1", 1)) == ()
     everyone.add(())
     assert everyone.admit(()) == ("busy", None)
+
+
+# What interleaved mode keeps of a source: in its entry, within the bound
+
+
+def test_a_transmit_time_is_kept_for_its_source_and_given_once():
+    policy, _ = limits()
+    client, other = v4(1), v4(2)
+    policy.remember(client, 11)
+    assert policy.transmit_for(client, 11) is None  # its transmit time never came
+    policy.remember(client, 13)
+    policy.transmitted(client, 13, 5_000)
+    policy.transmitted(client, 99, 6_000)  # not kept: nothing to set
+    assert policy.transmit_for(other, 13) is None  # another source names it
+    assert policy.transmit_for(client, 13) == 5_000
+    assert policy.transmit_for(client, 13) is None  # given once
+    assert policy.records == 1  # the source's entry; its stamps are gone
+
+
+def test_a_source_keeps_its_latest_few_and_a_forgotten_source_its_none():
+    policy, clock = limits(table_bytes=RECORD_BYTES * 100)
+    client = v6(1, 1)  # an IPv6 source is kept by its /64
+    for receive in range(1, 2 * policy.stamps_per_source + 2, 2):
+        policy.remember(client, receive)
+        policy.transmitted(v6(1, 2), receive, receive * 10)  # a neighbour's /64 too
+    assert policy.transmit_for(client, 1) is None  # the oldest gave way
+    last = 2 * policy.stamps_per_source + 1
+    assert policy.transmit_for(client, last) == last * 10
+    assert policy.records == 1 + policy.stamps_per_source - 1
+    flood(policy, clock, 200, per_second=1000)  # the table forgets it
+    assert policy.transmit_for(client, last - 2) is None
+    assert policy.records <= 100
+
+
+def test_without_a_limit_every_datagram_is_answered_and_the_table_kept():
+    policy, _ = limits(limiting=False)
+    policy.remember(v4(1), 3)
+    assert len(policy) == 1 and policy.records == 2
+    policy.configure(limiting=True)
+    assert policy.limiting
+
+
+def test_a_kept_transmit_time_costs_at_most_record_bytes():
+    policy, clock = limits(table_bytes=RECORD_BYTES * 10_000)
+    for n in range(100):
+        policy.remember(v4(10**6 + n), 1)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for n in range(5_000):
+            clock.now += 0.0001
+            policy.remember(v4(n), 2**62 + 2 * n + 1)
+            policy.transmitted(v4(n), 2**62 + 2 * n + 1, 1_700_000_000 * 10**9 + n)
+        used = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    print(f"a source with a transmit time: {used / policy.records:.0f} bytes an entry")
+    assert used <= policy.records * RECORD_BYTES

@@ -227,6 +227,7 @@ def test_a_ke_server_that_offers_no_aead_the_client_speaks_is_refused(serve, lab
         """Answers every request with AEAD 16, which the client never offered."""
 
         def answer(self, connection, deadline):
+            super().answer(connection, deadline)  # the request read, as a server does
             return nts.server_response(16, [bytes(104)] * 8)
 
     ke = serve(

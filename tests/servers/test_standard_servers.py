@@ -35,7 +35,7 @@ from timeservice.server import (
 )
 from timeservice.servers.upstream import UpstreamQuery
 from timeservice.transport.datagram import DatagramServer
-from timeservice.wire import ntp
+from timeservice.wire import ntp, ntp_checks
 from timeservice.wire.errors import ReplyError
 
 S = 1_000_000_000
@@ -241,7 +241,7 @@ def test_one_wake_up_answers_the_datagrams_already_waiting():
                 sock.sendto(data, server.server_address)
             bounded(server.handle_request)  # one wake-up: the first three
             for probe in probes[:2]:
-                assert ntp.check_reply(sock.recv(512), probe).stratum == 10
+                assert ntp_checks.check_reply(sock.recv(512), probe).stratum == 10
             assert server.dropped["not an NTP client request"] == 1
             # Replies over loopback arrive before sendto() returns: none
             # more has been sent.
@@ -251,7 +251,7 @@ def test_one_wake_up_answers_the_datagrams_already_waiting():
             sock.settimeout(TIMEOUT)
             bounded(server.handle_request)  # the two left
             for probe in probes[2:]:
-                assert ntp.check_reply(sock.recv(512), probe).stratum == 10
+                assert ntp_checks.check_reply(sock.recv(512), probe).stratum == 10
 
 
 GARBAGE_SEED = 20261127
@@ -270,7 +270,7 @@ def test_garbage_datagrams_get_nothing_and_cost_nothing_else(serve):
                 sock.sendto(bytes(data), server.server_address)
             probe = ntp.request_packet(batch * S)
             sock.sendto(probe, server.server_address)  # answered after the batch
-            assert ntp.check_reply(sock.recv(512), probe).stratum == 10
+            assert ntp_checks.check_reply(sock.recv(512), probe).stratum == 10
         assert replies(sock) == []
     assert server.dropped["not an NTP client request"] == 500
 

@@ -181,6 +181,11 @@ class RefusingSocket(socket.socket):
             raise PermissionError(errno.EPERM, "Operation not permitted")
         return super().sendto(data, *args)
 
+    def sendmsg(self, buffers, *args):
+        if args[-1][1] == self.refused_port:
+            raise PermissionError(errno.EPERM, "Operation not permitted")
+        return super().sendmsg(buffers, *args)
+
 
 def test_a_send_that_fails_costs_the_server_nothing(serving, caplog):
     server = NtpServer(

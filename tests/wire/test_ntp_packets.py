@@ -8,7 +8,7 @@ from conftest import reply_to
 
 from timeservice.clock import claims
 from timeservice.clock import kernel as kernelclock
-from timeservice.wire import ntp, rfc868
+from timeservice.wire import ntp, ntp_checks, rfc868
 
 S = 1_000_000_000
 
@@ -53,8 +53,33 @@ def test_the_server_reply_by_hand():
     assert reply[12:16] == bytes([127, 127, 1, 1])
     assert reply[16:24] == bytes.fromhex("e9d1b8c000000000")  # reference: the second
     assert reply[24:32] == REQUEST[40:48]  # origin: the request's transmit, as is
-    assert reply[32:40] == bytes.fromhex("e9d1b8c080000000")  # receive
-    assert reply[40:48] == bytes.fromhex("e9d1b8c0c0000000")  # transmit, read last
+    # Receive with its lowest bit set, transmit clear and rounded up: an
+    # origin with the bit set is a receive timestamp (RFC 9769's mark).
+    assert reply[32:40] == bytes.fromhex("e9d1b8c080000001")  # receive
+    assert reply[40:48] == bytes.fromhex("e9d1b8c0c0000002")  # transmit, read last
+    same = ntp.server_reply(REQUEST, state, receive, lambda: receive)
+    assert same[40:48] > same[32:40]  # a clock that did not move: still after
+
+
+def test_an_interleaved_request_is_told_from_a_basic_one():
+    basic = ntp.request_packet(1_000_000_000)  # origin 0
+    assert not ntp.looks_interleaved(basic)
+    state = claims.server_state(None, 10, -20)
+    reply = ntp.server_reply(basic, state, 5 * S, lambda: 5 * S + 1000)
+    # The next request names the reply's receive timestamp as its origin.
+    asked = bytearray(basic)
+    asked[24:32] = reply[32:40]
+    asked[32:40] = bytes(range(8))  # a client's cookies, which differ
+    assert ntp.looks_interleaved(bytes(asked))
+    assert ntp.origin_of(bytes(asked)) == int.from_bytes(reply[32:40], "big")
+    head = ntp.reply_head(bytes(asked), state, 6 * S, None, interleaved=True)
+    assert head[24:32] == bytes(range(8))  # origin: the request's receive
+    # A basic client names the transmit timestamp, whose bit is clear.
+    asked[24:32] = reply[40:48]
+    assert not ntp.looks_interleaved(bytes(asked))
+    asked[24:32], asked[40:48] = reply[32:40], bytes(range(8))  # receive == transmit
+    assert not ntp.looks_interleaved(bytes(asked))
+    assert not ntp.looks_interleaved(bytes(asked[:40]))
 
 
 @pytest.mark.parametrize(
@@ -208,10 +233,10 @@ def test_ntp_version_1_requests_are_answered_as_chrony_answers_them():
 def test_the_client_checks_a_reply_as_chrony_does(fields, problem):
     request = ntp.request_packet(1_000 * S)
     with pytest.raises(ntp.NtpError, match=problem):
-        ntp.check_reply(reply_to(request, **fields), request)
+        ntp_checks.check_reply(reply_to(request, **fields), request)
     with pytest.raises(ntp.NtpError, match="short"):
-        ntp.check_reply(b"\x24" * 47, request)
-    assert ntp.check_reply(reply_to(request), request).stratum == 2
+        ntp_checks.check_reply(b"\x24" * 47, request)
+    assert ntp_checks.check_reply(reply_to(request), request).stratum == 2
 
 
 def test_behind_a_stratum_1_server_the_claim_names_it_by_its_address():
@@ -239,4 +264,4 @@ def test_behind_a_stratum_1_server_the_claim_names_it_by_its_address():
 def test_stratum_0_is_a_kiss_or_a_server_without_time(code, kind):
     request = ntp.request_packet(1_000 * S)
     with pytest.raises(kind):
-        ntp.check_reply(reply_to(request, stratum=0, reference_id=code), request)
+        ntp_checks.check_reply(reply_to(request, stratum=0, reference_id=code), request)

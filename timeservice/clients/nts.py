@@ -14,7 +14,7 @@ import socket
 import time
 from dataclasses import dataclass, field
 
-from ..wire import ntp, nts
+from ..wire import ntp, ntp_checks, nts
 from .line import DEFAULT_TIMEOUT
 from .offset import Sample
 from .standard import ntp_exchange
@@ -132,7 +132,7 @@ def ask_nts_once(
             inside = Aead(session.s2c).open(nonce, sealed, data[: last.offset])
         except ValueError:
             raise nts.NtsError("the reply does not authenticate") from None
-        checked = ntp.check_reply(data, request, max_distance)
+        checked = ntp_checks.check_reply(data, request, max_distance)
         for new in nts.read_fields(inside, start=0):
             if new.type == nts.COOKIE:
                 session.cookies.append(new.body)

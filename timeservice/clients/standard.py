@@ -10,7 +10,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from ..wire import daytime, ntp, nts, rfc868
+from ..wire import daytime, ntp, ntp_checks, nts, rfc868
 from ..wire.errors import ReplyError
 from ..wire.line import DEFAULT_PORT, format_timestamp, timestamp_ns
 from .line import DEFAULT_TIMEOUT, remaining, shown
@@ -165,7 +165,7 @@ def ask_ntp(
         host,
         port,
         ntp.request_packet,
-        lambda data, request: ntp.check_reply(data, request, max_distance),
+        lambda data, request: ntp_checks.check_reply(data, request, max_distance),
         timeout,
     )
 

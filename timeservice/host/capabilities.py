@@ -53,6 +53,15 @@ RECEIVE_TIMESTAMPS = (
     and (hasattr(socket, "SO_TIMESTAMPNS") or sys.platform.startswith("linux"))
 )
 
+# The kernel's transmit time of a datagram, read back from the socket's error
+# queue: Linux's SO_TIMESTAMPING and MSG_ERRQUEUE, beside its receive times.
+TRANSMIT_TIMESTAMPS = (
+    RECEIVE_TIMESTAMPS
+    and sys.platform.startswith("linux")
+    and hasattr(socket, "MSG_ERRQUEUE")
+    and hasattr(socket.socket, "sendmsg")
+)
+
 # Reads that return at once when nothing is waiting, asked per call.
 DONT_WAIT = not PORTABLE and hasattr(socket, "MSG_DONTWAIT")
 
@@ -95,6 +104,7 @@ def describe() -> str:
         f"CPU affinity: {'yes' if CPU_AFFINITY else 'no'}; "
         f"open-file limit: {'checked' if OPEN_FILE_LIMIT else 'not checked'}; "
         f"datagram receive times: {'kernel' if RECEIVE_TIMESTAMPS else 'read'}; "
+        f"transmit times: {'kernel' if TRANSMIT_TIMESTAMPS else 'read'}; "
         f"datagram reads: {'MSG_DONTWAIT' if DONT_WAIT else 'a non-blocking socket'}; "
         f"datagram replies from: "
         f"{'the address asked' if DESTINATION_ADDRESS else 'the kernel'}; "

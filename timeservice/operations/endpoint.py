@@ -21,7 +21,8 @@ import threading
 import time
 from typing import Any
 
-from ..policy.sources import NETWORK_FACTOR, ConnectionLimits
+from ..policy.connections import ConnectionLimits
+from ..policy.sources import NETWORK_FACTOR
 from ..transport.admission import AdmissionMixIn
 from ..transport.binding import AnyAddressMixIn
 from ..transport.loop import LoopMixIn

@@ -86,6 +86,13 @@ class SourceLimits:
     - The table holds at most `table_bytes` (RECORD_BYTES an entry, the
       /64's addresses counted each) and forgets the source heard from least
       recently to make room: a new source always gets a bucket of its own.
+    - What NTP's interleaved mode (RFC 9769) needs of a source is kept in
+      its entry too, so that the same bound holds it: the receive
+      timestamps of up to `stamps_per_source` of its latest replies, each
+      with the kernel's transmit time of that reply once it is known
+      (remember(), transmitted(), transmit_for()), each pair counted as an
+      entry. With `limiting` off, every datagram is answered and the table
+      remembers only that.
 
     Not thread-safe: one serving thread decides.
     """
@@ -99,6 +106,8 @@ class SourceLimits:
     kiss_rate = 16.0
     table_bytes = TABLE_BYTES
     addresses_per_network = 16
+    limiting = True  # False: no limit, the table for interleaved mode alone
+    stamps_per_source = 4  # interleaved replies a source (a NAT, a /64) may follow
 
     def __init__(
         self,
@@ -130,6 +139,8 @@ class SourceLimits:
         self._leaks = (self.leak_rate, clock())  # the whole server's leak bucket
         self._kisses = (self.kiss_rate, clock())  # and its kiss bucket
         self._kissed: collections.OrderedDict[str, float] = collections.OrderedDict()
+        # By the table's key: receive and transmit times, flat (0: not known yet).
+        self._stamps: dict[str, list[int]] = {}
         self.leaked = 0  # answers given over the limit, for the metrics
 
     def configure(
@@ -138,6 +149,7 @@ class SourceLimits:
         rate: float | None = None,
         burst: int | None = None,
         kiss: bool | None = None,
+        limiting: bool | None = None,
     ) -> None:
         """New figures, for the sources the table knows too (a reload)."""
         if rate is not None:
@@ -146,6 +158,8 @@ class SourceLimits:
             self.burst = burst
         if kiss is not None:
             self.kiss = kiss
+        if limiting is not None:
+            self.limiting = limiting
         self._interval = 1 / self.rate if self.rate > 0 else 1e12
         self._tolerance = (self.burst - 1) * self._interval
 
@@ -229,10 +243,75 @@ class SourceLimits:
         fits; never the one just heard from, which is last."""
         table = self._table
         while self.records >= self.max_records and len(table) > 1:
-            _, forgotten = table.popitem(last=False)
+            key, forgotten = table.popitem(last=False)
             self.records -= (
                 1 + len(forgotten.addresses) if isinstance(forgotten, Network) else 1
             )
+            stamps = self._stamps.pop(key, None)
+            if stamps is not None:
+                self.records -= len(stamps) // 2
+
+    def remember(self, address: tuple, receive: int) -> None:
+        """Keep `receive`, the receive timestamp of a reply to `address` (as
+        the reply carries it), for the interleaved answer to the source's
+        next request; its oldest gives way past `stamps_per_source`."""
+        key = self._entry(address)
+        stamps = self._stamps.setdefault(key, [])
+        if len(stamps) >= 2 * self.stamps_per_source:
+            del stamps[:2]
+        else:
+            self._make_room()
+            self.records += 1
+        stamps += (receive, 0)
+
+    def transmitted(self, address: tuple, receive: int, transmit_ns: int) -> None:
+        """The kernel's transmit time of the reply whose receive timestamp
+        was `receive`, if the table still keeps it."""
+        stamps = self._stamps.get(self._key(address))
+        if stamps is None:
+            return
+        for index in range(0, len(stamps), 2):
+            if stamps[index] == receive:
+                stamps[index + 1] = transmit_ns
+                return
+
+    def transmit_for(self, address: tuple, origin: int) -> int | None:
+        """The transmit time of the reply to `address` whose receive
+        timestamp was `origin`, forgotten as it is given (one interleaved
+        answer for each); None if the table has none (never kept, forgotten,
+        or its transmit time never came)."""
+        key = self._key(address)
+        stamps = self._stamps.get(key)
+        if stamps is None:
+            return None
+        for index in range(0, len(stamps), 2):
+            if stamps[index] == origin:
+                transmit = stamps[index + 1]
+                del stamps[index : index + 2]
+                self.records -= 1
+                if not stamps:
+                    del self._stamps[key]
+                return transmit or None
+        return None
+
+    def _key(self, address: tuple) -> str:
+        """The table's key for `address`: its own, or its IPv6 /64's."""
+        source = source_of(address[0])
+        return source.network or source.key
+
+    def _entry(self, address: tuple) -> str:
+        """The key of `address`'s entry, made (a full bucket) if the table
+        has none, and made the most recently heard from."""
+        source = source_of(address[0])
+        key = source.network or source.key
+        table = self._table
+        if key in table:
+            table.move_to_end(key)
+        else:
+            self._make_room()
+            table[key] = Network(self.clock()) if source.network else self.clock()
+            self.records += 1
+        return key
 
     def _over(self, key: str, now: float) -> Action:
         """A request over its source's limit: a leak at random, a kiss where
@@ -274,92 +353,3 @@ class SourceLimits:
         self._kisses = (tokens - 1, now)
         kissed[key] = now
         return True
-
-
-class ConnectionLimits:
-    """How many connections a stream server holds: at most `most` in all,
-    `per_host` from one address and `per_network` from one IPv6 /64 (None
-    for no such limit).
-
-    A /64 at its limit is shared fairly: a newcomer with fewer connections
-    than the address of the /64 that holds the most is let in, and one of
-    that address's connections is cut (admit() names it), so that a host
-    flooding from several addresses of a LAN cannot lock the other hosts
-    out, and a host rotating through its /64 still holds no more than
-    `per_network`. Not thread-safe: the server holds its lock.
-    """
-
-    def __init__(
-        self, most: int, per_host: int | None, per_network: int | None
-    ) -> None:
-        self.most, self.per_host, self.per_network = most, per_host, per_network
-        self.open = 0
-        self._per_key: dict[str, int] = {}
-        self._hosts: dict[str, collections.Counter[str]] = {}  # a /64's addresses
-
-    def keys(self, address: tuple) -> tuple[str, ...]:
-        """The keys a connection from `address` counts under: its address,
-        then its /64 if IPv6; none where no limit needs them."""
-        if self.per_host is None and self.per_network is None:
-            return ()
-        source = source_of(address[0])
-        if source.network is None:
-            return (source.key,)
-        return (source.key, source.network)
-
-    def admit(self, keys: tuple[str, ...]) -> tuple[str | None, str | None]:
-        """Why one more connection under `keys` would be too many (busy,
-        per_host or per_network), or None; and, where its /64 is full, the
-        address of that /64 one of whose connections it takes the place of."""
-        if self.open >= self.most:
-            return "busy", None
-        if not keys:
-            return None, None
-        held = self._per_key.get(keys[0], 0)
-        if self.per_host is not None and held >= self.per_host:
-            return "per_host", None
-        if len(keys) < 2 or self.per_network is None:
-            return None, None
-        if self._per_key.get(keys[1], 0) < self.per_network:
-            return None, None
-        hosts = self._hosts[keys[1]]
-        heaviest, most = hosts.most_common(1)[0]
-        if most > held + 1:
-            return None, heaviest
-        return "per_network", None
-
-    def refusal(self, keys: tuple[str, ...]) -> str | None:
-        """Why one more connection under `keys` would be too many, where no
-        connection can be cut to make room; None if it may open."""
-        cause, displaced = self.admit(keys)
-        return "per_network" if displaced is not None else cause
-
-    def add(self, keys: tuple[str, ...]) -> None:
-        """Count one more connection under `keys`."""
-        self.open += 1
-        self._count(keys, 1)
-
-    def remove(self, keys: tuple[str, ...]) -> None:
-        """Count one connection under `keys` closed."""
-        self.open -= 1
-        self._count(keys, -1)
-
-    def displace(self, keys: tuple[str, ...]) -> None:
-        """Stop counting a connection under `keys` that is being cut to make
-        room; it stays in the count of all until remove(()) when it closes."""
-        self._count(keys, -1)
-
-    def _count(self, keys: tuple[str, ...], step: int) -> None:
-        for key in keys:
-            left = self._per_key.get(key, 0) + step
-            if left:
-                self._per_key[key] = left
-            else:
-                del self._per_key[key]
-        if len(keys) == 2:
-            hosts = self._hosts.setdefault(keys[1], collections.Counter())
-            hosts[keys[0]] += step
-            if not hosts[keys[0]]:
-                del hosts[keys[0]]
-                if not hosts:
-                    del self._hosts[keys[1]]

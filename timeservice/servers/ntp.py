@@ -5,6 +5,7 @@ query that asks the daemon that synchronised the clock what to claim."""
 from __future__ import annotations
 
 import logging
+import math
 import socketserver
 import time
 from collections.abc import Callable
@@ -18,6 +19,10 @@ from .upstream import UpstreamQuery
 
 logger = logging.getLogger(__name__)
 
+_basic_said = False  # that every reply is basic, logged once a process
+
+ODD = frozenset(bytes([n]) for n in range(1, 256, 2))  # bytes whose lowest bit is set
+
 
 class NtpHandler(socketserver.BaseRequestHandler):
     """NTP server mode: a 48-byte mode-4 reply to each valid client packet."""
@@ -27,31 +32,76 @@ class NtpHandler(socketserver.BaseRequestHandler):
     server: NtpServer
 
     def handle(self) -> None:
-        """Answer a client request with the server's state; drop anything else."""
+        """Answer a client request with the server's state, in interleaved
+        mode where it asks for it and the server can; drop anything else."""
         data, reply_to, received = self.request
-        clock = self.server.clock
-        now = clock.now_ns
-        port = self.client_address[1]
+        server = self.server
+        clock = server.clock
+        address = self.client_address
         try:
             if not clock.system:  # a clock of its own: both times from it
-                received = now()
-            state = self.server.state()
-            if len(data) > ntp.PACKET_BYTES and self.server.nts is not None:
+                received = clock.now_ns()
+            state = server.state()
+            if len(data) > ntp.PACKET_BYTES and server.nts is not None:
+                now = clock.now_ns
                 self.answer_nts(
                     data,
                     reply_to,
-                    lambda: ntp.server_reply(data, state, received, now, port),
+                    lambda: ntp.server_reply(data, state, received, now, address[1]),
                 )
                 return
-            reply = ntp.server_reply(data, state, received, now, port)
+            # Interleaved mode (RFC 9769) for a request whose origin has the
+            # lowest bit set, at least, which no basic client's has.
+            interleaved = (
+                server.interleaving
+                and data[31:32] in ODD
+                and ntp.looks_interleaved(data)
+            )
+            if not interleaved:
+                head = ntp.reply_head(data, state, received, address[1])
         except Exception as exc:
-            clock_failed(self.client_address, exc)
+            clock_failed(address, exc)
             return
-        if reply is None:
-            self.server.drop("not an NTP client request")
+        if interleaved:
+            self.answer_interleaved(data, reply_to, state, received)
             return
-        self.server.answered += 1  # before: a client may ask the count at once
-        reply_to.sendto(reply, self.client_address)
+        if head is None:
+            server.drop("not an NTP client request")
+            return
+        server.answered += 1  # before: a client may ask the count at once
+        # The transmit timestamp read last: what follows it is only the send.
+        reply_to.sendto(head + ntp.transmit_field(clock.now_ns()), address)
+
+    def answer_interleaved(
+        self, data: bytes, reply_to: Any, state: ntp.ServerState, received: int
+    ) -> None:
+        """A request that asks for interleaved mode: the kernel's transmit
+        time of the reply it names as origin, if its source's entry in the
+        table keeps it (else a basic answer); and this reply's, kept for
+        its next request."""
+        server, address = self.server, self.client_address
+        kept = server.limits
+        assert kept is not None  # as server.interleaving says
+        try:
+            earlier = kept.transmit_for(address, ntp.origin_of(data))
+            head = ntp.reply_head(
+                data, state, received, address[1], earlier is not None
+            )
+        except Exception as exc:
+            clock_failed(address, exc)
+            return
+        if head is None:  # it looked like a request, and is not one
+            server.drop("not an NTP client request")
+            return
+        server.answered += 1
+        receive = ntp.receive_field(received)
+        kept.remember(address, receive)
+        token = (address, receive, received)
+        if earlier is None:  # basic: the transmit timestamp read last
+            earlier = server.clock.now_ns()
+        server.send_stamped(
+            reply_to, head + ntp.transmit_field(earlier), address, token
+        )
 
     def answer_nts(
         self, data: bytes, reply_to: Any, reply: Callable[[], bytes | None]
@@ -98,6 +148,11 @@ class NtpServer(DatagramServer):
     claims what `upstream` (the daemon that synchronises the clock) says,
     asked through an UpstreamQuery, or else what `upstream_claim` (stratum,
     reference ID) configures.
+    Where the kernel gives the transmit times of datagrams (Linux), a
+    client that asks for interleaved mode (RFC 9769, chronyd's ``xleave``)
+    gets it: the reply to its next request carries the kernel's transmit
+    time of this one, which its source's entry in the rate limit's table
+    keeps; every other reply is basic, its transmit timestamp read last.
     A datagram whose verdict is KISS gets a Kiss-o'-Death RATE. It answers
     only client requests, never another server's answer, so no two servers
     can answer each other forever. Settings: local_stratum
@@ -123,6 +178,8 @@ class NtpServer(DatagramServer):
     kernel_state: Callable[[], kernel.KernelState | None] | None = None  # for tests
     nts: Any = None  # a servers.nts.NtsResponder: NTS requests answered
     max_packet_size = 2048  # an NTS request with its placeholders: a kilobyte or more
+    interleaving = False  # see _interleaving()
+    transmit_times = True  # the kernel's, for interleaved mode and basic mode's cost
 
     def __init__(
         self,
@@ -134,7 +191,9 @@ class NtpServer(DatagramServer):
         self.query: UpstreamQuery | None = None  # a failed bind closes at once
         super().__init__(server_address, handler_class, bind_and_activate, **settings)
         self.precision = kernel.precision()
-        self._state: tuple[float, ntp.ServerState] | None = None
+        self._interleaving()  # now that the table is made
+        self._state: ntp.ServerState  # read afresh once _state_until is past
+        self._state_until = -math.inf
         if self.upstream is not None:
             try:
                 self.query = UpstreamQuery(self.upstream)
@@ -142,17 +201,43 @@ class NtpServer(DatagramServer):
                 self.server_close()
                 raise
 
+    def socket_options(self) -> None:
+        super().socket_options()
+        self._interleaving()
+        global _basic_said
+        if self.transmitted_times is None and not _basic_said:
+            _basic_said = True
+            logger.info(
+                "NTP: the kernel gives no transmit times here; interleaved mode "
+                "is off, and every reply is basic"
+            )
+
+    def _interleaving(self) -> None:
+        """Whether interleaved requests get interleaved answers: the kernel's
+        transmit times, on the clock the server reads, and a table to keep
+        them in (an attribute, read for every request)."""
+        self.interleaving = self.timed is not None and self.limits is not None
+
+    def transmitted(self, token: Any, transmit_ns: int) -> None:
+        """A reply's transmit time, kept for the interleaved answer to its
+        client's next request if it is within a second of its request's
+        arrival (chrony's bound), as a transmit time must be."""
+        address, receive, received = token
+        if 0 <= transmit_ns - received <= ntp.NANOSECONDS:
+            assert self.limits is not None
+            self.limits.transmitted(address, receive, transmit_ns)
+
     def state(self) -> ntp.ServerState:
         """The server's clock state, from the kernel's, at most a second old."""
         now = time.monotonic()
-        if self._state is None or now - self._state[0] >= self.state_interval:
+        if now >= self._state_until:
             kernel_state = (self.kernel_state or kernel.read)()
             upstream, age = self._upstream(kernel_state, now)
-            state = claims.server_state(
+            self._state = claims.server_state(
                 kernel_state, self.local_stratum, self.precision, upstream, age
             )
-            self._state = (now, state)
-        return self._state[1]
+            self._state_until = now + self.state_interval
+        return self._state
 
     def _upstream(
         self, kernel_state: kernel.KernelState | None, now: float
@@ -174,7 +259,8 @@ class NtpServer(DatagramServer):
     def settings_changed(self, names: set[str]) -> None:
         """What to claim may have changed: the next request reads it afresh."""
         super().settings_changed(names)
-        self._state = None
+        self._state_until = -math.inf
+        self._interleaving()
 
     def server_close(self) -> None:
         super().server_close()

@@ -23,7 +23,7 @@ import time
 from ..host.local import LOCAL_ADDRESSES, SERVED_PORTS
 from ..host.sockets import unprivileged_port_start
 from ..policy.logs import format_address
-from ..wire import ntp
+from ..wire import ntp, ntp_checks
 
 logger = logging.getLogger(__name__)
 
@@ -122,7 +122,7 @@ class UpstreamQuery:
         """What an answer to our request lets the service claim, or None."""
         where = format_address(self.address)
         try:
-            reply = ntp.check_reply(data, request)
+            reply = ntp_checks.check_reply(data, request)
         except ntp.NtpError as exc:
             logger.debug("%s: %s", where, exc)
             return None

@@ -1,7 +1,9 @@
 """What recvmsg() says beside a datagram, and sendmsg() is told: the kernel's
 receive time (SO_TIMESTAMPNS) and the address it was sent to (IP_PKTINFO,
 IPV6_PKTINFO), which a reply leaves from and which must be this host's
-alone: a broadcast or multicast request is not answered."""
+alone: a broadcast or multicast request is not answered; and the kernel's
+transmit time of a datagram sent (SO_TIMESTAMPING), which the socket's
+error queue gives back with the datagram it stamped."""
 
 from __future__ import annotations
 
@@ -15,6 +17,25 @@ SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
 
 
 _TIMESPEC = struct.Struct("@ll")
+
+
+# Linux's SO_TIMESTAMPING (SCM_TIMESTAMPING too) and the flags of
+# Documentation/networking/timestamping.rst: stamp this datagram when it
+# leaves (per datagram, as sendmsg()'s ancillary data, Linux 4.7 on), report
+# software stamps, and report only the receive stamps asked for (Linux 6.12
+# on: without it every datagram received carries one more ancillary item).
+SO_TIMESTAMPING = 37
+TX_SOFTWARE, REPORT_SOFTWARE, RX_FILTER = 1 << 1, 1 << 4, 1 << 17
+STAMP_THIS = (socket.SOL_SOCKET, SO_TIMESTAMPING, struct.pack("@i", TX_SOFTWARE))
+
+
+_SCM_TIMESTAMPING = struct.Struct("@llllll")  # software, legacy, hardware
+
+
+# struct sock_extended_err: errno, origin, type, code, pad, info, data.
+_EXTENDED_ERROR = struct.Struct("@IBBBBII")
+_RECVERR = {(socket.IPPROTO_IP, 11), (getattr(socket, "IPPROTO_IPV6", 41), 25)}
+_ORIGIN_TIMESTAMPING, _SENT = 4, 0  # SO_EE_ORIGIN_TIMESTAMPING, SCM_TSTAMP_SND
 
 
 # Which address a datagram was sent to: Linux's IP_PKTINFO (Python names it
@@ -31,6 +52,17 @@ _IN6_PKTINFO = struct.Struct("@16sI")  # address, interface
 # Room for the receive time and the address in recvmsg()'s ancillary data
 # (no CMSG_SPACE on Windows).
 _STAMP_SPACE = socket.CMSG_SPACE(_TIMESPEC.size) if hasattr(socket, "CMSG_SPACE") else 0
+
+
+# The receive stamp a socket that reports software stamps gets on every
+# datagram where the kernel cannot be told to leave it out.
+_SCM_TIMESTAMPING_SPACE = (
+    socket.CMSG_SPACE(_SCM_TIMESTAMPING.size) if hasattr(socket, "CMSG_SPACE") else 0
+)
+
+
+# What the error queue's ancillary data may hold: both stamps and the error.
+ERROR_QUEUE_SPACE = 256
 
 
 _PKTINFO_SPACE = (  # a dual-stack socket's IPv4 clients come with both
@@ -51,6 +83,21 @@ def stamp_of(ancillary: list[tuple[int, int, bytes]]) -> int | None:
             seconds, ns = _TIMESPEC.unpack(value)
             return seconds * 1_000_000_000 + ns
     return None
+
+
+def transmit_stamp_of(ancillary: list[tuple[int, int, bytes]]) -> int | None:
+    """The kernel's transmit time in an error queue message's ancillary
+    data, if it is a software stamp of a datagram sent; None otherwise."""
+    stamp = sent = None
+    for level, kind, value in ancillary:
+        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPING:
+            if len(value) >= _SCM_TIMESTAMPING.size:
+                seconds, ns = _SCM_TIMESTAMPING.unpack_from(value)[:2]
+                stamp = seconds * 1_000_000_000 + ns
+        elif (level, kind) in _RECVERR and len(value) >= _EXTENDED_ERROR.size:
+            _, origin, _, _, _, info, _ = _EXTENDED_ERROR.unpack_from(value)
+            sent = origin == _ORIGIN_TIMESTAMPING and info == _SENT
+    return stamp if sent and stamp else None
 
 
 _LIMITED_BROADCAST = ipaddress.IPv4Address("255.255.255.255")

@@ -44,6 +44,7 @@ from .ancillary import (
     _STAMP_SPACE,
     IP_PKTINFO,
     SO_TIMESTAMPNS,
+    STAMP_THIS,
     answer_from,
     is_wildcard,
     kernel_stamps_agree,
@@ -52,6 +53,7 @@ from .ancillary import (
 from .binding import AnyAddressMixIn
 from .loop import LoopMixIn
 from .settings import SettingsMixIn
+from .transmit import TransmitMixIn
 
 logger = logging.getLogger(__name__)
 
@@ -69,16 +71,21 @@ class Reply:
     of a handler does; attributes other than sendto() are the socket's.
     """
 
-    __slots__ = ("socket", "ancillary")
+    __slots__ = ("socket", "ancillary", "stamped")
 
     def __init__(self, sock: socket.socket, ancillary: list[tuple] | None = None):
         self.socket, self.ancillary = sock, ancillary
+        self.stamped = [*(ancillary or ()), STAMP_THIS]  # see send_stamped()
 
     def sendto(self, data: bytes, address: Any) -> int:
         """Send `data` to `address`, from the address the datagram was sent to."""
         if self.ancillary is None:
             return self.socket.sendto(data, address)
         return self.socket.sendmsg([data], self.ancillary, 0, address)
+
+    def send_stamped(self, data: bytes, address: Any) -> int:
+        """sendto(), and the kernel asked for the time it leaves (Linux)."""
+        return self.socket.sendmsg([data], self.stamped, 0, address)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.socket, name)
@@ -94,12 +101,19 @@ class _NotUnicast(Reply):
     def sendto(self, data: bytes, address: Any) -> int:
         raise OSError("not answered: sent to a broadcast or multicast address")
 
+    send_stamped = sendto
+
 
 NOT_UNICAST = _NotUnicast()
 
 
 class DatagramServer(
-    SettingsMixIn, LoopMixIn, AdmissionMixIn, AnyAddressMixIn, socketserver.UDPServer
+    SettingsMixIn,
+    LoopMixIn,
+    AdmissionMixIn,
+    TransmitMixIn,
+    AnyAddressMixIn,
+    socketserver.UDPServer,
 ):
     """A UDP server that limits replies per source and reads no more than a datagram.
 
@@ -118,6 +132,8 @@ class DatagramServer(
     batch, the most datagrams one wake-up answers of those already waiting;
     remembered_addresses, how many of the local addresses asked at keep
     their Reply (reply_for(), whose cache_info() says how many it holds).
+    With `transmit_times` (a class variable), the kernel's transmit times
+    are asked for where the platform gives them (see TransmitMixIn).
     Handlers call drop(reason) for a datagram they do not answer and add to
     `answered`. Their request is ``(data, reply, receive_ns)``: `reply`
     sends the answer (its sendto(data, address)) from the address the
@@ -164,9 +180,13 @@ class DatagramServer(
         # The Reply for the ancillary data that says which address was asked.
         self.reply_for = functools.lru_cache(self.remembered_addresses)(self.make_reply)
         super().__init__(server_address, handler_class, bind_and_activate, **settings)
-        if self.limits is None and self.burst is not None:
+        if self.limits is None:
             self.limits = SourceLimits(
-                self.rate, self.burst, kiss=self.kiss, table_bytes=self.table_bytes
+                self.rate,
+                self.burst or BURST,
+                kiss=self.kiss,
+                table_bytes=self.table_bytes,
+                limiting=self.burst is not None,
             )
         if self._served_port is None:  # not activated yet
             self._plain_reply = self.socket
@@ -190,8 +210,10 @@ class DatagramServer(
             self.socket.setblocking(False)
         self._served_port = self.server_address[1]
         SERVED_PORTS.add(self._served_port)
-        self._ancillary_space = (_STAMP_SPACE if self.kernel_timestamps else 0) + (
-            _PKTINFO_SPACE if self.destination_info else 0
+        self._ancillary_space = (
+            (_STAMP_SPACE if self.kernel_timestamps else 0)
+            + (_PKTINFO_SPACE if self.destination_info else 0)
+            + self._received_stamps
         )
 
     def socket_options(self) -> None:
@@ -202,6 +224,8 @@ class DatagramServer(
                 self.kernel_timestamps = True
             except OSError:
                 pass
+        if self.transmit_times:
+            self._ask_transmit_times()
         if not is_wildcard(self.server_address):
             return  # the kernel delivers only what was sent to its address
         why = "this platform does not say"
@@ -283,6 +307,7 @@ class DatagramServer(
             try:
                 request, client_address = self._receive(DONT_WAIT)
             except OSError:  # none waiting, or a readiness with nothing behind
+                self.collect_transmitted()  # which may be a transmit time's
                 return
             try:
                 verdict = self.admit(request, client_address)
@@ -299,16 +324,16 @@ class DatagramServer(
         """A rate limit turned on or off, or new figures for it: the sources
         it knows keep their place."""
         super().settings_changed(names)
+        self.timing()  # the clock may be another
         if not names & {"rate", "burst", "kiss", "limits"} or "limits" in names:
             return
-        if self.burst is None:
-            self.limits = None
-        elif self.limits is None:
-            self.limits = SourceLimits(
-                self.rate, self.burst, kiss=self.kiss, table_bytes=self.table_bytes
-            )
-        else:
-            self.limits.configure(rate=self.rate, burst=self.burst, kiss=self.kiss)
+        assert self.limits is not None
+        self.limits.configure(
+            rate=self.rate,
+            burst=self.burst,
+            kiss=self.kiss,
+            limiting=self.burst is not None,
+        )
 
     def verify_request(self, request: Any, client_address: Any) -> bool:
         """Who may ask at all: the access list, the source port, and only a
@@ -331,7 +356,7 @@ class DatagramServer(
         if not self.verify_request(request, client_address):
             return DROP
         limits = self.limits
-        if limits is None:
+        if limits is None or not limits.limiting:
             return ANSWER
         verdict = limits.decide(client_address)
         if verdict is not ANSWER:

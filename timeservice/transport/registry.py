@@ -16,8 +16,9 @@ import time
 from typing import Any
 
 from ..host import capabilities
+from ..policy.connections import ConnectionLimits
 from ..policy.logs import BoundedLog
-from ..policy.sources import NETWORK_FACTOR, ConnectionLimits
+from ..policy.sources import NETWORK_FACTOR
 from .admission import AdmissionMixIn
 
 logger = logging.getLogger(__name__)

@@ -65,9 +65,6 @@ NANOSECONDS = 1_000_000_000
 FRACTION = 2**32
 
 
-_HALF_ERA = 2**63  # NTP timestamps compare as differences in 64 bits
-
-
 class NtpError(ReplyError):
     """A reply the client must not use; the message says what the server said."""
 
@@ -279,18 +276,36 @@ def server_reply(
 
     `receive_ns` is when the packet arrived; `now_ns` is read last, just
     before the reply goes out, for the transmit timestamp; `source_port` is
-    where it came from (see request_version()). The request's poll and
-    transmit fields are copied as bytes: a server answers every datagram
-    it is sent, so this is packed at once rather than field by field.
+    where it came from (see request_version()).
+    """
+    head = reply_head(packet, state, receive_ns, source_port)
+    return None if head is None else head + transmit_field(now_ns())
+
+
+def reply_head(
+    packet: bytes,
+    state: ServerState,
+    receive_ns: int,
+    source_port: int | None = None,
+    interleaved: bool = False,
+) -> bytes | None:
+    """The answer to a client's packet up to its transmit timestamp (40
+    bytes), which transmit_field() makes as late as it can; None to drop it.
+
+    `receive_ns` is when the packet arrived (its field: receive_field()).
+    The origin is the request's transmit timestamp, or in an `interleaved`
+    answer (RFC 9769) its receive timestamp. The request's poll and origin
+    are copied as bytes: a server answers every datagram it is sent, so
+    this is packed at once rather than field by field.
     """
     version = request_version(packet, source_port)
     if version is None:
         return None
-    receive = to_timestamp(receive_ns)
+    receive = to_timestamp(receive_ns) | 1  # receive_field(), without a call
     reference = state.reference
     if reference is None:  # its own reference: this second
         reference = receive & ~0xFFFF_FFFF
-    head = _REPLY_HEAD.pack(
+    return _REPLY_HEAD.pack(
         state.leap << 6 | version << 3 | MODE_SERVER,
         state.stratum,
         packet[2:3],  # poll
@@ -299,10 +314,45 @@ def server_reply(
         to_short(state.root_dispersion),
         state.reference_id,
         reference,
-        packet[40:48],  # origin: the request's transmit timestamp
+        packet[32:40] if interleaved else packet[40:48],  # origin
         receive,
     )
-    return head + _TIMESTAMP.pack(to_timestamp(now_ns()))
+
+
+def receive_field(receive_ns: int) -> int:
+    """A reply's receive timestamp, its lowest bit set: a transmit timestamp
+    never has it (transmit_field()), so a request whose origin has it can
+    only be interleaved, as chrony marks them (RFC 9769 allows it: the bit
+    is a quarter of a nanosecond)."""
+    return to_timestamp(receive_ns) | 1
+
+
+def transmit_field(transmit_ns: int) -> bytes:
+    """A reply's transmit timestamp, as its last 8 bytes: lowest bit clear,
+    rounded up, so that it is after the receive timestamp of the same
+    nanosecond (a coarse clock's, a clock of its own) whose bit is set.
+    (to_timestamp(), written out: it is the last thing before the send.)"""
+    seconds, ns = divmod(transmit_ns, NANOSECONDS)
+    return _TIMESTAMP.pack(
+        (to_1900(seconds) << 32 | ns * FRACTION // NANOSECONDS | 1) + 1
+    )
+
+
+def looks_interleaved(packet: bytes) -> bool:
+    """Whether a request asks for an interleaved answer (RFC 9769): an NTPv4
+    client request whose origin is a receive timestamp of this server's
+    (lowest bit set) and whose receive and transmit timestamps differ."""
+    return (
+        len(packet) == PACKET_BYTES
+        and packet[0] & 0x3F == 4 << 3 | MODE_CLIENT
+        and packet[31] & 1 == 1
+        and packet[32:40] != packet[40:48]
+    )
+
+
+def origin_of(packet: bytes) -> int:
+    """A packet's origin timestamp."""
+    return int.from_bytes(packet[24:32], "big")
 
 
 def kiss_of_death(
@@ -339,56 +389,3 @@ def request_packet(transmit_ns: int) -> bytes:
         LEAP_NONE, 4, MODE_CLIENT, 0, 0, 0, 0, 0, bytes(4), 0, 0, 0,
         to_timestamp(transmit_ns),
     ).pack()  # fmt: skip
-
-
-def earlier(a: int, b: int) -> bool:
-    """Whether NTP timestamp `a` is before `b`, across an era's wrap too."""
-    return (a - b) % 2**64 >= _HALF_ERA
-
-
-def check_reply(
-    data: bytes, request: bytes, max_distance: float = MAX_DISTANCE
-) -> Packet:
-    """The server's reply to `request` if a client may use it; else NtpError.
-
-    RFC 5905's packet tests, as chrony makes them: the origin is the
-    request's transmit timestamp, it is a server packet of version 1 to 4,
-    not a Kiss-o'-Death (KissOfDeath), synchronised (else NotSynchronised),
-    stratum 1 to 15, with receive and transmit timestamps, the one not after
-    the other, and a root distance, with the server's precision in it as
-    RFC 5905's has it, no more than `max_distance` (MAXDIST by default).
-    """
-    try:
-        reply = Packet.unpack(data)
-    except ValueError as exc:
-        raise NtpError(f"short reply: {exc}") from None
-    if reply.origin != Packet.unpack(request).transmit:
-        raise NtpError("reply does not answer our request (origin timestamp differs)")
-    if reply.mode != MODE_SERVER:
-        raise NtpError(f"not a server reply (mode {reply.mode})")
-    if reply.version not in VERSIONS:
-        raise NtpError(f"NTP version {reply.version}, not 1 to 4")
-    code = reply.reference_id.decode("ascii", "replace").rstrip("\0")
-    if reply.stratum == 0 and code not in UNSYNCHRONISED_CODES:
-        raise KissOfDeath(code)
-    if reply.leap == LEAP_UNSYNCHRONISED or reply.stratum == 0:
-        raise NotSynchronised(
-            f"server says its clock is not synchronised (leap indicator "
-            f"{reply.leap}, stratum {reply.stratum}, reference ID {code!r})"
-        )
-    if reply.stratum > MAX_STRATUM:
-        raise NtpError(f"server stratum {reply.stratum} is not 1 to {MAX_STRATUM}")
-    if reply.transmit == 0:
-        raise NtpError("server sent no transmit timestamp")
-    if reply.receive == 0:
-        raise NtpError("server sent no receive timestamp")
-    if earlier(reply.transmit, reply.receive):
-        raise NtpError("server says it answered before it received the request")
-    distance = reply.root_distance + 2.0**reply.precision
-    if distance > max_distance:
-        shown = f"{distance:.3f}" if distance < 1e6 else f"{distance:.3g}"
-        raise NtpError(
-            f"server's root distance {shown} s is more than "
-            f"{max_distance:g} s: its time is too uncertain to use"
-        )
-    return reply

@@ -1,0 +1,132 @@
+"""The kernel's transmit times of the datagrams a server sends (Linux's
+SO_TIMESTAMPING): asked for one datagram at a time, and matched back from
+the socket's error queue to the `token` it was sent with.
+
+The error queue gives back each datagram stamped, as the network sent it
+(headers first): a stamp is matched by the datagram's bytes, as chrony
+matches them, so that another process on the same socket (a worker) can
+never hand one datagram's stamp to another's token; its stamps are lost to
+this one, and one left unmatched is forgotten past `pending_most`. Only the
+datagrams asked for are stamped: the others cost nothing more.
+"""
+
+from __future__ import annotations
+
+import collections
+import socket
+from typing import Any
+
+from ..host import capabilities
+from .ancillary import (
+    _SCM_TIMESTAMPING_SPACE,
+    ERROR_QUEUE_SPACE,
+    REPORT_SOFTWARE,
+    RX_FILTER,
+    SO_TIMESTAMPING,
+    STAMP_THIS,
+    transmit_stamp_of,
+)
+
+ERROR_QUEUE = socket.MSG_ERRQUEUE | getattr(socket, "MSG_DONTWAIT", 0)
+
+
+class TransmitTimes:
+    """The datagrams sent on one socket whose transmit times are awaited."""
+
+    pending_most = 64  # datagrams stamped and not yet matched
+    most_read = 64  # error queue messages read at once
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.socket = sock
+        self._pending: collections.OrderedDict[bytes, Any] = collections.OrderedDict()
+
+    def sent(self, data: bytes, token: Any) -> None:
+        """`data` went out stamped: remember it until its stamp comes."""
+        pending = self._pending
+        pending[data] = token
+        if len(pending) > self.pending_most:
+            pending.popitem(last=False)
+
+    def collect(self) -> list[tuple[Any, int]]:
+        """Read the error queue: each stamp of a datagram sent here, as
+        (token, transmit_ns)."""
+        found = []
+        for _ in range(self.most_read):
+            try:
+                frame, ancillary, _, _ = self.socket.recvmsg(
+                    2048, ERROR_QUEUE_SPACE, ERROR_QUEUE
+                )
+            except OSError:  # empty (EAGAIN), or a socket closed
+                break
+            stamp = transmit_stamp_of(ancillary)
+            if stamp is None:
+                continue
+            for data in reversed(self._pending):  # the latest is likeliest
+                if frame.endswith(data):
+                    found.append((self._pending.pop(data), stamp))
+                    break
+        return found
+
+
+class TransmitMixIn:
+    """For a datagram server: the kernel's transmit times, with
+    `transmit_times` set (a class variable), where the platform gives them
+    and its receive times are on this process's clock (`timed` then says
+    so). send_stamped() sends a datagram whose transmit time goes to
+    transmitted(token, ns) when it comes. Needs the server's socket, clock
+    and kernel_timestamps."""
+
+    transmit_times = False
+    transmitted_times: TransmitTimes | None = None  # where the kernel says
+    timed: TransmitTimes | None = None  # those, where the clock is the system's
+    _received_stamps = 0  # room for a receive stamp nobody asked for
+    socket: socket.socket
+    clock: Any
+    kernel_timestamps: bool
+
+    def _ask_transmit_times(self) -> None:
+        """Have the kernel report the transmit times asked for, leaving out
+        the receive stamps nobody asked for where it can (else making room
+        for them)."""
+        if not (self.kernel_timestamps and capabilities.TRANSMIT_TIMESTAMPS):
+            return
+        for flags, extra in (
+            (REPORT_SOFTWARE | RX_FILTER, 0),
+            (REPORT_SOFTWARE, _SCM_TIMESTAMPING_SPACE),
+        ):
+            try:
+                self.socket.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPING, flags)
+            except OSError:
+                continue
+            self._received_stamps = extra
+            self.transmitted_times = TransmitTimes(self.socket)
+            break
+        self.timing()
+
+    def timing(self) -> None:
+        """Whether the kernel's transmit times may be used: only on the
+        system clock, which they are on (again after a new clock is set)."""
+        self.timed = self.transmitted_times if self.clock.system else None
+
+    def send_stamped(self, reply: Any, data: bytes, address: Any, token: Any) -> None:
+        """Send `data`, its transmit time to go to transmitted(token, ns);
+        a plain send where the kernel gives no times."""
+        times = self.timed
+        if times is None:
+            reply.sendto(data, address)
+            return
+        if reply is self.socket:  # no ancillary data of its own
+            reply.sendmsg([data], [STAMP_THIS], 0, address)
+        else:
+            reply.send_stamped(data, address)
+        times.sent(data, token)
+        self.collect_transmitted()  # on loopback, there already
+
+    def collect_transmitted(self) -> None:
+        """Hand the transmit times the kernel has given to transmitted()."""
+        if self.transmitted_times is not None:
+            for token, transmit_ns in self.transmitted_times.collect():
+                self.transmitted(token, transmit_ns)
+
+    def transmitted(self, token: Any, transmit_ns: int) -> None:
+        """The kernel's transmit time of a datagram sent with `token`."""
