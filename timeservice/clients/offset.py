@@ -40,6 +40,7 @@ class Sample:
     t3_ns: int | None = None  # NTP: when the server sent its answer
     root_distance: float = 0.0  # NTP: how far the server may be from true time, s
     precision: float = 0.0  # NTP: how finely the server reads its clock, s
+    stratum: int = 0  # NTP: the server's stratum (0: not NTP)
 
     @property
     def delay_ns(self) -> int:

@@ -225,6 +225,7 @@ def ntp_exchange(
             local_timestamp(t3),
             root_distance=reply.root_distance,
             precision=precision,
+            stratum=reply.stratum,
         )
     return Sample(
         t1,
@@ -235,6 +236,7 @@ def ntp_exchange(
         t3_ns=t3,
         root_distance=reply.root_distance,
         precision=precision,
+        stratum=reply.stratum,
     )
 
 

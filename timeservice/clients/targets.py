@@ -66,28 +66,37 @@ class Asking:
     ca: str | None = None  # what NTS targets' certificates are trusted by
 
 
+# What asking a target can raise that is its answer (or its silence), not
+# a fault of this program: each is a Failure (failure_of()).
+TARGET_ERRORS = (OSError, UnicodeError, ReplyError, TlsError, Unavailable)
+
+
 def measure(target: Target, asking: Asking) -> Reading | Failure:
     """Ask one target and keep the best of its samples; never raises."""
     try:
         best = ask_target(target, asking)
-    except (socket.gaierror, UnicodeError) as exc:  # IDNA: "a..b", long labels
+    except TARGET_ERRORS as exc:
+        return failure_of(target, exc, asking.timeout)
+    return Reading(target, best.offset, best.error, best.delay)
+
+
+def failure_of(target: Target, exc: BaseException, timeout: float) -> Failure:
+    """The Failure that one of TARGET_ERRORS, raised asking `target` with
+    `timeout`, says."""
+    if isinstance(exc, (socket.gaierror, UnicodeError)):  # IDNA: "a..b"
         reason = getattr(exc, "strerror", None) or str(exc)
         return Failure(target, "unresolvable", f"cannot resolve: {reason}")
-    except TimeoutError:
-        return Failure(target, "unreachable", f"no answer within {asking.timeout:g} s")
-    except ConnectionRefusedError:
+    if isinstance(exc, TimeoutError):
+        return Failure(target, "unreachable", f"no answer within {timeout:g} s")
+    if isinstance(exc, ConnectionRefusedError):
         return Failure(target, "unreachable", "connection refused")
-    except OSError as exc:
+    if isinstance(exc, OSError):
         return Failure(target, "unreachable", exc.strerror or str(exc))
-    except ntp.NotSynchronised as exc:
+    if isinstance(exc, ntp.NotSynchronised):
         return Failure(target, "not synchronised", str(exc))
-    except TlsError as exc:
+    if isinstance(exc, TlsError):
         return Failure(target, "refused", f"TLS: {exc}")
-    except Unavailable as exc:
-        return Failure(target, "refused", str(exc))
-    except ReplyError as exc:
-        return Failure(target, "refused", str(exc))
-    return Reading(target, best.offset, best.error, best.delay)
+    return Failure(target, "refused", str(exc))
 
 
 def ask_target(target: Target, asking: Asking) -> Estimate:

@@ -1,11 +1,14 @@
 """The skew check's command line: ask many time servers at once, find the
 interval most of them agree on, and print it in the monitoring plugins'
 form (a status line with performance data; exit 0 OK, 1 WARNING,
-2 CRITICAL, 3 UNKNOWN)."""
+2 CRITICAL, 3 UNKNOWN); or, with --serve, be a Prometheus exporter that
+does the same when scraped (see programs.exporter)."""
 
 from __future__ import annotations
 
+import argparse
 import json
+import logging
 from collections.abc import Sequence
 from typing import NoReturn
 
@@ -21,15 +24,22 @@ from ..clients.selection import (
     largest_skew,
 )
 from ..clients.targets import Asking, measure_all, parse_target
+from . import starting
 from .options import (
     Parser,
     add_sampling_arguments,
+    announce,
+    configure_logging,
+    listen,
+    metrics_address,
     positive,
     program,
     program_name,
     say,
     seconds,
 )
+
+logger = logging.getLogger(__name__)
 
 
 def performance_data(verdict: GroupVerdict, warning: float, critical: float) -> str:
@@ -154,7 +164,7 @@ class MonitoringParser(Parser):
         self.exit(UNKNOWN, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-@program("timeservice.skew")
+@program("timeservice.skew", holds=starting.SERVED)
 def main(argv: Sequence[str] | None = None) -> int:
     """Check the clocks of many machines against each other."""
     prog = program_name("timeservice.skew")
@@ -168,7 +178,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument(
         "targets",
-        nargs="+",
+        nargs="*",
         metavar="TARGET",
         help="[PROTOCOL://]HOST[:PORT], PROTOCOL one of line (default), ntp, "
         "nts (PORT its Key Establishment's), time, daytime; an IPv6 address "
@@ -237,10 +247,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--json", action="store_true", help="print one JSON object instead"
     )
+    add_exporter_arguments(parser)
     parser.add_argument(
         "--version", action="version", version=f"%(prog)s {__version__}"
     )
     args = parser.parse_args(argv)
+    if args.serve is not None:
+        if args.targets:
+            parser.error("--serve takes its targets from each scrape, not here")
+        return serve_exporter(prog, args)
+    starting.release(starting.SERVED)  # a command, not a server: as the system ends it
+    if not args.targets:
+        parser.error("a TARGET is needed (or --serve)")
+    extra = [
+        o for o in ("allow_target", "allow", "deny", "verbose") if getattr(args, o)
+    ]
+    if extra:
+        parser.error(f"--{extra[0].replace('_', '-')} goes with --serve")
 
     targets = []
     for text in args.targets:  # every one, before anything is asked
@@ -259,3 +282,93 @@ def main(argv: Sequence[str] | None = None) -> int:
         say(status_line(verdict, args.warning, args.critical))
         say("\n".join(report(verdict)))
     return verdict.status
+
+
+def add_exporter_arguments(parser: Parser) -> None:
+    """--serve and what goes with it."""
+    from .exporter import DEFAULT_TARGETS, TargetRules
+    from .server_values import subnet
+
+    group = parser.add_argument_group("as a Prometheus exporter")
+    group.add_argument(
+        "--serve",
+        type=metrics_address,
+        metavar="[ADDRESS:]PORT",
+        help="serve /probe?target=T, /skew?target=A&target=B and /metrics over "
+        "HTTP for Prometheus, instead of checking once (loopback unless an "
+        "address is given); each probe asks once",
+    )
+    group.add_argument(
+        "--allow-target",
+        action="append",
+        type=TargetRules.check,
+        default=[],
+        metavar="SUBNET|NAME",
+        help="a target it may probe: a subnet, a host name, or .example.com "
+        f"for the names under it; repeatable (default: {', '.join(DEFAULT_TARGETS)})",
+    )
+    group.add_argument(
+        "--allow",
+        action="append",
+        type=subnet,
+        default=[],
+        metavar="SUBNET",
+        help="who may scrape it (as the server's --allow); repeatable",
+    )
+    group.add_argument(
+        "--deny",
+        action="append",
+        type=subnet,
+        default=[],
+        metavar="SUBNET",
+        help="who may not; repeatable",
+    )
+    group.add_argument(
+        "--max-probes",
+        type=positive(int),
+        default=16,
+        metavar="N",
+        help="probes at once, across every scrape (default: %(default)s)",
+    )
+    group.add_argument("-v", "--verbose", action="store_true", help="log every probe")
+
+
+def serve_exporter(prog: str, args: argparse.Namespace) -> int:
+    """Serve the exporter until SIGTERM or Ctrl-C."""
+    from ..clients.probing import Prober
+    from ..operations.service import Service, serve, stop_on_signals
+    from ..policy.access import AccessList
+    from .exporter import DEFAULT_TARGETS, ExporterServer, TargetRules
+
+    configure_logging(logging.DEBUG if args.verbose else logging.INFO)
+    asking = Asking(1, args.timeout, True, args.max_distance, args.ca)
+    access = None
+    if args.allow or args.deny:
+        access = AccessList.from_options(args.allow, args.deny)
+    host, port = args.serve
+    server = listen(
+        prog,
+        host,
+        port,
+        lambda address: ExporterServer(
+            address,
+            Prober(asking, args.max_probes),
+            TargetRules(args.allow_target or DEFAULT_TARGETS),
+            warning=args.warning,
+            critical=args.critical,
+            tolerance=args.tolerance,
+            ignore_unreachable=args.ignore_unreachable,
+            access=access,
+        ),
+    )
+    if server is None:
+        return 1
+    service = Service([server])
+    service.on_reload = lambda: logger.info(
+        "SIGHUP received; there is nothing to reload"
+    )
+    with stop_on_signals(service.stop, service.reload) as received:
+        announce(server, "the exporter", " (HTTP: /probe, /skew, /metrics)")
+        starting.deliver()  # a SIGTERM or SIGHUP that came while it started
+        status = serve(service)
+    return starting.status_after(status, received.stop)
