@@ -241,6 +241,45 @@ def test_command_line_mistakes_are_one_line():
         assert said in result.stderr and len(result.stderr.splitlines()) == 1
 
 
+def test_its_settings_live_in_a_file_that_sighup_reads_again(serving, tmp_path):
+    ntp = serving(
+        NtpServer(("127.0.0.1", 0), NtpHandler, local_stratum=10, upstream=None)
+    )
+    target = f"ntp://127.0.0.1:{port_of(ntp)}"
+    path = tmp_path / "exporter.toml"
+    path.write_text('allow_target = ["127.0.0.0/8"]\nmax_probes = 4\n')
+    with exporter("--config", str(path)) as (process, port):
+        assert probe(port, target)["probe_success"] == 1
+        path.write_text('allow_target = ["10.0.0.0/8"]\nmax_probes = 8\n')
+        process.send_signal(signal.SIGHUP)
+        until(process.stderr, re.compile("--max-probes cannot change while serving"))
+        until(process.stderr, re.compile(f"SIGHUP received; reloaded {path}"))
+        assert get(port, "/probe?target=" + target)[0] == 403  # in force now
+        path.write_text("allow_target = [\n")  # not TOML
+        process.send_signal(signal.SIGHUP)
+        until(process.stderr, re.compile("reload failed; the configuration in force"))
+        assert get(port, "/probe?target=" + target)[0] == 403  # still
+    assert ntp.answered == 1
+    path.write_text("allow_targets = []\n")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "timeservice.skew",
+            "--serve",
+            "0",
+            "--config",
+            str(path),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert result.returncode == 3
+    assert f"{path}: allow_targets: no such setting" in result.stderr
+
+
 # The Prometheus side: promtool, and a real Prometheus
 
 

@@ -1,8 +1,9 @@
-"""The server's configuration file: TOML, one key for each of its long
-options (``max_per_host = 64``, ``allow = ["192.0.2.0/24"]``, ``ntp =
-123``, ``port = 8037``), checked by the very declarations the command line
-is (programs/server_options.py), so the two cannot drift apart. An option
-given on the command line replaces the file's value, lists included.
+"""A server's configuration file (the time server's, the exporter's):
+TOML, one key for each of its long options (``max_per_host = 64``, ``allow
+= ["192.0.2.0/24"]``, ``ntp = 123``, ``port = 8037``), checked by the very
+declarations the command line is (programs/server_options.py, skew.py), so
+the two cannot drift apart. An option given on the command line replaces
+the file's value, lists included.
 
 A key that is no option, or a value its option refuses, is one line naming
 the file, the key and what is wrong. A file named by ``--config`` must be
@@ -42,8 +43,10 @@ def actions(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
     return {
         action.dest: action
         for action in parser._actions  # argparse's one list of its declarations
-        if action.dest not in NOT_KEYS and action.dest != argparse.SUPPRESS
-    }
+        if action.dest not in NOT_KEYS
+        and action.dest != argparse.SUPPRESS
+        and not (not action.option_strings and action.nargs in ("*", "+"))
+    }  # a list of positionals (the skew check's targets) is the command line's
 
 
 def as_arguments(key: str, value: Any, action: argparse.Action) -> list[str]:
@@ -125,12 +128,16 @@ class ReplacedList(argparse.Action):
 
 
 def parse(
-    parser: argparse.ArgumentParser, argv: Sequence[str], path: str | None
+    parser: argparse.ArgumentParser,
+    argv: Sequence[str],
+    path: str | None,
+    environment: str | None = ENVIRONMENT,
 ) -> argparse.Namespace:
     """The command line over the file's values: what the file at `path`
-    gives (None: the units' file, if there is one), then `argv`."""
+    gives (None: the file `environment` names, if there is one), then `argv`."""
     if path is None:
-        path, must_exist = os.environ.get(ENVIRONMENT), False
+        path = None if environment is None else os.environ.get(environment)
+        must_exist = False
     else:
         must_exist = True
     start = None if path is None else read(parser, path, must_exist)
@@ -175,3 +182,11 @@ class Declared:
         if reload:
             self.parser.reloadable.add(action.dest)
         return action
+
+
+def config_file(argv: Sequence[str]) -> str | None:
+    """The --config FILE that `argv` names, before the file is read; None."""
+    finding = argparse.ArgumentParser(add_help=False)
+    finding.add_argument("--config")
+    known, _ = finding.parse_known_args(argv)
+    return known.config

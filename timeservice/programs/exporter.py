@@ -10,6 +10,7 @@ that probes whatever it is told is an open proxy into its network.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import ipaddress
 import logging
 import urllib.parse
@@ -24,7 +25,7 @@ from ..clients.selection import (
     Target,
     judge,
 )
-from ..clients.targets import parse_target
+from ..clients.targets import Asking, parse_target
 from ..operations.endpoint import EndpointHandler, EndpointServer
 from ..operations.metrics import CONTENT_TYPE, Family, Sample, render
 from ..policy.access import parse_subnet
@@ -302,6 +303,21 @@ class ExporterServer(EndpointServer):
         self.tolerance, self.ignore_unreachable = tolerance, ignore_unreachable
         self.requests: dict[str, int] = {}
         super().__init__(server_address, ExporterHandler, bind_and_activate, **settings)
+
+    def apply(
+        self,
+        rules: TargetRules,
+        asking: Asking,
+        access: Any = None,
+        **thresholds: Any,
+    ) -> None:
+        """New settings, from a reload: for the scrapes that come next (one
+        under way keeps what it read)."""
+        self.rules = rules
+        self.prober.asking = dataclasses.replace(asking, samples=1)
+        for name, value in thresholds.items():
+            setattr(self, name, value)
+        self.reconfigure(access=access)
 
     def count(self, what: str) -> None:
         """Count a request for `what` (a path, or a target refused)."""

@@ -301,7 +301,7 @@ def parse_arguments(
     parser = build_parser(prog, raising)
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        args = config.parse(parser, argv, config_file(argv))
+        args = config.parse(parser, argv, config.config_file(argv))
     except config.ConfigError as exc:
         parser.error(str(exc))
     args.bind, port = join_port(parser, args.bind, args.port)
@@ -363,11 +363,3 @@ def check_arguments(args: argparse.Namespace) -> str | None:
     if isinstance(args.cpu, int) and cpus and args.cpu not in cpus:
         return f"--cpu {args.cpu}: this process may use CPUs {sorted(cpus)}"
     return None
-
-
-def config_file(argv: Sequence[str]) -> str | None:
-    """The --config FILE that `argv` names, before the file is read; None."""
-    finding = argparse.ArgumentParser(add_help=False)
-    finding.add_argument("--config")
-    known, _ = finding.parse_known_args(argv)
-    return known.config

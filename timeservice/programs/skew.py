@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
@@ -24,14 +25,11 @@ from ..clients.selection import (
     largest_skew,
 )
 from ..clients.targets import Asking, measure_all, parse_target
-from . import starting
+from . import config, exporting, starting
 from .options import (
     Parser,
+    UsageError,
     add_sampling_arguments,
-    announce,
-    configure_logging,
-    listen,
-    metrics_address,
     positive,
     program,
     program_name,
@@ -160,7 +158,10 @@ class MonitoringParser(Parser):
     line, as every command's."""
 
     def error(self, message: str) -> NoReturn:
-        """Say what is wrong in one line, and exit with status 3 (UNKNOWN)."""
+        """Say what is wrong in one line, and exit with status 3 (UNKNOWN);
+        or, where `raising` (the exporter reloading), raise UsageError."""
+        if self.raising:
+            raise UsageError(message)
         self.exit(UNKNOWN, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
@@ -168,8 +169,62 @@ class MonitoringParser(Parser):
 def main(argv: Sequence[str] | None = None) -> int:
     """Check the clocks of many machines against each other."""
     prog = program_name("timeservice.skew")
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(prog)
+    args = parse_arguments(parser, argv)
+    if args.serve is not None:
+        if args.targets:
+            parser.error("--serve takes its targets from each scrape, not here")
+        return exporting.serve(
+            prog, argv, args, lambda: build_parser(prog, raising=True)
+        )
+    starting.release(starting.SERVED)  # a command, not a server: as the system ends it
+    if not args.targets:
+        parser.error("a TARGET is needed (or --serve)")
+    extra = [
+        o
+        for o in ("allow_target", "allow", "deny", "verbose", "config_path")
+        if getattr(args, o)
+    ]
+    if extra:
+        option = "config" if extra[0] == "config_path" else extra[0]
+        parser.error(f"--{option.replace('_', '-')} goes with --serve")
+
+    targets = []
+    for text in args.targets:  # every one, before anything is asked
+        try:
+            targets.append(parse_target(text))
+        except ValueError as exc:
+            parser.error(f"bad target {text!r}: {exc}")
+    asking = Asking(args.samples, args.timeout, args.burst, args.max_distance, args.ca)
+    results = measure_all(targets, asking, args.parallel)
+    verdict = judge(
+        results, args.warning, args.critical, args.tolerance, args.ignore_unreachable
+    )
+    if args.json:
+        say(as_json(verdict))
+    else:
+        say(status_line(verdict, args.warning, args.critical))
+        say("\n".join(report(verdict)))
+    return verdict.status
+
+
+def parse_arguments(
+    parser: MonitoringParser, argv: Sequence[str]
+) -> argparse.Namespace:
+    """The command line over the exporter's configuration file (--config;
+    no file otherwise: the servers' TIMESERVICE_CONFIG is theirs)."""
+    try:
+        return config.parse(parser, argv, config.config_file(argv), environment=None)
+    except config.ConfigError as exc:
+        parser.error(str(exc))
+
+
+def build_parser(prog: str, raising: bool = False) -> MonitoringParser:
+    """The skew check's options, and the exporter's."""
     parser = MonitoringParser(
         prog=prog,
+        raising=raising,
         description="Ask many time servers at once; find the interval most of "
         "them agree on (RFC 5905's intersection), the falsetickers, and how "
         "far this machine's clock is from the majority.",
@@ -247,128 +302,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--json", action="store_true", help="print one JSON object instead"
     )
-    add_exporter_arguments(parser)
+    exporting.add_arguments(parser)
     parser.add_argument(
         "--version", action="version", version=f"%(prog)s {__version__}"
     )
-    args = parser.parse_args(argv)
-    if args.serve is not None:
-        if args.targets:
-            parser.error("--serve takes its targets from each scrape, not here")
-        return serve_exporter(prog, args)
-    starting.release(starting.SERVED)  # a command, not a server: as the system ends it
-    if not args.targets:
-        parser.error("a TARGET is needed (or --serve)")
-    extra = [
-        o for o in ("allow_target", "allow", "deny", "verbose") if getattr(args, o)
-    ]
-    if extra:
-        parser.error(f"--{extra[0].replace('_', '-')} goes with --serve")
-
-    targets = []
-    for text in args.targets:  # every one, before anything is asked
-        try:
-            targets.append(parse_target(text))
-        except ValueError as exc:
-            parser.error(f"bad target {text!r}: {exc}")
-    asking = Asking(args.samples, args.timeout, args.burst, args.max_distance, args.ca)
-    results = measure_all(targets, asking, args.parallel)
-    verdict = judge(
-        results, args.warning, args.critical, args.tolerance, args.ignore_unreachable
-    )
-    if args.json:
-        say(as_json(verdict))
-    else:
-        say(status_line(verdict, args.warning, args.critical))
-        say("\n".join(report(verdict)))
-    return verdict.status
-
-
-def add_exporter_arguments(parser: Parser) -> None:
-    """--serve and what goes with it."""
-    from .exporter import DEFAULT_TARGETS, TargetRules
-    from .server_values import subnet
-
-    group = parser.add_argument_group("as a Prometheus exporter")
-    group.add_argument(
-        "--serve",
-        type=metrics_address,
-        metavar="[ADDRESS:]PORT",
-        help="serve /probe?target=T, /skew?target=A&target=B and /metrics over "
-        "HTTP for Prometheus, instead of checking once (loopback unless an "
-        "address is given); each probe asks once",
-    )
-    group.add_argument(
-        "--allow-target",
-        action="append",
-        type=TargetRules.check,
-        default=[],
-        metavar="SUBNET|NAME",
-        help="a target it may probe: a subnet, a host name, or .example.com "
-        f"for the names under it; repeatable (default: {', '.join(DEFAULT_TARGETS)})",
-    )
-    group.add_argument(
-        "--allow",
-        action="append",
-        type=subnet,
-        default=[],
-        metavar="SUBNET",
-        help="who may scrape it (as the server's --allow); repeatable",
-    )
-    group.add_argument(
-        "--deny",
-        action="append",
-        type=subnet,
-        default=[],
-        metavar="SUBNET",
-        help="who may not; repeatable",
-    )
-    group.add_argument(
-        "--max-probes",
-        type=positive(int),
-        default=16,
-        metavar="N",
-        help="probes at once, across every scrape (default: %(default)s)",
-    )
-    group.add_argument("-v", "--verbose", action="store_true", help="log every probe")
-
-
-def serve_exporter(prog: str, args: argparse.Namespace) -> int:
-    """Serve the exporter until SIGTERM or Ctrl-C."""
-    from ..clients.probing import Prober
-    from ..operations.service import Service, serve, stop_on_signals
-    from ..policy.access import AccessList
-    from .exporter import DEFAULT_TARGETS, ExporterServer, TargetRules
-
-    configure_logging(logging.DEBUG if args.verbose else logging.INFO)
-    asking = Asking(1, args.timeout, True, args.max_distance, args.ca)
-    access = None
-    if args.allow or args.deny:
-        access = AccessList.from_options(args.allow, args.deny)
-    host, port = args.serve
-    server = listen(
-        prog,
-        host,
-        port,
-        lambda address: ExporterServer(
-            address,
-            Prober(asking, args.max_probes),
-            TargetRules(args.allow_target or DEFAULT_TARGETS),
-            warning=args.warning,
-            critical=args.critical,
-            tolerance=args.tolerance,
-            ignore_unreachable=args.ignore_unreachable,
-            access=access,
-        ),
-    )
-    if server is None:
-        return 1
-    service = Service([server])
-    service.on_reload = lambda: logger.info(
-        "SIGHUP received; there is nothing to reload"
-    )
-    with stop_on_signals(service.stop, service.reload) as received:
-        announce(server, "the exporter", " (HTTP: /probe, /skew, /metrics)")
-        starting.deliver()  # a SIGTERM or SIGHUP that came while it started
-        status = serve(service)
-    return starting.status_after(status, received.stop)
+    return parser
