@@ -14,6 +14,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 from conftest import ROOT, TIMEOUT, readline_within
 from test_interop import CHRONY_OFFSET, free_port, needs, run, started, wait_for_udp
 
@@ -21,16 +22,16 @@ from timeservice.wire import ntp
 
 
 @contextlib.contextmanager
-def our_nts_server(lab, tmp_path: Path) -> Iterator[dict[str, int]]:
-    """This project's server as a program, NTP and NTS-KE on free ports: the
-    ports its ready file gives, by protocol."""
+def our_nts_server(lab, tmp_path: Path, *more: str) -> Iterator[dict[str, int]]:
+    """This project's server as a program, NTP and NTS-KE on free ports (and
+    `more` options): the ports its ready file gives, by protocol."""
     ready = tmp_path / "ready.json"
     process = subprocess.Popen(
         [
             sys.executable, "-m", "timeservice.server", "--no-line", "--ntp", "0",
             "--local-stratum", "10", "--nts-ke", "0", "--nts-cert", lab.cert,
             "--nts-key", lab.key, "--nts-cookie-keys", str(tmp_path / "keys"),
-            "--ready-file", str(ready), "-q",
+            "--ready-file", str(ready), "-q", *more,
         ],
         cwd=ROOT,
         stdout=subprocess.PIPE,
@@ -109,6 +110,33 @@ def test_a_chronyd_client_polls_our_nts_server_authenticated(lab, tmp_path):
     print(data)
     assert re.search(r"Authenticated\s*:\s*Yes", data), data
     assert re.search(r"127\.0\.0\.1\s+NTS\s+1\s+15", stats), stats  # KE'd, AEAD 15
+
+
+@pytest.mark.slow
+@needs("chronyd")
+def test_chronyd_keeps_authenticating_across_rotations_and_workers(lab, tmp_path):
+    """Keys rotating every second while chronyd's cookies are out, two
+    workers taking its requests in turn: no NAK, every reply authenticated."""
+    folder = private_folder(tmp_path, "client")
+    socket_path = folder / "chronyd.sock"
+    more = ("--nts-rotate", "1", "--workers", "2", "--no-rate-limit")
+    with our_nts_server(lab, tmp_path, *more) as ports:
+        config = client_config(
+            folder, ports, lab.ca, f"bindcmdaddress {socket_path}", "cmdport 0"
+        )
+        command = ("chronyd", "-d", "-x", "-u", "root", "-f", str(config))
+        with started(*command) as chronyd:
+            with pytest.raises(subprocess.TimeoutExpired):  # 8 rotations and more
+                chronyd.wait(8)
+            data = run("chronyc", "-h", str(socket_path), "-n", "ntpdata").stdout
+            stats = run("chronyc", "-h", str(socket_path), "-n", "authdata").stdout
+    print(data, stats)
+    assert re.search(r"Authenticated\s*:\s*Yes", data), data
+    valid = int(re.search(r"Total valid RX\s*:\s*(\d+)", data)[1])
+    assert valid >= 60  # 16 a second, all authenticated
+    # Name/IP address  Mode KeyID Type KLen Last Atmp  NAK Cook CLen
+    row = next(line.split() for line in stats.splitlines() if "127.0.0.1" in line)
+    assert row[1] == "NTS" and row[7] == "0", stats  # no NAK, ever
 
 
 def chronyd_nts_server(lab, folder: Path) -> tuple[tuple[str, ...], dict[str, int]]:

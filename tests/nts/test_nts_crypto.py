@@ -3,7 +3,6 @@ key file, and the host name a certificate must carry."""
 
 from __future__ import annotations
 
-import json
 import os
 import stat
 
@@ -69,20 +68,67 @@ def test_the_key_file_is_made_for_its_owner_alone_and_outlives_a_restart(tmp_pat
 
 
 @pytest.mark.parametrize(
-    "content", ["not json", "[]", '{"keys": {"1": "00"}, "current": 1}', "{}"]
+    "content, problem",
+    [
+        ("not json", "not a file of NTS cookie keys"),
+        ("[]", "not a file of NTS cookie keys"),
+        ('{"keys": {"1": "00"}, "current": 1}', "not a file of NTS cookie keys"),
+        ('{"secret": "zz"}', "not a file of NTS cookie keys"),
+        ('{"secret": "0011"}', "fewer than 16 bytes"),
+    ],
 )
-def test_a_key_file_that_is_not_one_is_refused(tmp_path, content):
+def test_a_key_file_that_is_not_one_is_refused(tmp_path, content, problem):
     path = tmp_path / "keys"
     path.write_text(content)
-    with pytest.raises(ValueError, match="keys"):
+    with pytest.raises(ValueError, match=problem):
         CookieKeys.load(str(path))
 
 
-def test_a_key_file_names_its_current_key(tmp_path):
-    path = tmp_path / "keys"
-    path.write_text(json.dumps({"current": 7, "keys": {"8": "00" * 32}}))
-    with pytest.raises(ValueError, match="no key 7"):
-        CookieKeys.load(str(path))
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+KEYS = (15, b"c" * 32, b"s" * 32)
+
+
+def test_keys_rotate_and_the_earlier_ones_still_open_for_a_week():
+    clock = Clock()
+    keys = CookieKeys(b"k" * 32, rotate=86_400, kept=7, clock=clock)
+    cookie = keys.seal(*KEYS)
+    for _ in range(7):  # a new key each day; the cookie opens all week
+        clock.now += 86_400
+        assert keys.open(cookie) == KEYS
+        assert keys.seal(*KEYS)[:4] != cookie[:4]  # sealed by today's key
+    clock.now += 86_400  # the eighth day: its key is gone
+    assert keys.open(cookie) is None
+
+
+def test_every_process_and_host_with_the_secret_has_the_same_keys_at_once():
+    """Workers and hosts derive the keys, nothing is handed out: a host a
+    moment ahead has already turned to the next key, and still opens."""
+    here, there, ahead = Clock(), Clock(), Clock()
+    ours = CookieKeys(b"k" * 32, rotate=60, clock=here)
+    theirs = CookieKeys(b"k" * 32, rotate=60, clock=there)
+    early = CookieKeys(b"k" * 32, rotate=60, clock=ahead)
+    for clock in (here, there, ahead):  # just before a rotation
+        clock.now = 60 * 30_000_000 - 0.5
+    ahead.now += 1  # past it
+    for sealer, opener in [(ours, theirs), (theirs, ours), (early, ours)]:
+        assert opener.open(sealer.seal(*KEYS)) == KEYS
+    assert CookieKeys(b"x" * 32, clock=here).open(ours.seal(*KEYS)) is None
+
+
+def test_a_replaced_secret_seals_from_then_on():
+    clock = Clock()
+    keys = CookieKeys(b"k" * 32, clock=clock)
+    before = keys.seal(*KEYS)
+    keys.replace(CookieKeys(b"n" * 32, clock=clock))
+    assert keys.open(before) is None  # the old secret's cookies are gone
+    assert keys.open(keys.seal(*KEYS)) == KEYS
 
 
 @pytest.mark.parametrize(

@@ -189,7 +189,7 @@ def test_a_reload_changes_the_access_list_for_new_clients_and_keeps_the_open(tmp
 def test_a_reload_reads_the_nts_certificate_and_cookie_keys_again(tmp_path, lab):
     from timeservice.clients.nts import ask_nts_once, establish
     from timeservice.nts import TlsError
-    from timeservice.nts.cookies import CookieKeys, save
+    from timeservice.nts.cookies import save
     from timeservice.wire.nts import NtsError
 
     (tmp_path / "second").mkdir()
@@ -214,8 +214,7 @@ def test_a_reload_reads_the_nts_certificate_and_cookie_keys_again(tmp_path, lab)
         text = Path(path).read_text()
         text = text.replace(lab.cert, second.cert).replace(lab.key, second.key)
         Path(path).write_text(text)
-        fresh = CookieKeys.new()
-        save(str(keys), {fresh.current: bytes(32)}, fresh.current)
+        save(str(keys), os.urandom(32))
         process.send_signal(signal.SIGHUP)
         reloaded = re.compile(r"(worker reloaded|SIGHUP received; reloaded) ")
         for _ in range(3):

@@ -246,3 +246,46 @@ def test_a_client_that_never_finishes_its_handshake_is_cut_off(nts_pair, lab):
         assert silent.recv(1) == b""  # closed by the server, not left waiting
     assert ke.failure.wait(TIMEOUT)
     assert ke.refused["ke_timeout"] + ke.refused["handshake"] == 1
+
+
+def test_the_metrics_count_exchanges_authenticated_requests_and_naks(serve, lab):
+    from timeservice.operations.metrics import collect, render
+
+    keys = CookieKeys.new()
+    ntp_server = serve(
+        NtpServer, NtpHandler, local_stratum=10, upstream=None, nts=NtsResponder(keys)
+    )
+    ke = serve(
+        KeServer,
+        None,
+        tls_context=nts_tls.server_context(lab.cert, lab.key),
+        cookies=keys,
+        ntp_port=port_of(ntp_server),
+    )
+    session = establish("127.0.0.1", port_of(ke), ca=lab.ca)
+    ask_nts_once(session, timeout=TIMEOUT)
+    other = establish("127.0.0.1", port_of(nts_pair_of(serve, lab)), ca=lab.ca)
+    session.cookies = other.cookies  # another server's: a NAK
+    with pytest.raises(nts.NtsError, match="NAK"):
+        ask_nts_once(session, timeout=TIMEOUT)
+    text = render(collect([ntp_server, ke]))
+    for result in ("authenticated", "nak"):  # labels in order
+        labels = f'protocol="ntp",result="{result}",transport="udp"'
+        assert f"timeservice_nts_requests_total{{{labels}}} 1" in text, text
+    ke_labels = 'protocol="nts-ke",transport="tcp"'
+    assert f"timeservice_nts_ke_exchanges_total{{{ke_labels}}} 1" in text
+
+
+def nts_pair_of(serve, lab) -> KeServer:
+    """Another server's KE, with keys of its own."""
+    keys = CookieKeys.new()
+    other_ntp = serve(
+        NtpServer, NtpHandler, local_stratum=10, upstream=None, nts=NtsResponder(keys)
+    )
+    return serve(
+        KeServer,
+        None,
+        tls_context=nts_tls.server_context(lab.cert, lab.key),
+        cookies=keys,
+        ntp_port=port_of(other_ntp),
+    )

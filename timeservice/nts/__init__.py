@@ -14,6 +14,11 @@ import functools
 
 EXTRA = "pip install 'timeservice[nts]'"
 
+# The cookie keys (cookies.CookieKeys): a new one each ROTATE_SECONDS, the
+# KEPT before it still opening cookies.
+ROTATE_SECONDS = 86_400.0
+KEPT = 7
+
 
 class Unavailable(RuntimeError):
     """NTS cannot run here; the message says why, in one line."""

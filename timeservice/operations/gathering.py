@@ -18,8 +18,8 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-COUNTERS = ("requests", "leaked")  # plain counts, summed
-COUNTED_BY = ("errors", "refused")  # counts by reason, summed by reason
+COUNTERS = ("requests", "leaked", "exchanges")  # plain counts, summed
+COUNTED_BY = ("errors", "refused", "nts")  # counts by reason, summed by reason
 GAUGES = ("open_connections", "sources")  # now: the live workers' alone
 
 

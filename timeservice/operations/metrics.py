@@ -79,6 +79,8 @@ def collect(
     open_connections: list[Sample] = []
     sources: list[Sample] = []
     leaked: list[Sample] = []
+    nts_requests: list[Sample] = []
+    exchanges: list[Sample] = []
     for server in servers:
         labels = labels_of(server)
         counts = server.statistics()
@@ -92,6 +94,10 @@ def collect(
         if "sources" in counts:  # a datagram server with its limits on
             sources.append((labels, counts["sources"]))
             leaked.append((labels, counts["leaked"]))
+        for result, count in counts.get("nts", {}).items():  # NTP serving NTS
+            nts_requests.append(({**labels, "result": result}, count))
+        if "exchanges" in counts:  # NTS Key Establishment
+            exchanges.append((labels, counts["exchanges"]))
     families: list[Family] = [
         (
             "timeservice_requests_total",
@@ -129,6 +135,19 @@ def collect(
             "counter",
             "Datagrams answered over their source's limit, at random.",
             leaked,
+        ),
+        (
+            "timeservice_nts_requests_total",
+            "counter",
+            "NTS requests answered authenticated, or with a NAK (a cookie it "
+            "cannot open).",
+            nts_requests,
+        ),
+        (
+            "timeservice_nts_ke_exchanges_total",
+            "counter",
+            "NTS Key Establishments that ended with cookies sent.",
+            exchanges,
         ),
         (
             "timeservice_threads",

@@ -10,6 +10,8 @@ import os
 import sys
 from typing import Any
 
+from ..clients.targets import split_host_port
+from ..wire import ntp
 from .opening import Opened
 from .options import listen
 
@@ -44,7 +46,7 @@ def prepare(prog: str, args: argparse.Namespace) -> tuple[Any, Any] | None:
     path = cookie_keys_path(args)
     try:
         context, keys = read_material(args)
-        keys = keys or CookieKeys.new()
+        keys = keys or CookieKeys.new(rotate=args.nts_rotate)
     except (OSError, ValueError, tls.TlsError) as exc:
         reason = getattr(exc, "strerror", None) or str(exc)
         where = getattr(exc, "filename", None)
@@ -80,12 +82,18 @@ def open_key_establishment(
     for ntp_server in ntp_servers:
         host, ntp_port = ntp_server.server_address[:2]
 
-        def make(address: tuple, ntp_port: int = ntp_port) -> KeServer:
+        elsewhere: tuple[str | None, int] = (None, ntp_port)
+        if args.nts_server is not None:  # another host's, on its own port or 123
+            named, named_port = split_host_port(args.nts_server)
+            elsewhere = (named, named_port or ntp.DEFAULT_PORT)
+
+        def make(address: tuple, sent_to: tuple = elsewhere) -> KeServer:
             return KeServer(
                 address,
                 tls_context=context,
                 cookies=keys,
-                ntp_port=ntp_port,
+                ntp_server=sent_to[0],
+                ntp_port=sent_to[1],
                 access=access,
             )
 
@@ -107,4 +115,6 @@ def read_material(args: argparse.Namespace) -> tuple[Any, Any]:
 
     context = tls.server_context(args.nts_cert, args.nts_key)
     path = cookie_keys_path(args)
-    return context, None if path is None else CookieKeys.load(path)
+    if path is None:
+        return context, None
+    return context, CookieKeys.load(path, rotate=args.nts_rotate)

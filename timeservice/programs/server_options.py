@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 from .. import __version__
 from ..host import capabilities
+from ..nts import ROTATE_SECONDS
 from ..policy.sources import NETWORK_FACTOR, TABLE_BYTES
 from ..servers.upstream import unvouched
 from ..transport.registry import IDLE_TIMEOUT, MAX_CONNECTIONS, MAX_PER_HOST
@@ -28,7 +29,13 @@ from .options import (
     positive,
     seconds,
 )
-from .server_values import byte_size, reference_id, subnet, upstream_address
+from .server_values import (
+    byte_size,
+    nts_server,
+    reference_id,
+    subnet,
+    upstream_address,
+)
 
 
 def build_parser(prog: str, raising: bool = False) -> Parser:
@@ -134,10 +141,28 @@ def build_parser(prog: str, raising: bool = False) -> Parser:
         "--nts-cookie-keys",
         reload=True,
         metavar="FILE",
-        help="with --nts-ke: where the keys that seal the cookies are kept, made "
+        help="with --nts-ke: the secret the cookie keys are derived from, made "
         "(readable by its owner only) if missing, so that cookies outlive a "
-        "restart, and read again on SIGHUP (default: "
+        "restart; copy it to every host whose servers open each other's "
+        "cookies; read again on SIGHUP (default: "
         "$STATE_DIRECTORY/nts-cookie-keys under systemd, else in memory only)",
+    )
+    protocols(
+        "--nts-rotate",
+        type=seconds,
+        default=ROTATE_SECONDS,
+        metavar="SECONDS",
+        help="with --nts-ke: how often the cookie key changes; the 7 before it "
+        "still open cookies; the same on every host that shares the secret "
+        "(default: %(default)g, a day)",
+    )
+    protocols(
+        "--nts-server",
+        type=nts_server,
+        metavar="HOST[:PORT]",
+        help="with --nts-ke: send clients to this NTP server (RFC 8915's NTPv4 "
+        "Server and Port Negotiation), which must hold the same cookie secret "
+        "(default: this host, on --ntp's port)",
     )
     protocols(
         "--no-line",
@@ -337,7 +362,7 @@ def check_arguments(args: argparse.Namespace) -> str | None:
         return "--no-line leaves nothing to serve: name --daytime, --time or --ntp"
     if args.nts_ke is not None and (args.nts_cert is None or args.nts_key is None):
         return "--nts-ke needs --nts-cert FILE and --nts-key FILE"
-    for option in ("nts_cert", "nts_key", "nts_cookie_keys"):
+    for option in ("nts_cert", "nts_key", "nts_cookie_keys", "nts_server"):
         if getattr(args, option) is not None and args.nts_ke is None:
             return f"--{option.replace('_', '-')} goes with --nts-ke"
     if not args.activated and args.ntp is None:

@@ -55,3 +55,12 @@ def subnet(text: str) -> str:
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
     return text
+
+
+def nts_server(text: str) -> str:
+    """An argparse type for --nts-server: ``HOST[:PORT]``, checked here."""
+    try:
+        split_host_port(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None
+    return text

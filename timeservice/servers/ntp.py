@@ -256,6 +256,14 @@ class NtpServer(DatagramServer):
             return claim, 0.0
         return None, 0.0
 
+    def statistics(self) -> dict[str, Any]:
+        """DatagramServer's counts, and where NTS is served its requests:
+        authenticated, or answered with a NAK."""
+        counts = super().statistics()
+        if self.nts is not None:
+            counts["nts"] = {"authenticated": self.nts.answered, "nak": self.nts.naks}
+        return counts
+
     def settings_changed(self, names: set[str]) -> None:
         """What to claim may have changed: the next request reads it afresh."""
         super().settings_changed(names)

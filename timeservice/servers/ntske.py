@@ -150,6 +150,13 @@ class KeServer(StreamServer):
             self.server_close()
             raise ValueError("an NTS-KE server needs tls_context and cookies")
 
+    def statistics(self) -> dict[str, Any]:
+        """The registry's counts, and the exchanges that ended with cookies
+        sent (a failed one is a refusal: handshake, ke_request, ke_timeout)."""
+        counts = super().statistics()
+        counts["exchanges"] = self.exchanges
+        return counts
+
     def failed(self, cause: str, client_address: Any, why: object) -> None:
         """An exchange that failed: counted and logged as a refusal."""
         logger.debug("%s: NTS-KE: %s", client_address, why)
