@@ -204,6 +204,9 @@ class NtpServer(DatagramServer):
     def socket_options(self) -> None:
         super().socket_options()
         self._interleaving()
+
+    def announce(self) -> None:
+        super().announce()
         global _basic_said
         if self.transmitted_times is None and not _basic_said:
             _basic_said = True

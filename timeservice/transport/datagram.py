@@ -175,6 +175,7 @@ class DatagramServer(
         self.dropped: collections.Counter[str] = collections.Counter()
         self.kernel_timestamps = False  # set by socket_options() where it can be
         self.destination_info = False  # likewise: IP_PKTINFO, IPV6_RECVPKTINFO
+        self._no_destination = ""  # why not, where it was asked for
         self._served_port: int | None = None
         self._ancillary_space = 0  # what recvmsg() reads beside the data
         # The Reply for the ancillary data that says which address was asked.
@@ -215,6 +216,20 @@ class DatagramServer(
             + (_PKTINFO_SPACE if self.destination_info else 0)
             + self._received_stamps
         )
+        self.announce()
+
+    def announce(self) -> None:
+        """Say what the kernel would not give, once the port is served: a
+        server that could not bind says only that."""
+        if self._no_destination:
+            logger.warning(
+                "%s: cannot tell which address datagrams were sent to (%s): "
+                "broadcasts are answered as requests and replies leave from "
+                "the kernel's choice; bind this host's addresses to answer "
+                "unicast only",
+                format_address(self.server_address),
+                self._no_destination,
+            )
 
     def socket_options(self) -> None:
         super().socket_options()
@@ -232,15 +247,7 @@ class DatagramServer(
         if capabilities.DESTINATION_ADDRESS:
             why = self._ask_destination()
             self.destination_info = not why
-        if why:
-            logger.warning(
-                "%s: cannot tell which address datagrams were sent to (%s): "
-                "broadcasts are answered as requests and replies leave from "
-                "the kernel's choice; bind this host's addresses to answer "
-                "unicast only",
-                format_address(self.server_address),
-                why,
-            )
+        self._no_destination = why
 
     def _ask_destination(self) -> str:
         """Have the kernel say which address each datagram was sent to; why
