@@ -532,6 +532,44 @@ def two_hosts() -> Iterator[tuple[str, str]]:
             )
 
 
+@contextlib.contextmanager
+def lan(count: int) -> Iterator[list[tuple[str, str]]]:
+    """`count` hosts of the test's own on one switch (a bridge in a
+    namespace of its own), at 192.0.2.1, .2, ... on a /24: each host's
+    namespace and address; all removed whatever happens."""
+    with contextlib.ExitStack() as stack:
+        switch = stack.enter_context(namespace("sw"))
+        ip("-n", switch, "link", "add", "br0", "type", "bridge")
+        ip("-n", switch, "link", "set", "br0", "up")
+        hosts = []
+        for n in range(count):
+            host = stack.enter_context(namespace(f"h{n}"))
+            port = f"p{n}"
+            ip("-n", host, "link", "add", "eth0", "type", "veth", "peer", "name", port)
+            ip("-n", host, "link", "set", port, "netns", switch)
+            ip("-n", switch, "link", "set", port, "master", "br0", "up")
+            address = f"192.0.2.{n + 1}"
+            ip("-n", host, "addr", "add", f"{address}/24", "dev", "eth0")
+            ip("-n", host, "link", "set", "eth0", "up")
+            hosts.append((host, address))
+        yield hosts
+
+
+@contextlib.contextmanager
+def a_user_of_the_tests_own() -> Iterator[str]:
+    """A system user made for the test, without a home or a shell; removed after."""
+    name = f"tsf{os.getpid() % 100000}"
+    subprocess.run(
+        ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin",
+         name],
+        check=True, capture_output=True, timeout=TIMEOUT,
+    )  # fmt: skip
+    try:
+        yield name
+    finally:
+        subprocess.run(["userdel", name], capture_output=True, timeout=TIMEOUT)
+
+
 def in_namespace(ns: str, code: str, *args: str) -> str:
     """What Python `code` prints, run in namespace `ns` (the project's code
     importable); a failure fails the test with its stderr."""
@@ -564,7 +602,7 @@ needs_nts = pytest.mark.skipif(
 @dataclasses.dataclass(frozen=True)
 class Lab:
     """A CA of the test's own and certificates it signed, as PEM files:
-    `cert`/`key` name localhost and 127.0.0.1; the others are what a
+    `cert`/`key` name localhost, 127.0.0.1 and SERVER_V4; the others are what a
     client must refuse."""
 
     ca: str
@@ -632,6 +670,7 @@ def make_lab(folder: Path) -> Lab:
     lab_names = [
         x509.DNSName("localhost"),
         x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+        x509.IPAddress(ipaddress.ip_address(SERVER_V4)),  # a namespace's KE host
     ]
     good = leaf(lab_names, now - day, now + 30 * day)
     wrong = leaf([x509.DNSName("elsewhere.example")], now - day, now + 30 * day)

@@ -45,6 +45,7 @@ PACKAGES = {
     "xinetd": "xinetd",
     "nc": "netcat-openbsd",
     "faketime": "faketime",
+    "useradd": "passwd",
 }
 SERVICE = re.compile(r"Serving (.+?) on \S+ port (\d+)")
 

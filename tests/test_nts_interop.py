@@ -7,17 +7,31 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import pwd
 import re
+import shutil
+import signal
 import socket
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, TIMEOUT, readline_within
+from conftest import (
+    ROOT,
+    TIMEOUT,
+    a_user_of_the_tests_own,
+    make_lab,
+    readline_within,
+    until,
+)
 from test_interop import CHRONY_OFFSET, free_port, needs, run, started, wait_for_udp
 
+from timeservice.clients.nts import ask_nts_once, establish
+from timeservice.nts import TlsError
 from timeservice.wire import ntp
 
 
@@ -207,3 +221,91 @@ def test_our_client_and_skew_authenticate_chronyds_nts_server(lab, tmp_path):
     assert untrusted.returncode == 1
     assert "certificate verify failed" in untrusted.stderr  # not the system's CA
     assert untrusted.stderr.count("\n") == 1
+
+
+@pytest.mark.slow
+@needs("chronyd")
+@needs("useradd")
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root: a user of its own")
+def test_a_reload_as_the_service_user_keeps_chronyds_cookies(lab, tmp_path):
+    """An ACME renewal: the certificate and key replaced in place, readable
+    by the service's group, and SIGHUP to a server (two workers) that has
+    dropped root. New clients meet the new certificate; chronyd, holding
+    cookies from before, goes on authenticated with no NAK."""
+    (tmp_path / "second").mkdir()
+    renewed = make_lab(tmp_path / "second")
+    client = private_folder(tmp_path, "client")
+    socket_path = client / "chronyd.sock"
+    with a_user_of_the_tests_own() as user, tempfile.TemporaryDirectory() as shared:
+        folder = Path(shared)  # /tmp: one the service's user can reach
+        folder.chmod(0o755)
+        uid, group = pwd.getpwnam(user).pw_uid, pwd.getpwnam(user).pw_gid
+        cert, key = folder / "cert.pem", folder / "key.pem"
+        for path, source in ((cert, lab.cert), (key, lab.key)):
+            shutil.copyfile(source, path)
+            os.chown(path, 0, group)  # root's, readable by the service's group
+            path.chmod(0o640)
+        config = folder / "timeservice.toml"
+        config.write_text(
+            f"no_line = true\nntp = 0\nlocal_stratum = 10\nnts_ke = 0\n"
+            f'nts_cert = "{cert}"\nnts_key = "{key}"\n'
+            f'nts_cookie_keys = "{folder / "keys"}"\nuser = "{user}"\nworkers = 2\n'
+            "no_rate_limit = true\n"
+        )
+        config.chmod(0o644)
+        command = [sys.executable, "-m", "timeservice.server", "--config", str(config)]
+        process = subprocess.Popen(
+            command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        try:
+            ports = {}
+            for _ in range(2):
+                found = until(
+                    process.stdout, re.compile(r"Serving (NTP|NTS-KE) on .* port (\d+)")
+                )
+                ports[found[1]] = int(found[2])
+            until(process.stdout, re.compile(f"Serving as user {user}"))
+            config_text = client_config(
+                client, {"ntp": ports["NTP"], "nts-ke": ports["NTS-KE"]}, lab.ca,
+                f"bindcmdaddress {socket_path}", "cmdport 0",
+            )  # fmt: skip
+            chronyd_command = (
+                "chronyd",
+                "-d",
+                "-x",
+                "-u",
+                "root",
+                "-f",
+                str(config_text),
+            )
+            with started(*chronyd_command) as chronyd:
+                for _ in range(100):
+                    line = readline_within(chronyd.stdout, 30)
+                    if "Selected source" in line or not line:
+                        break
+                assert "Selected source 127.0.0.1" in line, line
+                shutil.copyfile(renewed.cert, cert)  # in place: owner and mode kept
+                shutil.copyfile(renewed.key, key)
+                process.send_signal(signal.SIGHUP)
+                until(process.stderr, re.compile("SIGHUP received; reloaded"))
+                session = establish("127.0.0.1", ports["NTS-KE"], ca=renewed.ca)
+                assert abs(ask_nts_once(session).offset) < 0.01
+                with pytest.raises(TlsError):  # the old CA no longer vouches
+                    establish("127.0.0.1", ports["NTS-KE"], ca=lab.ca)
+                with pytest.raises(subprocess.TimeoutExpired):  # 16 polls a second
+                    chronyd.wait(3)
+                data = run("chronyc", "-h", str(socket_path), "-n", "ntpdata").stdout
+                stats = run("chronyc", "-h", str(socket_path), "-n", "authdata").stdout
+        finally:
+            process.terminate()
+            _, err = process.communicate(timeout=TIMEOUT)
+        owner = (folder / "keys").stat().st_uid
+    print(data, stats)
+    assert "Traceback" not in err and "reload failed" not in err, err
+    assert owner == uid  # the secret is the service's state: handed over
+    assert re.search(r"Authenticated\s*:\s*Yes", data), data
+    assert int(re.search(r"Total valid RX\s*:\s*(\d+)", data)[1]) >= 40
+    row = next(line.split() for line in stats.splitlines() if "127.0.0.1" in line)
+    # Name/IP address  Mode KeyID Type KLen Last Atmp  NAK Cook CLen
+    assert row[1] == "NTS" and row[7] == "0", stats  # no NAK, ever
+    assert int(row[5]) >= 3  # its last Key Establishment was before the reload

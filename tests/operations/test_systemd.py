@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -15,7 +16,16 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, TIMEOUT, free_port, needs_sigterm, one_line, recent
+from conftest import (
+    ROOT,
+    TIMEOUT,
+    free_port,
+    needs_nts,
+    needs_sigterm,
+    one_line,
+    readline_within,
+    recent,
+)
 
 from timeservice import client
 from timeservice.operations import systemd
@@ -149,6 +159,7 @@ os.execv(sys.executable, [sys.executable, "-m", "timeservice.server", *sys.argv[
         ("tcp,file", "line:ntp", "", "descriptor 4 (ntp) is not a socket"),
         ("unix", "line", "", "socket 3 (line) is not an IPv4 or IPv6 socket"),
         ("tcp", "line", "x", "LISTEN_FDS='1' and LISTEN_PID='x' must be numbers"),
+        ("tcp", "nts-ke", "", "socket 3 (nts-ke): Key Establishment needs --nts-"),
     ],
 )
 def test_sockets_that_do_not_fit_are_one_line(kinds, names, pid, problem):
@@ -164,6 +175,36 @@ def test_sockets_that_do_not_fit_are_one_line(kinds, names, pid, problem):
     assert result.returncode == 1
     assert result.stdout == ""
     assert problem in one_line(result.stderr)
+
+
+@needs_nts
+def test_a_socket_named_nts_ke_serves_key_establishment(tmp_path, lab):
+    """systemd's NTS-KE socket beside its NTP one: the KE sends clients to
+    that NTP port, and their requests are authenticated."""
+    from timeservice.clients.nts import ask_nts_once, establish
+
+    if not hasattr(os, "dup2") or sys.platform == "win32":
+        pytest.skip("descriptors passed as systemd passes them (POSIX)")
+    ready = tmp_path / "ready.json"
+    command = [sys.executable, "-c", ACTIVATE, "udp,tcp", "ntp:nts-ke", ""]
+    command += ["--local-stratum", "10", "--nts-cert", lab.cert, "--nts-key", lab.key]
+    command += ["--nts-cookie-keys", str(tmp_path / "keys"), "--ready-file", str(ready)]
+    process = subprocess.Popen(
+        command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert "from systemd" in readline_within(process.stdout)
+        served = json.loads(ready.read_text())["serving"]
+        ports = {entry["protocol"]: entry["port"] for entry in served}
+        session = establish("127.0.0.1", ports["nts-ke"], ca=lab.ca, timeout=TIMEOUT)
+        assert session.ntp_port == ports["ntp"]
+        sample = ask_nts_once(session, timeout=TIMEOUT)
+        assert abs(sample.offset) <= sample.error
+    finally:
+        process.terminate()
+        out, err = process.communicate(timeout=TIMEOUT)
+    assert "Serving NTS-KE on 127.0.0.1 port" in out and "(TCP, TLS 1.3, from" in out
+    assert "Traceback" not in err
 
 
 def test_passed_sockets_are_served_as_their_names_say(serving):
@@ -341,7 +382,7 @@ def test_the_units_sandbox_the_service_and_name_their_sockets():
     ):
         assert f"\n{setting}" in service_text
     names = {
-        re.search(r"FileDescriptorName=(\w+)", unit.read_text())[1]
+        re.search(r"FileDescriptorName=([\w-]+)", unit.read_text())[1]
         for unit in units
         if unit.suffix == ".socket"
     }

@@ -595,6 +595,8 @@ def test_nts_without_its_extra_is_one_line_that_says_what_to_install(module, arg
         (["--ntp", "0", "--nts-ke", "0"], "--nts-ke needs --nts-cert FILE"),
         (["--nts-ke", "0", "--nts-cert", "c", "--nts-key", "k"], "goes with --ntp"),
         (["--nts-cert", "c"], "--nts-cert goes with --nts-ke"),
+        (["--ntp", "0", "--nts-key", "k"], "--nts-cert and --nts-key go together"),
+        (["--nts-cookie-keys", "keys"], "--nts-cookie-keys goes with --ntp"),
     ],
 )
 def test_the_nts_options_that_do_not_fit_are_usage_errors(args, problem, capsys):

@@ -17,6 +17,7 @@ import pytest
 from conftest import (
     ROOT,
     TIMEOUT,
+    a_user_of_the_tests_own,
     daemon_port,
     in_namespace,
     namespace,
@@ -270,21 +271,6 @@ finally:
 print(json.dumps({"forger": said, "claims": sorted(set(claims)),
                   "asked": len(claims)}))
 """
-
-
-@contextlib.contextmanager
-def a_user_of_the_tests_own() -> Iterator[str]:
-    """A system user made for the test, without a home or a shell; removed after."""
-    name = f"tsf{os.getpid() % 100000}"
-    subprocess.run(
-        ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin",
-         name],
-        check=True, capture_output=True, timeout=TIMEOUT,
-    )  # fmt: skip
-    try:
-        yield name
-    finally:
-        subprocess.run(["userdel", name], capture_output=True, timeout=TIMEOUT)
 
 
 @needs_netns

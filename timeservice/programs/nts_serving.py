@@ -7,7 +7,9 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import socket
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from ..clients.targets import split_host_port
@@ -29,10 +31,22 @@ def cookie_keys_path(args: argparse.Namespace) -> str | None:
     return os.path.join(state, KEYS_FILE) if state else None
 
 
+def serves_nts(args: argparse.Namespace) -> bool:
+    """Whether NTP answers NTS requests: with Key Establishment here (on
+    --nts-ke, or a socket systemd names nts-ke), or alone, opening what a
+    KE server elsewhere sealed with the --nts-cookie-keys secret."""
+    return (
+        args.nts_ke is not None
+        or args.nts_cookie_keys is not None
+        or (args.activated and args.nts_cert is not None)
+    )
+
+
 def prepare(prog: str, args: argparse.Namespace) -> tuple[Any, Any] | None:
-    """The TLS context and the cookie keys for --nts-ke, read now (before
-    any privilege is dropped); None, after one line on stderr, if NTS cannot
-    run here or its files cannot be read."""
+    """The TLS context (None without a certificate: no Key Establishment
+    here) and the cookie keys, read now (before any privilege is dropped);
+    None, after one line on stderr, if NTS cannot run here or its files
+    cannot be read."""
     from ..nts import Unavailable, require
 
     try:
@@ -61,6 +75,19 @@ def prepare(prog: str, args: argparse.Namespace) -> tuple[Any, Any] | None:
     return context, keys
 
 
+def hand_over(args: argparse.Namespace, uid: int, gid: int) -> None:
+    """Give the cookie secret to the account the server becomes, as its
+    state: a reload reads it again once root is gone (chronyd's dumps
+    are its user's likewise). Where it cannot be given, the reload's one
+    line says so."""
+    path = cookie_keys_path(args)
+    if path is not None and serves_nts(args) and os.path.exists(path):
+        try:
+            os.chown(path, uid, gid)
+        except OSError as exc:
+            logger.warning("NTS: cannot give %s to the service's user: %s", path, exc)
+
+
 def open_key_establishment(
     prog: str,
     args: argparse.Namespace,
@@ -81,21 +108,10 @@ def open_key_establishment(
     port = args.nts_ke
     for ntp_server in ntp_servers:
         host, ntp_port = ntp_server.server_address[:2]
+        settings = ke_settings(args, context, keys, access, ntp_port)
 
-        elsewhere: tuple[str | None, int] = (None, ntp_port)
-        if args.nts_server is not None:  # another host's, on its own port or 123
-            named, named_port = split_host_port(args.nts_server)
-            elsewhere = (named, named_port or ntp.DEFAULT_PORT)
-
-        def make(address: tuple, sent_to: tuple = elsewhere) -> KeServer:
-            return KeServer(
-                address,
-                tls_context=context,
-                cookies=keys,
-                ntp_server=sent_to[0],
-                ntp_port=sent_to[1],
-                access=access,
-            )
+        def make(address: tuple, settings: dict[str, Any] = settings) -> KeServer:
+            return KeServer(address, **settings)
 
         ke = listen(prog, str(host), port, make)
         if ke is None:
@@ -105,15 +121,55 @@ def open_key_establishment(
     return True
 
 
+def inherited_key_establishment(
+    args: argparse.Namespace, context: Any, keys: Any, access: Any
+) -> Callable[[socket.socket, int], Any] | None:
+    """What serves a socket systemd named nts-ke (None without a
+    certificate): a KE server sending clients to the NTP port given."""
+    if context is None:
+        return None
+    from ..servers.ntske import KeServer
+
+    def serve(sock: socket.socket, ntp_port: int) -> Any:
+        return KeServer.on_socket(
+            sock, **ke_settings(args, context, keys, access, ntp_port)
+        )
+
+    return serve
+
+
+def ke_settings(
+    args: argparse.Namespace, context: Any, keys: Any, access: Any, ntp_port: int
+) -> dict[str, Any]:
+    """A KE server's settings: clients sent to --nts-server, or to this
+    host's NTP on `ntp_port`."""
+    sent_to: tuple[str | None, int] = (None, ntp_port)
+    if args.nts_server is not None:  # another host's, on its own port or 123
+        named, named_port = split_host_port(args.nts_server)
+        sent_to = (named, named_port or ntp.DEFAULT_PORT)
+    return {
+        "tls_context": context,
+        "cookies": keys,
+        "ntp_server": sent_to[0],
+        "ntp_port": sent_to[1],
+        "access": access,
+    }
+
+
 def read_material(args: argparse.Namespace) -> tuple[Any, Any]:
-    """The TLS context from the certificate and key the arguments name, and
-    the cookie keys from their file (None where they are kept in memory
-    only), read now (on a reload: as the service's user); TlsError,
-    OSError or ValueError if one cannot be read."""
+    """The TLS context from the certificate and key the arguments name (None
+    without them), and the cookie keys from their file (None where they are
+    kept in memory only), both None where NTS is not served; read now (on a
+    reload: as the service's user); TlsError, OSError or ValueError if one
+    cannot be read."""
     from ..nts import tls
     from ..nts.cookies import CookieKeys
 
-    context = tls.server_context(args.nts_cert, args.nts_key)
+    if not serves_nts(args):
+        return None, None
+    context = None  # no Key Establishment here: cookies come sealed
+    if args.nts_cert is not None:
+        context = tls.server_context(args.nts_cert, args.nts_key)
     path = cookie_keys_path(args)
     if path is None:
         return context, None

@@ -10,6 +10,7 @@ import logging
 import socket
 import socketserver
 import sys
+from collections.abc import Callable
 from typing import Any, NamedTuple, cast
 
 from ..clock.system import local_clock, utc_clock
@@ -209,6 +210,7 @@ ACTIVATED = {
     "daytime": (socket.SOCK_STREAM, socket.SOCK_DGRAM),
     "time": (socket.SOCK_STREAM, socket.SOCK_DGRAM),
     "ntp": (socket.SOCK_DGRAM,),
+    "nts-ke": (socket.SOCK_STREAM,),
 }
 
 
@@ -216,10 +218,13 @@ TRANSPORTS = {socket.SOCK_STREAM: "TCP", socket.SOCK_DGRAM: "UDP"}
 
 
 def open_inherited(
-    sockets: list[tuple[str, socket.socket]], settings: Settings
+    sockets: list[tuple[str, socket.socket]],
+    settings: Settings,
+    key_establishment: Callable[[socket.socket, int], Any] | None = None,
 ) -> Opened:
     """A server on each socket systemd passed, as its name says; ActivationError
-    if a name or a socket does not fit."""
+    if a name or a socket does not fit. An nts-ke socket is served by
+    `key_establishment(sock, ntp_port)`, where NTS is set up."""
     for number, (name, sock) in enumerate(sockets, systemd.FIRST_DESCRIPTOR):
         if name not in ACTIVATED:
             raise systemd.ActivationError(
@@ -237,10 +242,17 @@ def open_inherited(
             raise systemd.ActivationError(
                 f"socket {number} ({name}) must be a listening {kinds} socket"
             )
+        if name == "nts-ke" and key_establishment is None:
+            raise systemd.ActivationError(
+                f"socket {number} ({name}): Key Establishment needs "
+                "--nts-cert FILE and --nts-key FILE"
+            )
     opened: Opened = []
     for name, sock in sockets:
         how = f" ({TRANSPORTS[sock.type]}, from systemd)"
         server: socketserver.BaseServer
+        if name == "nts-ke":
+            continue  # once the NTP port is known
         if name == "line":
             server = TimeServer.on_socket(sock, **settings.line)
             opened.append(("time", how, [server]))
@@ -257,6 +269,13 @@ def open_inherited(
                 sock, handler, min_source_port=INETD_PORTS, **settings.datagrams
             )
         opened.append((title, how, [server]))
+    ntp_ports = [
+        cast(tuple, g[0].server_address)[1] for n, _, g in opened if n == "NTP"
+    ]
+    for name, sock in sockets:
+        if name == "nts-ke" and key_establishment is not None:
+            server = key_establishment(sock, (*ntp_ports, ntp.DEFAULT_PORT)[0])
+            opened.append(("NTS-KE", " (TCP, TLS 1.3, from systemd)", [server]))
     return opened
 
 

@@ -129,6 +129,6 @@ class Reloader:
         """Where NTS is served: a TLS context from the certificate and key,
         and the cookie keys from their file (None if kept in memory only),
         all read again, changed or not; (None, None) otherwise."""
-        if self.nts is None or new.nts_ke is None:
+        if self.nts is None:
             return None, None
         return self.nts[0](new)

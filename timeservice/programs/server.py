@@ -115,7 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         logger.info("no %s: the defaults and the command line", args.config_path)
     settings = Settings.from_arguments(args)
     nts = None
-    if args.nts_ke is not None:
+    if nts_serving.serves_nts(args):
         nts = nts_serving.prepare(prog, args)
         if nts is None:
             return 1
@@ -126,14 +126,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         opened = open_bound(prog, args, settings)
         if opened is None:
             return 1
-        if nts is not None and not nts_serving.open_key_establishment(
-            prog, args, *nts, opened, settings.line["access"]
+        if (
+            nts is not None
+            and args.nts_ke is not None
+            and not nts_serving.open_key_establishment(
+                prog, args, *nts, opened, settings.line["access"]
+            )
         ):
             close_all(opened)
             return 1
     else:
         try:
-            opened = open_inherited(inherited, settings)
+            key_establishment = None
+            if nts is not None:
+                key_establishment = nts_serving.inherited_key_establishment(
+                    args, *nts, settings.line["access"]
+                )
+            opened = open_inherited(inherited, settings, key_establishment)
         except systemd.ActivationError as exc:
             print(f"{prog}: {exc}", file=sys.stderr)
             return 1
@@ -169,6 +178,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         opened.append(("metrics", " (HTTP, /metrics)", [metrics]))
     notifier = systemd.Notifier()
     if account is not None:
+        nts_serving.hand_over(args, account.uid, account.gid)
         become(account)
     elif running_as_root():
         logger.warning(
@@ -238,7 +248,7 @@ def check_config(prog: str, args: argparse.Namespace) -> int:
     except LookupError as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         return 2
-    if args.nts_ke is not None and nts_serving.prepare(prog, args) is None:
+    if nts_serving.serves_nts(args) and nts_serving.prepare(prog, args) is None:
         return 2
     where = args.config_path if args.config_found else "the command line"
     say(f"{prog}: {where}: the configuration is good")

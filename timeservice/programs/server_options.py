@@ -144,7 +144,8 @@ def build_parser(prog: str, raising: bool = False) -> Parser:
         help="with --nts-ke: the secret the cookie keys are derived from, made "
         "(readable by its owner only) if missing, so that cookies outlive a "
         "restart; copy it to every host whose servers open each other's "
-        "cookies; read again on SIGHUP (default: "
+        "cookies; alone, with --ntp: answer NTS requests with cookies a KE "
+        "server elsewhere sealed with this secret; read again on SIGHUP (default: "
         "$STATE_DIRECTORY/nts-cookie-keys under systemd, else in memory only)",
     )
     protocols(
@@ -152,7 +153,7 @@ def build_parser(prog: str, raising: bool = False) -> Parser:
         type=seconds,
         default=ROTATE_SECONDS,
         metavar="SECONDS",
-        help="with --nts-ke: how often the cookie key changes; the 7 before it "
+        help="with NTS: how often the cookie key changes; the 7 before it "
         "still open cookies; the same on every host that shares the secret "
         "(default: %(default)g, a day)",
     )
@@ -341,6 +342,7 @@ def parse_arguments(
 
 
 STANDARD_OPTIONS = ("daytime", "time", "ntp")
+WITH_NTP = ("local_stratum", "upstream_stratum", "nts_ke", "nts_cookie_keys")
 
 
 def check_arguments(args: argparse.Namespace) -> str | None:
@@ -352,6 +354,7 @@ def check_arguments(args: argparse.Namespace) -> str | None:
             return f"--{option.replace('_', '-')} must be 0 or more"
     if args.activated:
         given = [f"--{o}" for o in STANDARD_OPTIONS if getattr(args, o) is not None]
+        given += ["--nts-ke"] if args.nts_ke is not None else []
         given += ["--no-line"] if args.no_line else []
         if given:
             return (
@@ -362,11 +365,15 @@ def check_arguments(args: argparse.Namespace) -> str | None:
         return "--no-line leaves nothing to serve: name --daytime, --time or --ntp"
     if args.nts_ke is not None and (args.nts_cert is None or args.nts_key is None):
         return "--nts-ke needs --nts-cert FILE and --nts-key FILE"
-    for option in ("nts_cert", "nts_key", "nts_cookie_keys", "nts_server"):
+    # Under systemd, a socket named nts-ke asks for Key Establishment.
+    for option in ("nts_cert", "nts_server"):
         if getattr(args, option) is not None and args.nts_ke is None:
-            return f"--{option.replace('_', '-')} goes with --nts-ke"
+            if not args.activated:
+                return f"--{option.replace('_', '-')} goes with --nts-ke"
+    if (args.nts_cert is None) != (args.nts_key is None):
+        return "--nts-cert and --nts-key go together"
     if not args.activated and args.ntp is None:
-        for option in ("local_stratum", "upstream_stratum", "nts_ke"):
+        for option in WITH_NTP:
             if getattr(args, option) is not None:
                 return f"--{option.replace('_', '-')} goes with --ntp"
     if args.upstream is not None and (args.ntp is not None or args.activated):
