@@ -226,12 +226,22 @@ def name_matches(pattern: str, host: str) -> bool:
     return bool(first) and bool(dot) and rest == pattern[2:]
 
 
+def exchange_at_once(sock: socket.socket) -> None:
+    """Non-blocking, and each write sent at once: TLS 1.3 writes its
+    Finished and the records after it separately, and Nagle's algorithm
+    would hold the second until the peer's delayed ACK (40 ms on Linux;
+    every Key Establishment with chronyd took 44 ms so)."""
+    sock.setblocking(False)
+    if sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
 def connect(
     context: SSL.Context, sock: socket.socket, host: str, deadline: float
 ) -> SSL.Connection:
     """TLS as a client over a connected socket: the handshake, the chain
     verified, the certificate checked to name `host`; TlsError if not."""
-    sock.setblocking(False)
+    exchange_at_once(sock)
     connection = SSL.Connection(context, sock)
     connection.set_app_data([])  # note_verdict()'s
     try:
@@ -249,7 +259,7 @@ def accept(
 ) -> SSL.Connection:
     """TLS as a server over an accepted socket: the handshake, within
     `deadline`; TlsError if it fails."""
-    sock.setblocking(False)
+    exchange_at_once(sock)
     connection = SSL.Connection(context, sock)
     connection.set_accept_state()
     handshake(connection, deadline)
