@@ -21,7 +21,11 @@ stratum 10``, both with their rate limits off. A part not in the default set,
 ``--parts forged``, sends NTP requests forged from a client's address (20, 200
 and 2,000 a second for 10 s) to both with their rate limits on, while the
 client asks twice a second from that address: it counts the client's answers,
-and every datagram the address got against every one it sent.
+and every datagram the address got against every one it sent. ``--parts nts``
+measures NTS against chronyd's: Key Establishments a second (from Python
+processes) and NTS-authenticated requests a second (requests made ahead of
+time, sent by the C generator), with the server's CPU per exchange and
+request.
 
     python scripts/bench.py [--rounds N] [--seconds S] [--quick] [--json FILE]
         [--against TREE] [--only NAME,...] [--parts PART,...] [--python-load]

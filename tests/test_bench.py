@@ -13,7 +13,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT
+from conftest import NTS_EXTRA, ROOT
 
 from timeservice.host import capabilities
 
@@ -215,6 +215,31 @@ def test_the_send_part_shows_a_reply_never_leaves_before_its_time(tmp_path):
         # The clock is read, then the datagram leaves: never before.
         assert 0 <= row["p10"] <= row["p50"] <= row["p90"] < 1000
     assert "idle" in result.stdout and "busy" in result.stdout
+
+
+@pytest.mark.slow
+def test_the_nts_part_measures_key_establishment_and_authenticated_requests(
+    tmp_path,
+):
+    result, report = quick_part(tmp_path, "nts")
+    if not (shutil.which("chronyd") and NTS_EXTRA and shutil.which("cc")):
+        assert report["nts"] == {}
+        assert "no NTS rows: they need" in result.stderr
+        return
+    nts = report["nts"]
+    assert list(nts) == [
+        "NTS-KE, 2 clients, an exchange each",
+        "NTS over UDP, 8 clients",
+    ]
+    for figures in nts.values():
+        assert set(figures["servers"]) == {"ours", "chronyd"}
+        for server in figures["servers"].values():
+            # Every request made ahead answered authenticated: none refused.
+            assert server["rps"] > 0 and server["bad_replies"] == 0
+            assert server["server_us"] > 0
+        assert figures["ratios"]["chronyd"]["server_us"] > 0
+    assert "timeservice CPU per reply ÷ chronyd" in result.stdout
+    assert report["workloads"] == report["ntp"] == {}
 
 
 def test_every_module_of_the_benchmark_is_one_short_concern():

@@ -13,7 +13,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from . import forged, sendpath
+from . import forged, nts, sendpath
 from .load import (
     IDLE_CONNECTIONS,
     MEMORY,
@@ -24,9 +24,9 @@ from .load import (
 )
 from .measure import check_replies, idle_memory, raise_file_limit, run_load
 from .report import summarise, table
-from .servers import Lineup, build, choose_servers, start_ntp_server
+from .servers import NAMES, Lineup, build, choose_servers, start_ntp_server
 
-PARTS = ("tcp", "memory", "ntp", "forged", "send")
+PARTS = ("tcp", "memory", "ntp", "forged", "send", "nts")
 DEFAULT_PARTS = ("tcp", "memory", "ntp")
 DESCRIPTION = (
     "Benchmark timeservice against the assignment's sketch, an asyncio server and"
@@ -116,8 +116,12 @@ def run(args) -> tuple[dict, Lineup]:
                     ),
                 )
             )
+    nts_rounds = []
+    if "nts" in args.parts:
+        nts_rounds = measure_nts(args, workdir)
     shutil.rmtree(workdir, ignore_errors=True)
     report = summarise(args, label, samples, memory, ntp)
+    report["nts"] = nts.summarise(nts_rounds) if nts_rounds else {}
     report["forged"] = (
         forged.summarise(forged_rounds, args.quick) if forged_rounds else {}
     )
@@ -125,6 +129,30 @@ def run(args) -> tuple[dict, Lineup]:
         progress(0, 1, "this server", "send")
         report["send"] = sendpath.measure(args.quick)
     return report, lineup
+
+
+def measure_nts(args, workdir) -> list[dict]:
+    """The NTS part's rounds, after the others' (it needs the nts extra,
+    chronyd and the C generator; where one is missing, it says so)."""
+    binary = build(workdir, "load", "-pthread")
+    missing = [] if binary else ["a C compiler"]
+    missing += [] if shutil.which("chronyd") else ["chronyd"]
+    try:
+        files = nts.certificate(workdir)
+    except ImportError:
+        missing.append("the nts extra (pip install 'timeservice[nts]')")
+    if missing:
+        print(f"no NTS rows: they need {', '.join(missing)}", file=sys.stderr)
+        return []
+    return [
+        nts.measure_round(
+            number, workdir, files, binary, args.seconds, args.warmup,
+            lambda server, part, n=number: progress(
+                n, args.rounds, NAMES[server], part
+            ),
+        )
+        for number in range(args.rounds)
+    ]  # fmt: skip
 
 
 def progress(number, rounds, server, workload):
@@ -189,7 +217,8 @@ def main(argv=None):
         f"second for {forged.FORGED_SECONDS:g} s each, against ours and chronyd "
         "with their rate limits on: what the client and the address get; "
         "send: how much later than its transmit timestamp a basic NTP reply "
-        "leaves, idle and busy",
+        "leaves, idle and busy; nts: Key Establishments and NTS requests a "
+        "second, ours against chronyd's, with CPU per exchange and request",
     )
     args = parser.parse_args(argv)
     args.argv = argv
@@ -207,6 +236,8 @@ def main(argv=None):
         print(forged.table(report, lineup.names, machine=not others))
     if "send" in report:
         print(sendpath.table(report["send"]))
+    if report["nts"]:
+        print(nts.table(report["nts"], NAMES))
     if args.json:
         with open(args.json, "w") as out:
             json.dump(report, out, indent=2)

@@ -38,11 +38,11 @@ class CLoad:
 
     label = "C"
 
-    def __init__(self, binary, address, connections, mode, start, end):
+    def __init__(self, binary, address, connections, mode, start, end, *more):
         self.parallel = connections  # threads that can be on a CPU at once
         figures = (address[1], connections, start, end)
         self.process = subprocess.Popen(
-            [binary, mode, *map(str, figures)],
+            [binary, mode, *map(str, figures), *more],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,

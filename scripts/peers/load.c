@@ -3,11 +3,14 @@
  * the rate. Written in C because a Python generator saturates before the
  * fastest servers do.
  *
- *   load MODE PORT CONNECTIONS START_NS END_NS
+ *   load MODE PORT CONNECTIONS START_NS END_NS [FILE]
  *
  * MODE is persistent (one connection per thread, 'send time' after 'send
- * time'), per-request (a new connection for every request) or ntp (48-byte
- * NTP client requests over UDP). The server is on 127.0.0.1. START_NS and
+ * time'), per-request (a new connection for every request), ntp (48-byte
+ * NTP client requests over UDP) or datagrams (the NTP requests in FILE, made
+ * ahead of time, each a 2-byte big-endian length and the datagram: NTS
+ * requests, say; a reply answers the request whose transmit timestamp it
+ * carries as its origin). The server is on 127.0.0.1. START_NS and
  * END_NS are CLOCK_MONOTONIC times: requests sent before START_NS warm up
  * and are not counted, none is sent after END_NS. At the end it prints one
  * line of key=value figures: the replies counted, the bad ones (a failed
@@ -35,8 +38,10 @@
 #define NTP_BYTES 48
 #define READ_TIMEOUT 2 /* seconds; a TCP read or an NTP reply later than this is bad */
 #define MAX_CONNECTIONS 1024
+#define MAX_DATAGRAMS 65536
+#define DATAGRAM_BYTES 2048
 
-enum mode { PERSISTENT, PER_REQUEST, NTP };
+enum mode { PERSISTENT, PER_REQUEST, NTP, DATAGRAMS };
 
 struct worker {
     pthread_t thread;
@@ -46,6 +51,8 @@ struct worker {
 };
 
 static enum mode mode;
+static unsigned char *pool[MAX_DATAGRAMS]; /* datagrams mode: the requests */
+static size_t pool_bytes[MAX_DATAGRAMS], pool_count;
 static struct sockaddr_in server = {.sin_family = AF_INET};
 static int64_t start_ns, end_ns;
 
@@ -115,6 +122,45 @@ static int ask_ntp(int fd, uint64_t tag) {
     }
 }
 
+/* One exchange of a request made ahead of time; 0 for a reply that answers
+ * it (its origin is the request's transmit timestamp, stratum set). */
+static int ask_datagram(int fd, size_t index) {
+    unsigned char reply[DATAGRAM_BYTES];
+    const unsigned char *request = pool[index];
+    if (send(fd, request, pool_bytes[index], 0) != (ssize_t)pool_bytes[index])
+        return -1;
+    for (;;) {
+        ssize_t n = recv(fd, reply, sizeof reply, 0);
+        if (n < 0)
+            return -1;
+        if (n >= NTP_BYTES && memcmp(reply + 24, request + 40, 8) == 0)
+            return reply[1] == 0 ? -1 : 0;
+    }
+}
+
+/* The requests of FILE, for the datagrams mode; 0 if there are none. */
+static size_t read_pool(const char *path) {
+    FILE *in = fopen(path, "rb");
+    unsigned char length[2];
+    if (in == NULL) {
+        perror(path);
+        return 0;
+    }
+    while (pool_count < MAX_DATAGRAMS && fread(length, 1, 2, in) == 2) {
+        size_t bytes = (size_t)length[0] << 8 | length[1];
+        unsigned char *datagram = malloc(bytes ? bytes : 1);
+        if (bytes < NTP_BYTES || datagram == NULL ||
+            fread(datagram, 1, bytes, in) != bytes) {
+            free(datagram);
+            break;
+        }
+        pool[pool_count] = datagram;
+        pool_bytes[pool_count++] = bytes;
+    }
+    fclose(in);
+    return pool_count;
+}
+
 static void *run(void *arg) {
     struct worker *w = arg;
     int fd = -1;
@@ -123,11 +169,13 @@ static void *run(void *arg) {
         int64_t t0 = now_ns();
         int ok;
         if (fd < 0)
-            fd = open_socket(mode == NTP ? SOCK_DGRAM : SOCK_STREAM);
+            fd = open_socket(mode == NTP || mode == DATAGRAMS ? SOCK_DGRAM : SOCK_STREAM);
         if (fd < 0)
             ok = 0;
         else if (mode == NTP)
             ok = ask_ntp(fd, ++tag) == 0;
+        else if (mode == DATAGRAMS)
+            ok = ask_datagram(fd, (size_t)(++tag) % pool_count) == 0;
         else
             ok = ask_time(fd) == REPLY_BYTES;
         if (fd >= 0 && (mode == PER_REQUEST || !ok)) {
@@ -153,14 +201,19 @@ static int by_value(const void *a, const void *b) {
 }
 
 int main(int argc, char **argv) {
-    if (argc != 6) {
+    if (argc != 6 && !(argc == 7 && strcmp(argv[1], "datagrams") == 0)) {
         fprintf(stderr, "usage: load persistent|per-request|ntp PORT CONNECTIONS "
-                        "START_NS END_NS\n");
+                        "START_NS END_NS, or load datagrams ... END_NS FILE\n");
         return 2;
     }
     mode = strcmp(argv[1], "ntp") == 0           ? NTP
+           : strcmp(argv[1], "datagrams") == 0   ? DATAGRAMS
            : strcmp(argv[1], "per-request") == 0 ? PER_REQUEST
                                                  : PERSISTENT;
+    if (mode == DATAGRAMS && read_pool(argv[6]) == 0) {
+        fprintf(stderr, "load: no requests in %s\n", argv[6]);
+        return 2;
+    }
     int connections = atoi(argv[3]);
     if (connections < 1 || connections > MAX_CONNECTIONS) {
         fprintf(stderr, "load: 1 to %d connections\n", MAX_CONNECTIONS);
