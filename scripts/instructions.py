@@ -12,9 +12,12 @@ from this process, one at a time.
     python scripts/instructions.py [--tree PATH] [--requests N M] PATH_KIND...
 
 PATH_KIND is ``line`` (one persistent connection), ``ntp`` (NTP with its
-rate limit off, as the benchmark's NTP row runs it) or ``ntp-limited`` (NTP
+rate limit off, as the benchmark's NTP row runs it), ``ntp-limited`` (NTP
 as shipped, the requests spread over 200 loopback addresses so that each
-stays within its burst). --tree measures another checkout of the project,
+stays within its burst), or the floor Python sets for NTP:
+``responder`` (scripts/peers/ntp_responder.py: the kernel's receive time,
+the address asked, a token bucket) and ``responder-plain`` (recvfrom and
+sendto, no ancillary data). --tree measures another checkout of the project,
 for an A/B comparison of two trees.
 """
 
@@ -51,20 +54,37 @@ with TimeServer(("127.0.0.1", 0)) as server:
         server.finish_request(request, address)
     server.shutdown_request(request)
 """,
+    # NTP through serve_forever(), the loop the program runs, which ends
+    # itself once `count` are answered (one shutdown thread a run: it cancels
+    # out between the two runs).
     "ntp": """
-import sys
+import sys, threading
 from timeservice.server import NtpServer
 count = int(sys.argv[1])
-with NtpServer(("127.0.0.1", 0), local_stratum=10, upstream=None, burst=None) as server:
+class Counted(NtpServer):
+    def service_actions(self):
+        super().service_actions()
+        if self.answered == count:
+            threading.Thread(target=self.shutdown).start()
+with Counted(("127.0.0.1", 0), local_stratum=10, upstream=None, burst=None) as server:
     # One datagram a wake-up: whether the next has come yet is a race, and a
     # read that finds none raises, which would count as much as a datagram.
     server.batch = 1
     print("port", server.server_address[1], flush=True)
-    while server.answered < count:  # one wake-up may answer several
-        server.handle_request()
+    server.serve_forever(poll_interval=3600)
 """,
 }
 HARNESS["ntp-limited"] = HARNESS["ntp"].replace(", burst=None", "")
+# The floor: a minimal responder (scripts/peers/ntp_responder.py) with the
+# kernel's receive time and the address asked, and the same without them.
+RESPONDER = f"""
+import sys
+sys.path.insert(0, {str(ROOT / "scripts" / "peers")!r})
+import ntp_responder
+ntp_responder.main(int(sys.argv[1]), plain=PLAIN)
+"""
+HARNESS["responder"] = RESPONDER.replace("PLAIN", "False")
+HARNESS["responder-plain"] = RESPONDER.replace("PLAIN", "True")
 KINDS = HARNESS
 
 
@@ -88,10 +108,11 @@ def start(tree: Path, kind: str, out: str, count: int) -> tuple[subprocess.Popen
     )
     ready, _, _ = select.select([process.stdout], [], [], START_TIMEOUT)
     line = process.stdout.readline() if ready else ""
-    if not line.startswith("port "):
+    found = re.search(r"port (\d+)$", line.strip())
+    if found is None:
         process.kill()
         raise RuntimeError(f"the server under valgrind did not start ({kind})")
-    return process, int(line.split()[1])
+    return process, int(found[1])
 
 
 def ask_line(port: int, count: int) -> None:

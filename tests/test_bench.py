@@ -23,7 +23,7 @@ MAX_LINES = 400
 # The C epoll peer and the C load generator are built with the system's C
 # compiler, when there is one; without it the load comes from Python.
 COMPILER = shutil.which("cc") or shutil.which("gcc")
-SERVERS = {"ours", "seed", "asyncio"} | ({"c"} if COMPILER else set())
+SERVERS = {"ours", "seed", "asyncio", "selectors"} | ({"c"} if COMPILER else set())
 SERVERS |= {"workers"} if hasattr(os, "fork") else set()  # --workers 2
 WORKLOADS = {
     "1 connection, persistent",
@@ -81,7 +81,7 @@ def rows_of(table: str, server: str) -> list[str]:
 def test_the_quick_benchmark_reports_every_server_and_workload(tmp_path):
     table, report = quick_benchmark(tmp_path)
     assert "load: scripts/peers/load.c" in table
-    assert table.count(HEADING) == (2 if shutil.which("chronyd") else 1)
+    assert table.count(HEADING) == 2  # NTP: ours and the minimal responder at least
     for name in ("timeservice", "seed sketch", "asyncio", "C epoll", *WORKLOADS):
         assert name in table
     assert "Python load" not in table
@@ -107,11 +107,14 @@ def test_the_quick_benchmark_reports_every_server_and_workload(tmp_path):
             assert (ratio["rps"] is None) == bound  # no ratio of a generator's rate
             if not bound:
                 assert ratio["rps"] == pytest.approx(ours["rps"] / peer_figures["rps"])
-    if shutil.which("chronyd"):  # NTP over UDP: ours against chronyd
-        assert set(report["ntp"]) == {"ours", "chronyd"}
-        for figures in report["ntp"].values():
-            check_figures(figures, "C")
-        assert set(report["ntp_ratios"]["chronyd"]) == {"rps", "server_us"}
+    # NTP over UDP: ours against the minimal responder and chronyd
+    chronyd = {"chronyd"} if shutil.which("chronyd") else set()
+    assert set(report["ntp"]) == {"ours", "responder"} | chronyd
+    for figures in report["ntp"].values():
+        check_figures(figures, "C")
+    for peer in {"responder"} | chronyd:
+        assert set(report["ntp_ratios"][peer]) == {"rps", "server_us"}
+    assert "timeservice CPU per reply ÷ responder" in table
     assert set(report["memory"]) == SERVERS - {"workers"}
     for figures in report["memory"].values():
         assert figures["idle_mib"] > 0
@@ -123,7 +126,7 @@ def test_without_the_c_generator_the_rows_say_the_load_came_from_python(tmp_path
     assert "load: Python processes" in table
     assert report["generator"] == "Python"
     rows = rows_of(table, "timeservice")
-    assert len(rows) == len(WORKLOADS) + bool(shutil.which("chronyd"))
+    assert len(rows) == len(WORKLOADS) + 1  # and NTP
     assert all(row.endswith("Python load") for row in rows)
     for by_server in report["workloads"].values():
         assert set(by_server) == SERVERS
@@ -150,7 +153,7 @@ def test_an_ab_run_measures_another_checkout_interleaved(tmp_path):
     assert report["memory"] == {}  # not asked for
     assert "timeservice CPU per reply ÷ before" in result.stdout
     if shutil.which("chronyd"):
-        assert set(report["ntp"]) == {"ours", "before", "chronyd"}
+        assert set(report["ntp"]) == {"ours", "responder", "before", "chronyd"}
 
 
 def quick_part(tmp_path, part: str) -> tuple[subprocess.CompletedProcess, dict]:

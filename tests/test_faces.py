@@ -103,6 +103,26 @@ def test_measure_offset_works_for_every_protocol(
     assert estimate.delay == estimate.best.delay_ns / 1e9
 
 
+def test_a_subclass_of_the_ntp_handler_gets_its_instance_per_datagram(serve):
+    """The stock handler costs no instance; one that overrides setup(),
+    handle() or finish() is made for each datagram, as socketserver makes
+    them, and still answers through the server."""
+    seen = []
+
+    class Noting(NtpHandler):
+        def setup(self):
+            seen.append(("setup", self.client_address[0]))
+
+        def handle(self):
+            seen.append(("handle", len(self.request[0])))
+            super().handle()
+
+    server = serve(NtpServer, Noting, local_stratum=10, upstream=None)
+    sample = client.ask_ntp("127.0.0.1", port_of(server))
+    assert abs(sample.offset) <= sample.error
+    assert seen == [("setup", "127.0.0.1"), ("handle", 48)]
+
+
 def test_measure_offset_names_an_unknown_protocol():
     with pytest.raises(ValueError, match="unknown protocol 'http'"):
         client.measure_offset("127.0.0.1", 80, protocol="http")

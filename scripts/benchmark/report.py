@@ -199,9 +199,9 @@ def table(report, names):
                 f"{f'timeservice req/s ÷ {names[peer]} req/s':<47}"
                 f" {ratio(figures['rps']):>8}"
             )
-            if peer == "before":
+            if peer in ("before", "responder"):
                 out.append(
-                    f"{'timeservice CPU per reply ÷ before':<47}"
+                    f"{f'timeservice CPU per reply ÷ {names[peer]}':<47}"
                     f" {figures['server_us']:>7.2f}x"
                 )
     bad = sum(

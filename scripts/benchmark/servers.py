@@ -32,6 +32,8 @@ NAMES = {  # what the table calls each server
     "seed": "seed sketch",
     "asyncio": "asyncio",
     "c": "C epoll",
+    "selectors": "selectors",  # scripts/peers/selectors_server.py
+    "responder": "responder",  # scripts/peers/ntp_responder.py
     "chronyd": "chronyd",
     "before": "before",  # ours from --against's checkout
 }
@@ -61,8 +63,10 @@ COMMANDS = {
     ],
     "seed": [sys.executable, str(PEERS / "seed.py")],
     "asyncio": [sys.executable, str(PEERS / "asyncio_streams.py")],
+    "selectors": [sys.executable, str(PEERS / "selectors_server.py")],
 }
-NTP_SERVERS = ("ours", "chronyd", "before")  # in the NTP rows' order
+NTP_SERVERS = ("ours", "responder", "chronyd", "before")  # the NTP rows' order
+RESPONDER = [sys.executable, str(PEERS / "ntp_responder.py")]
 OURS_NTP = [
     sys.executable,
     "-m",
@@ -142,7 +146,8 @@ def start_ntp_server(name, workdir, tree, command=OURS_NTP, more_config=()):
     chronyd has no rate limit unless its configuration sets one; -x leaves
     the system clock alone. It is ready once it answers.
     """
-    if name in ("ours", "before"):
+    if name in ("ours", "before", "responder"):
+        command = RESPONDER if name == "responder" else command
         return Server(name, command, tree, r"Serving NTP on \S+ port (\d+)")
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
         probe.bind(("127.0.0.1", 0))
@@ -224,7 +229,8 @@ def choose_servers(c_server, only, against, ntp) -> Lineup:
         if name != "workers" or hasattr(os, "fork")
     }
     wanted = set(only or available) | {"ours"} | set(before)
-    ntp_servers = [name for name in NTP_SERVERS if name in wanted | {"chronyd"}]
+    # chronyd, the limit, and the minimal responder, the floor, always.
+    ntp_servers = [n for n in NTP_SERVERS if n in wanted | {"chronyd", "responder"}]
     if not shutil.which("chronyd"):
         print("chronyd is not installed; no chronyd row", file=sys.stderr)
         ntp_servers.remove("chronyd")

@@ -169,23 +169,27 @@ class SourceLimits:
 
     def decide(self, address: tuple) -> Action:
         """What a datagram from `address` (as the kernel wrote it) gets."""
-        source = source_of(address[0])
+        key = address[0]  # an IPv4 address is its own key (source_of())
         now = self.clock()
-        if source.network is not None:
-            return self._decide_ipv6(source.key, source.network, now)
-        table, key = self._table, source.key
-        full_at = table.get(key)
-        if full_at is None:
+        if ":" in key:
+            source = source_of(key)
+            if source.network is not None:
+                return self._decide_ipv6(source.key, source.network, now)
+            key = source.key
+        table = self._table
+        full_at: float | None = table.get(key)  # type: ignore[assignment]
+        if full_at is None:  # an address's entry is when its bucket is full
             self._make_room()
             full_at = now
             self.records += 1
         else:
             table.move_to_end(key)
-        taken = self._take(full_at, now)  # type: ignore[arg-type]
-        if taken is None:
+        # _take(), written out: every datagram of a limited server comes here.
+        start = full_at if full_at > now else now
+        if start - now > self._tolerance:
             table[key] = full_at
             return self._over(key, now)
-        table[key] = taken
+        table[key] = start + self._interval
         return ANSWER
 
     def _decide_ipv6(self, key: str, prefix: str, now: float) -> Action:

@@ -25,118 +25,18 @@ ODD = frozenset(bytes([n]) for n in range(1, 256, 2))  # bytes whose lowest bit 
 
 
 class NtpHandler(socketserver.BaseRequestHandler):
-    """NTP server mode: a 48-byte mode-4 reply to each valid client packet."""
+    """NTP server mode: a 48-byte mode-4 reply to each valid client packet.
+    The server answers (NtpServer.answer()); a subclass that overrides
+    handle(), setup() or finish() gets an instance for each datagram, as
+    socketserver gives one, while the stock handler costs none."""
 
     protocol = "ntp"
 
     server: NtpServer
 
     def handle(self) -> None:
-        """Answer a client request with the server's state, in interleaved
-        mode where it asks for it and the server can; drop anything else."""
-        data, reply_to, received = self.request
-        server = self.server
-        clock = server.clock
-        address = self.client_address
-        try:
-            if not clock.system:  # a clock of its own: both times from it
-                received = clock.now_ns()
-            state = server.state()
-            if len(data) > ntp.PACKET_BYTES and server.nts is not None:
-                now = clock.now_ns
-                self.answer_nts(
-                    data,
-                    reply_to,
-                    lambda: ntp.server_reply(data, state, received, now, address[1]),
-                )
-                return
-            # Interleaved mode (RFC 9769) for a request whose origin has the
-            # lowest bit set, at least, which no basic client's has.
-            interleaved = (
-                server.interleaving
-                and data[31:32] in ODD
-                and ntp.looks_interleaved(data)
-            )
-            if not interleaved:
-                head = ntp.reply_head(data, state, received, address[1])
-        except Exception as exc:
-            clock_failed(address, exc)
-            return
-        if interleaved:
-            self.answer_interleaved(data, reply_to, state, received)
-            return
-        if head is None:
-            server.drop("not an NTP client request")
-            return
-        server.answered += 1  # before: a client may ask the count at once
-        # The transmit timestamp read last: what follows it is only the send.
-        reply_to.sendto(head + ntp.transmit_field(clock.now_ns()), address)
-
-    def answer_interleaved(
-        self, data: bytes, reply_to: Any, state: ntp.ServerState, received: int
-    ) -> None:
-        """A request that asks for interleaved mode: the kernel's transmit
-        time of the reply it names as origin, if its source's entry in the
-        table keeps it (else a basic answer); and this reply's, kept for
-        its next request."""
-        server, address = self.server, self.client_address
-        kept = server.limits
-        assert kept is not None  # as server.interleaving says
-        try:
-            earlier = kept.transmit_for(address, ntp.origin_of(data))
-            head = ntp.reply_head(
-                data, state, received, address[1], earlier is not None
-            )
-        except Exception as exc:
-            clock_failed(address, exc)
-            return
-        if head is None:  # it looked like a request, and is not one
-            server.drop("not an NTP client request")
-            return
-        server.answered += 1
-        receive = ntp.receive_field(received)
-        kept.remember(address, receive)
-        token = (address, receive, received)
-        if earlier is None:  # basic: the transmit timestamp read last
-            earlier = server.clock.now_ns()
-        server.send_stamped(
-            reply_to, head + ntp.transmit_field(earlier), address, token
-        )
-
-    def answer_nts(
-        self, data: bytes, reply_to: Any, reply: Callable[[], bytes | None]
-    ) -> None:
-        """A request with extension fields, where the server speaks NTS: an
-        NTS request gets its authenticated answer, or a NAK where the policy
-        allows one; any other gets the plain answer (RFC 7822: unknown
-        fields are ignored)."""
-        server = self.server
-        assert server.nts is not None
-        try:
-            request = nts.read_request(data)
-        except ValueError:
-            server.drop("a malformed NTS request")
-            return
-        if request is None:
-            answer = reply()
-            if answer is None:
-                server.drop("not an NTP client request")
-                return
-            server.answered += 1
-            reply_to.sendto(answer, self.client_address)
-            return
-        verdict = server.nts.answer(data, request, reply)
-        if verdict.reply is None:
-            server.drop(verdict.dropped)
-            return
-        if verdict.nak:
-            limits = server.limits
-            if limits is not None and not limits.may_nak(self.client_address):
-                server.drop("an NTS NAK over its source's bound")
-                return
-        else:
-            server.answered += 1
-        reply_to.sendto(verdict.reply, self.client_address)
+        """Have the server answer the datagram."""
+        self.server.answer(self.request, self.client_address)
 
 
 class NtpServer(DatagramServer):
@@ -277,6 +177,134 @@ class NtpServer(DatagramServer):
         super().server_close()
         if self.query is not None:
             self.query.close()
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        """Answer, without a handler's instance where the handler is the
+        stock one (a datagram a few microseconds' work, an object a good
+        share of it); through the handler otherwise, as socketserver does."""
+        if self.RequestHandlerClass is NtpHandler:
+            self.answer(request, client_address)
+        else:
+            super().finish_request(request, client_address)
+
+    def answer(self, request: tuple, address: Any) -> None:
+        """Answer a client request with the server's state, in interleaved
+        mode where it asks for it and the server can; drop anything else."""
+        data, reply_to, received = request
+        server = self
+        clock = server.clock
+        try:
+            if not clock.system:  # a clock of its own: both times from it
+                received = clock.now_ns()
+            if time.monotonic() < self._state_until:  # state(), without a call
+                state = self._state
+            else:
+                state = self.state()
+            if len(data) > ntp.PACKET_BYTES and server.nts is not None:
+                now = clock.now_ns
+                self.answer_nts(
+                    data,
+                    reply_to,
+                    address,
+                    lambda: ntp.server_reply(data, state, received, now, address[1]),
+                )
+                return
+            # Interleaved mode (RFC 9769) for a request whose origin has the
+            # lowest bit set, at least, which no basic client's has.
+            interleaved = (
+                server.interleaving
+                and data[31:32] in ODD
+                and ntp.looks_interleaved(data)
+            )
+            if not interleaved:
+                head = ntp.reply_head(data, state, received, address[1])
+        except Exception as exc:
+            clock_failed(address, exc)
+            return
+        if interleaved:
+            self.answer_interleaved(data, reply_to, address, state, received)
+            return
+        if head is None:
+            server.drop("not an NTP client request")
+            return
+        server.answered += 1  # before: a client may ask the count at once
+        # The transmit timestamp read last: what follows it is only the send.
+        reply_to.sendto(head + ntp.transmit_field(clock.now_ns()), address)
+
+    def answer_interleaved(
+        self,
+        data: bytes,
+        reply_to: Any,
+        address: Any,
+        state: ntp.ServerState,
+        received: int,
+    ) -> None:
+        """A request that asks for interleaved mode: the kernel's transmit
+        time of the reply it names as origin, if its source's entry in the
+        table keeps it (else a basic answer); and this reply's, kept for
+        its next request."""
+        server = self
+        kept = server.limits
+        assert kept is not None  # as server.interleaving says
+        try:
+            earlier = kept.transmit_for(address, ntp.origin_of(data))
+            head = ntp.reply_head(
+                data, state, received, address[1], earlier is not None
+            )
+        except Exception as exc:
+            clock_failed(address, exc)
+            return
+        if head is None:  # it looked like a request, and is not one
+            server.drop("not an NTP client request")
+            return
+        server.answered += 1
+        receive = ntp.receive_field(received)
+        kept.remember(address, receive)
+        token = (address, receive, received)
+        if earlier is None:  # basic: the transmit timestamp read last
+            earlier = server.clock.now_ns()
+        server.send_stamped(
+            reply_to, head + ntp.transmit_field(earlier), address, token
+        )
+
+    def answer_nts(
+        self,
+        data: bytes,
+        reply_to: Any,
+        address: Any,
+        reply: Callable[[], bytes | None],
+    ) -> None:
+        """A request with extension fields, where the server speaks NTS: an
+        NTS request gets its authenticated answer, or a NAK where the policy
+        allows one; any other gets the plain answer (RFC 7822: unknown
+        fields are ignored)."""
+        server = self
+        assert server.nts is not None
+        try:
+            request = nts.read_request(data)
+        except ValueError:
+            server.drop("a malformed NTS request")
+            return
+        if request is None:
+            answer = reply()
+            if answer is None:
+                server.drop("not an NTP client request")
+                return
+            server.answered += 1
+            reply_to.sendto(answer, address)
+            return
+        verdict = server.nts.answer(data, request, reply)
+        if verdict.reply is None:
+            server.drop(verdict.dropped)
+            return
+        if verdict.nak:
+            limits = server.limits
+            if limits is not None and not limits.may_nak(address):
+                server.drop("an NTS NAK over its source's bound")
+                return
+        else:
+            server.answered += 1
+        reply_to.sendto(verdict.reply, address)
 
     def over_limit(self, request: Any, client_address: Any) -> bytes | None:
         return ntp.kiss_of_death(request[0], source_port=client_address[1])

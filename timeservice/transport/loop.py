@@ -5,8 +5,12 @@ wrong with a request in one way for each kind of transport."""
 from __future__ import annotations
 
 import logging
+import select
+import selectors
 import socketserver
 import sys
+import threading
+from collections.abc import Callable
 from typing import Any
 
 from ..policy.logs import format_address
@@ -26,6 +30,38 @@ class LoopMixIn(socketserver.BaseServer):
     traceback_on_fault = True
     turns = 0
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._stop_asked = False
+        self._loop_ended = threading.Event()
+        super().__init__(*args, **kwargs)
+
+    def serve_forever(self, poll_interval: float | None = 0.5) -> None:
+        """socketserver's loop, waiting on a poll object of its own rather
+        than a selectors one (whose select() is Python, and a datagram's
+        answer costs little more): wait, serve what is ready, then
+        service_actions(), until shutdown()."""
+        self._stop_asked = False
+        self._loop_ended.clear()
+        wait = waiting(self, poll_interval)
+        try:
+            while not self._stop_asked:
+                ready = wait()
+                if self._stop_asked:
+                    break
+                if ready:
+                    self._handle_request_noblock()  # type: ignore[attr-defined]
+                self.service_actions()
+        finally:
+            self._stop_asked = False
+            self._loop_ended.set()
+
+    def shutdown(self) -> None:
+        """Stop serve_forever() and wait until it has, as socketserver's
+        shutdown() does (from another thread: in the loop's, it waits
+        forever)."""
+        self._stop_asked = True
+        self._loop_ended.wait()
+
     def service_actions(self) -> None:
         self.turns += 1
         super().service_actions()
@@ -39,6 +75,20 @@ class LoopMixIn(socketserver.BaseServer):
             logger.exception("%s: unexpected error", who)
         else:
             logger.error("%s: %r", who, exc)
+
+
+def waiting(server: Any, timeout: float | None) -> Callable[[], list]:
+    """A call that waits until `server`'s socket is ready or `timeout`
+    seconds pass (None: until ready): poll() where the platform has it,
+    else a selector."""
+    if hasattr(select, "poll"):
+        poller = select.poll()
+        poller.register(server, select.POLLIN)
+        milliseconds = None if timeout is None else timeout * 1000
+        return lambda: poller.poll(milliseconds)
+    selector = selectors.DefaultSelector()
+    selector.register(server, selectors.EVENT_READ)
+    return lambda: selector.select(timeout)
 
 
 def clock_failed(client_address: Any, exc: Exception) -> None:

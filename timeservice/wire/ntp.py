@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from .errors import ReplyError
 from .nts import read_fields
-from .rfc868 import from_1900, to_1900
+from .rfc868 import EPOCH_1900, ERA, from_1900
 
 DEFAULT_PORT = 123
 
@@ -91,7 +91,7 @@ UNSYNCHRONISED_CODES = ("INIT", "STEP", "")
 def to_timestamp(unix_ns: int) -> int:
     """A time in nanoseconds since 1970 as an NTP timestamp (era folded)."""
     seconds, ns = divmod(unix_ns, NANOSECONDS)
-    return to_1900(seconds) << 32 | ns * FRACTION // NANOSECONDS
+    return (seconds + EPOCH_1900) % ERA << 32 | ns * FRACTION // NANOSECONDS
 
 
 def from_timestamp(value: int, near_ns: int) -> int:
@@ -298,10 +298,16 @@ def reply_head(
     are copied as bytes: a server answers every datagram it is sent, so
     this is packed at once rather than field by field.
     """
-    version = request_version(packet, source_port)
-    if version is None:
-        return None
-    receive = to_timestamp(receive_ns) | 1  # receive_field(), without a call
+    first = packet[0] if len(packet) == PACKET_BYTES else 0
+    version = first >> 3 & 7  # request_version(), where it is plain
+    if first & 7 != MODE_CLIENT or not 0 < version < 5:
+        found = request_version(packet, source_port)
+        if found is None:
+            return None
+        version = found
+    # receive_field(), written out: a call costs more than the arithmetic.
+    seconds, ns = divmod(receive_ns, NANOSECONDS)
+    receive = (seconds + EPOCH_1900) % ERA << 32 | ns * FRACTION // NANOSECONDS | 1
     reference = state.reference
     if reference is None:  # its own reference: this second
         reference = receive & ~0xFFFF_FFFF
@@ -334,7 +340,7 @@ def transmit_field(transmit_ns: int) -> bytes:
     (to_timestamp(), written out: it is the last thing before the send.)"""
     seconds, ns = divmod(transmit_ns, NANOSECONDS)
     return _TIMESTAMP.pack(
-        (to_1900(seconds) << 32 | ns * FRACTION // NANOSECONDS | 1) + 1
+        ((seconds + EPOCH_1900) % ERA << 32 | ns * FRACTION // NANOSECONDS | 1) + 1
     )
 
 
