@@ -356,24 +356,30 @@ def test_a_real_prometheus_scrapes_it_and_reads_the_offsets_back(three, tmp_path
             command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
         try:
-            found = {}
+            found, bounds = {}, {}
             for _ in range(40):  # each probe it scrapes, until both are in
                 until(process.stderr, re.compile(r"probed ntp://"), lines=200)
-                query = urllib.parse.urlencode(
-                    {"query": "timeservice_probe_offset_seconds"}
-                )
-                status, text = get(web, f"/api/v1/query?{query}")
-                if status != 200:  # not ready yet
-                    continue
-                found = {
-                    series["metric"]["instance"]: float(series["value"][1])
-                    for series in json.loads(text)["data"]["result"]
-                }
-                if len(found) == 2:
+                found = queried(web, "timeservice_probe_offset_seconds")
+                bounds = queried(web, "timeservice_probe_error_seconds")
+                if len(found) == len(bounds) == 2:
                     break
         finally:
             prometheus.terminate()
             prometheus.wait(TIMEOUT)
-    assert len(found) == 2, found
-    assert abs(found[three[0]]) < 0.01
-    assert abs(found[three[2]] - 2.5) < 0.01
+    assert len(found) == len(bounds) == 2, (found, bounds)
+    # Each offset within the bound its probe gave (one sample, on a busy
+    # machine as much as an idle one), and the bound a small one.
+    assert abs(found[three[0]]) <= bounds[three[0]] < 0.05
+    assert abs(found[three[2]] - 2.5) <= bounds[three[2]] < 0.05
+
+
+def queried(web: int, metric: str) -> dict[str, float]:
+    """Prometheus's latest value of `metric` by instance; {} until it has one."""
+    query = urllib.parse.urlencode({"query": metric})
+    status, text = get(web, f"/api/v1/query?{query}")
+    if status != 200:  # not ready yet
+        return {}
+    return {
+        series["metric"]["instance"]: float(series["value"][1])
+        for series in json.loads(text)["data"]["result"]
+    }
