@@ -72,6 +72,14 @@ def test_chronyd_keeps_its_cookies_when_a_balancer_moves_it_to_another_host(
     socket_path = folder / "chronyd.sock"
     config = folder / "chrony.conf"
     with lan(4) as ((ke, ke_address), (first, _), (second, _), (client, _)):
+        # Each NTP host binds the service's address before it holds it, as
+        # hosts behind a balancer that moves a virtual address do.
+        for host in (first, second):
+            nonlocal_bind = ["sysctl", "-qw", "net.ipv4.ip_nonlocal_bind=1"]
+            subprocess.run(
+                ["ip", "netns", "exec", host, *nonlocal_bind],
+                check=True, capture_output=True, timeout=TIMEOUT,
+            )  # fmt: skip
         ip("-n", first, "addr", "add", f"{SERVICE}/24", "dev", "eth0")
         config.write_text(
             f"server {ke_address} nts iburst minpoll -4 maxpoll -4\n"
@@ -85,8 +93,8 @@ def test_chronyd_keeps_its_cookies_when_a_balancer_moves_it_to_another_host(
                 "--nts-cert", lab.cert, "--nts-key", lab.key,
                 "--nts-server", SERVICE, *nts,
             ),
-            served_in(first, "--bind", "0.0.0.0", "--ntp", "123", *nts),
-            served_in(second, "--bind", "0.0.0.0", "--ntp", "123", *nts),
+            served_in(first, "--bind", SERVICE, "--ntp", "123", *nts),
+            served_in(second, "--bind", SERVICE, "--ntp", "123", *nts),
         ):  # fmt: skip
             command = ("chronyd", "-d", "-x", "-u", "root", "-f", str(config))
             with started("ip", "netns", "exec", client, *command) as chronyd:

@@ -610,3 +610,33 @@ def test_a_ca_is_for_nts_alone(capsys):
     with pytest.raises(SystemExit):
         client_program.main(["--ca", "ca.pem", "127.0.0.1:9"])
     assert "--ca goes with --protocol nts" in one_line(capsys.readouterr().err)
+
+
+@pytest.mark.parametrize(
+    "args, problem",
+    [
+        (["--source-table-size", "0"], "must be positive: '0'"),
+        (["--source-table-size", "12Q"], "not a size in bytes: '12Q'"),
+        (["--ntp", "0", "--upstream", "[::1"], "'[::1'"),
+        (["--ntp", "0", "--upstream-stratum", "2", "--upstream-id", "TOOLONG"], "id"),
+        (["--allow", "192.0.2.0/33"], "192.0.2.0/33"),
+        (["--ntp", "0", "--nts-ke", "0", "--nts-server", "[::1"], "'[::1'"),
+    ],
+)
+def test_a_value_an_option_cannot_take_is_one_line(args, problem, capsys):
+    with pytest.raises(SystemExit) as exited:
+        server_program.main(args)
+    assert exited.value.code == 2
+    assert problem in one_line(capsys.readouterr().err)
+
+
+def test_the_values_options_take_are_read_as_given():
+    args = server_options.parse_arguments(
+        "server",
+        ["--ntp", "0", "--source-table-size", "2M", "--upstream", "none"]
+        + ["--nts-ke", "0", "--nts-cert", "c", "--nts-key", "k"]
+        + ["--nts-server", "ntp.example:1123"],
+    )
+    assert args.source_table_size == 2 * 2**20
+    assert args.upstream is None
+    assert args.nts_server == "ntp.example:1123"

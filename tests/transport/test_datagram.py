@@ -551,3 +551,31 @@ def test_a_read_with_nothing_waiting_fails_at_once(server_class):
 
         bounded(read)
         assert isinstance(failed[0], BlockingIOError)
+
+
+# The serving loop: socketserver's contract, on a poll object of its own
+
+
+@pytest.mark.parametrize("server_class", [NtpServer, TimeServer])
+def test_a_shutdown_asked_before_the_loop_starts_ends_it_at_once(server_class):
+    """As socketserver's: a shutdown() that comes before serve_forever()
+    (a Ctrl-C while a program starts) is not forgotten when it starts."""
+    import threading
+
+    with server_class(("127.0.0.1", 0)) as server:
+        stopping = threading.Thread(target=server.shutdown)
+        stopping.start()
+        stopping.join(0.1)  # it asks, then waits for a loop to end
+        assert stopping.is_alive()
+        serving = threading.Thread(target=server.serve_forever, args=(0.5,))
+        serving.start()
+        serving.join(TIMEOUT)
+        stopping.join(TIMEOUT)
+        assert not serving.is_alive() and not stopping.is_alive()
+        # And a loop started again serves, until the next shutdown().
+        serving = threading.Thread(target=server.serve_forever, args=(0.5,))
+        serving.start()
+        assert serving.is_alive()
+        server.shutdown()
+        serving.join(TIMEOUT)
+        assert not serving.is_alive()

@@ -40,8 +40,7 @@ class LoopMixIn(socketserver.BaseServer):
         than a selectors one (whose select() is Python, and a datagram's
         answer costs little more): wait, serve what is ready, then
         service_actions(), until shutdown()."""
-        self._stop_asked = False
-        self._loop_ended.clear()
+        self._loop_ended.clear()  # a shutdown() asked before this one starts holds
         wait = waiting(self, poll_interval)
         try:
             while not self._stop_asked:
