@@ -233,3 +233,26 @@ def test_a_stop_signal_to_the_serving_thread_ends_the_service():
     asking.join(TIMEOUT)
     assert not asking.is_alive()
     assert all(server.socket.fileno() == -1 for server in servers)
+
+
+@pytest.mark.skipif(
+    not hasattr(signal, "pthread_sigmask"), reason="needs POSIX signal masks"
+)
+def test_a_hangup_held_while_a_worker_starts_reloads_once_it_serves():
+    """A worker ignores SIGHUP until its service handles it, with the signal
+    held: one that came meanwhile is not lost but reloads once handled."""
+    reloads = []
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+    try:
+        os.kill(os.getpid(), signal.SIGHUP)  # while the worker starts
+        assert signal.SIGHUP in signal.sigpending()
+        with service.stop_on_signals(lambda why: None, lambda: reloads.append(1)):
+            assert signal.SIGHUP not in signal.sigpending()
+            for _ in range(1000):  # the handler runs between two steps
+                if reloads:
+                    break
+        assert reloads == [1]
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
+        signal.signal(signal.SIGHUP, previous)

@@ -258,11 +258,13 @@ class Supervisor:
                 os.close(worker.beats)
             for sig in HANDLED:
                 signal.signal(sig, signal.SIG_DFL)
-            # Its service takes SIGHUP over; until then a hangup ends no worker.
+            # Its service takes SIGHUP over (stop_on_signals()); until then a
+            # hangup ends no worker, and one that comes is held, not lost:
+            # a reload asked while the worker starts is done once it serves.
             signal.signal(signal.SIGHUP, signal.SIG_IGN)
             end_with_parent(signal.SIGTERM, parent)
             # Held until here, a stop ends a worker that serves nothing yet.
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED - {signal.SIGHUP})
 
             def beat(message: bytes = b".") -> None:
                 try:

@@ -288,6 +288,8 @@ def stop_on_signals(
     previous = {sig: signal.signal(sig, on_signal) for sig in STOP_SIGNALS}
     if hasattr(signal, "SIGHUP"):
         previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, on_hangup)
+        if hasattr(signal, "pthread_sigmask"):  # one held until now comes now
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
     try:
         yield received
     finally:
