@@ -10,7 +10,7 @@ import threading
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
-from conftest import port_of, server_process, shifted
+from conftest import faketime, port_of, server_process, shifted
 
 from timeservice import client
 from timeservice.client import TimeClient
@@ -193,7 +193,7 @@ needs_faketime = pytest.mark.skipif(
 @needs_faketime
 @pytest.mark.parametrize("shift", [2.5, -2.5, 0.0])
 def test_the_estimate_finds_faketimes_shift(capsys, shift):
-    launcher = ("faketime", "-f", f"{shift:+}s") if shift else ()
+    launcher = faketime(f"{shift:+}s") if shift else ()  # not the wrapper: see it
     with server_process("0", "-q", launcher=launcher) as (_, port):
         assert client_program.main(["127.0.0.1", str(port), "--offset", "--json"]) == 0
     figures = json.loads(capsys.readouterr().out)
