@@ -191,8 +191,7 @@ class NtpServer(DatagramServer):
         """Answer a client request with the server's state, in interleaved
         mode where it asks for it and the server can; drop anything else."""
         data, reply_to, received = request
-        server = self
-        clock = server.clock
+        clock = self.clock
         try:
             if not clock.system:  # a clock of its own: both times from it
                 received = clock.now_ns()
@@ -200,7 +199,7 @@ class NtpServer(DatagramServer):
                 state = self._state
             else:
                 state = self.state()
-            if len(data) > ntp.PACKET_BYTES and server.nts is not None:
+            if len(data) > ntp.PACKET_BYTES and self.nts is not None:
                 now = clock.now_ns
                 self.answer_nts(
                     data,
@@ -212,9 +211,7 @@ class NtpServer(DatagramServer):
             # Interleaved mode (RFC 9769) for a request whose origin has the
             # lowest bit set, at least, which no basic client's has.
             interleaved = (
-                server.interleaving
-                and data[31:32] in ODD
-                and ntp.looks_interleaved(data)
+                self.interleaving and data[31:32] in ODD and ntp.looks_interleaved(data)
             )
             if not interleaved:
                 head = ntp.reply_head(data, state, received, address[1])
@@ -225,9 +222,9 @@ class NtpServer(DatagramServer):
             self.answer_interleaved(data, reply_to, address, state, received)
             return
         if head is None:
-            server.drop("not an NTP client request")
+            self.drop("not an NTP client request")
             return
-        server.answered += 1  # before: a client may ask the count at once
+        self.answered += 1  # before: a client may ask the count at once
         # The transmit timestamp read last: what follows it is only the send.
         reply_to.sendto(head + ntp.transmit_field(clock.now_ns()), address)
 
@@ -243,9 +240,8 @@ class NtpServer(DatagramServer):
         time of the reply it names as origin, if its source's entry in the
         table keeps it (else a basic answer); and this reply's, kept for
         its next request."""
-        server = self
-        kept = server.limits
-        assert kept is not None  # as server.interleaving says
+        kept = self.limits
+        assert kept is not None  # as self.interleaving says
         try:
             earlier = kept.transmit_for(address, ntp.origin_of(data))
             head = ntp.reply_head(
@@ -255,17 +251,15 @@ class NtpServer(DatagramServer):
             clock_failed(address, exc)
             return
         if head is None:  # it looked like a request, and is not one
-            server.drop("not an NTP client request")
+            self.drop("not an NTP client request")
             return
-        server.answered += 1
+        self.answered += 1
         receive = ntp.receive_field(received)
         kept.remember(address, receive)
         token = (address, receive, received)
         if earlier is None:  # basic: the transmit timestamp read last
-            earlier = server.clock.now_ns()
-        server.send_stamped(
-            reply_to, head + ntp.transmit_field(earlier), address, token
-        )
+            earlier = self.clock.now_ns()
+        self.send_stamped(reply_to, head + ntp.transmit_field(earlier), address, token)
 
     def answer_nts(
         self,
@@ -278,32 +272,31 @@ class NtpServer(DatagramServer):
         NTS request gets its authenticated answer, or a NAK where the policy
         allows one; any other gets the plain answer (RFC 7822: unknown
         fields are ignored)."""
-        server = self
-        assert server.nts is not None
+        assert self.nts is not None
         try:
             request = nts.read_request(data)
         except ValueError:
-            server.drop("a malformed NTS request")
+            self.drop("a malformed NTS request")
             return
         if request is None:
             answer = reply()
             if answer is None:
-                server.drop("not an NTP client request")
+                self.drop("not an NTP client request")
                 return
-            server.answered += 1
+            self.answered += 1
             reply_to.sendto(answer, address)
             return
-        verdict = server.nts.answer(data, request, reply)
+        verdict = self.nts.answer(data, request, reply)
         if verdict.reply is None:
-            server.drop(verdict.dropped)
+            self.drop(verdict.dropped)
             return
         if verdict.nak:
-            limits = server.limits
+            limits = self.limits
             if limits is not None and not limits.may_nak(address):
-                server.drop("an NTS NAK over its source's bound")
+                self.drop("an NTS NAK over its source's bound")
                 return
         else:
-            server.answered += 1
+            self.answered += 1
         reply_to.sendto(verdict.reply, address)
 
     def over_limit(self, request: Any, client_address: Any) -> bytes | None:

@@ -4,13 +4,14 @@ wrong with a request in one way for each kind of transport."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import select
 import selectors
 import socketserver
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from ..policy.logs import format_address
@@ -41,15 +42,15 @@ class LoopMixIn(socketserver.BaseServer):
         answer costs little more): wait, serve what is ready, then
         service_actions(), until shutdown()."""
         self._loop_ended.clear()  # a shutdown() asked before this one starts holds
-        wait = waiting(self, poll_interval)
         try:
-            while not self._stop_asked:
-                ready = wait()
-                if self._stop_asked:
-                    break
-                if ready:
-                    self._handle_request_noblock()  # type: ignore[attr-defined]
-                self.service_actions()
+            with waiting(self, poll_interval) as wait:
+                while not self._stop_asked:
+                    ready = wait()
+                    if self._stop_asked:
+                        break
+                    if ready:
+                        self._handle_request_noblock()  # type: ignore[attr-defined]
+                    self.service_actions()
         finally:
             self._stop_asked = False
             self._loop_ended.set()
@@ -76,18 +77,20 @@ class LoopMixIn(socketserver.BaseServer):
             logger.error("%s: %r", who, exc)
 
 
-def waiting(server: Any, timeout: float | None) -> Callable[[], list]:
+@contextlib.contextmanager
+def waiting(server: Any, timeout: float | None) -> Iterator[Callable[[], list]]:
     """A call that waits until `server`'s socket is ready or `timeout`
     seconds pass (None: until ready): poll() where the platform has it,
-    else a selector."""
+    else a selector, closed when the loop ends."""
     if hasattr(select, "poll"):
         poller = select.poll()
         poller.register(server, select.POLLIN)
         milliseconds = None if timeout is None else timeout * 1000
-        return lambda: poller.poll(milliseconds)
-    selector = selectors.DefaultSelector()
-    selector.register(server, selectors.EVENT_READ)
-    return lambda: selector.select(timeout)
+        yield lambda: poller.poll(milliseconds)
+        return
+    with selectors.DefaultSelector() as selector:
+        selector.register(server, selectors.EVENT_READ)
+        yield lambda: selector.select(timeout)
 
 
 def clock_failed(client_address: Any, exc: Exception) -> None:
