@@ -194,7 +194,11 @@ def server_process(
         assert ready, "no start-up line"
         line = process.stdout.readline()
         match = STARTUP.fullmatch(line)
-        assert match, line
+        if match is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            _, said = process.communicate(timeout=TIMEOUT)
+            raise AssertionError(f"start-up line {line!r}, and on stderr: {said}")
         yield process, int(match[2])
     finally:
         # End its whole group (its own session), which may outlive it: its

@@ -28,6 +28,7 @@ from conftest import (
     ROOT,
     TIMEOUT,
     daemon_port,
+    faketime,
     readline_within,
     server_process,
     signal_launched,
@@ -152,7 +153,7 @@ def test_rdate_reads_our_time_and_sntp():
 
 @needs("rdate", "faketime")
 def test_rdate_sntp_sees_a_shifted_server():
-    launcher = ("faketime", "-f", "+2.5s")
+    launcher = faketime("+2.5s")
     options = ("--ntp", "0", "--local-stratum", "10")
     with our_server(*options, launcher=launcher) as ports:
         before = time.time()
@@ -181,7 +182,7 @@ NTPDIG = re.compile(r"([+-]\d+\.\d+) \+/- (\d+\.\d+) 127\.0\.0\.1 s(\d+)")
 @needs("ntpdig", "faketime")
 @pytest.mark.parametrize("shift", [0.0, 2.5])
 def test_ntpdig_accepts_our_ntp_and_finds_the_shift(shift):
-    launcher = ("faketime", "-f", f"+{shift}s") if shift else ()
+    launcher = faketime(f"+{shift}s") if shift else ()
     with our_server("--ntp", "123", "--local-stratum", "10", launcher=launcher):
         result = run("ntpdig", "-t", "2", "127.0.0.1")
     found = NTPDIG.search(result.stdout)
@@ -216,7 +217,7 @@ def chronyd_query(tmp_path: Path, port: int, seconds: int = 10) -> str:
 @needs("chronyd", "faketime")
 @pytest.mark.parametrize("shift", [0.0, 2.5])
 def test_chronyd_accepts_our_ntp_with_a_local_stratum(tmp_path, shift):
-    launcher = ("faketime", "-f", f"+{shift}s") if shift else ()
+    launcher = faketime(f"+{shift}s") if shift else ()
     with our_server("--ntp", "0", "--local-stratum", "10", launcher=launcher) as ports:
         said = chronyd_query(tmp_path, ports["ntp"])
     found = CHRONY_OFFSET.search(said)
@@ -296,7 +297,7 @@ def test_our_client_finds_chronyds_shift_and_agrees_with_chronyd(tmp_path):
         "bindaddress 127.0.0.1",
         "allow 127.0.0.1",
     )
-    daemon = ("faketime", "-f", "+2.5s", "chronyd", "-d", "-x", "-u", "root")
+    daemon = (*faketime("+2.5s"), "chronyd", "-d", "-x", "-u", "root")
     with started(*daemon, "-f", str(config)):
         request = ntp.request_packet(0)
         wait_for_udp(port, request, synchronised_reply(request))
