@@ -11,7 +11,9 @@ from this process, one at a time.
 
     python scripts/instructions.py [--tree PATH] [--requests N M] PATH_KIND...
 
-PATH_KIND is ``line`` (one persistent connection), ``ntp`` (NTP with its
+PATH_KIND is ``line`` (one persistent connection, served by a handler),
+``line-loop`` (the same, answered by the serving loop, as the program
+serves it), ``ntp`` (NTP with its
 rate limit off, as the benchmark's NTP row runs it), ``ntp-limited`` (NTP
 as shipped, the requests spread over 200 loopback addresses so that each
 stays within its burst), or the floor Python sets for NTP:
@@ -54,6 +56,19 @@ with TimeServer(("127.0.0.1", 0)) as server:
         server.finish_request(request, address)
     server.shutdown_request(request)
 """,
+    # The same connection through serve_forever(), whose thread answers it
+    # (transport/inloop.py); the loop ends once the connection has.
+    "line-loop": """
+import threading
+from timeservice.server import TimeServer
+class Counted(TimeServer):
+    def shutdown_request(self, request):
+        super().shutdown_request(request)
+        threading.Thread(target=self.shutdown).start()
+with Counted(("127.0.0.1", 0)) as server:
+    print("port", server.server_address[1], flush=True)
+    server.serve_forever(poll_interval=3600)
+""",
     # NTP through serve_forever(), the loop the program runs, which ends
     # itself once `count` are answered (one shutdown thread a run: it cancels
     # out between the two runs).
@@ -75,6 +90,10 @@ with Counted(("127.0.0.1", 0), local_stratum=10, upstream=None, burst=None) as s
 """,
 }
 HARNESS["ntp-limited"] = HARNESS["ntp"].replace(", burst=None", "")
+HARNESS["x-noservice"] = HARNESS["line-loop"].replace(
+    "class Counted(TimeServer):",
+    "class Counted(TimeServer):\n    def service_actions(self): pass",
+)
 # The floor: a minimal responder (scripts/peers/ntp_responder.py) with the
 # kernel's receive time and the address asked, and the same without them.
 RESPONDER = f"""
@@ -152,7 +171,7 @@ def instructions(tree: Path, kind: str, count: int) -> int:
         out = f"{workdir}/callgrind.out"
         process, port = start(tree, kind, out, count)
         try:
-            if kind == "line":
+            if kind.startswith(("line", "x-")):
                 ask_line(port, count)
             else:
                 ask_ntp(port, count, SOURCES if kind == "ntp-limited" else 1)

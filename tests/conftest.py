@@ -293,6 +293,20 @@ def bounded(action, *args) -> None:
     assert not thread.is_alive(), f"{action.__name__}() did not return"
 
 
+class TakenOver(RecordingServer):
+    """A RecordingServer that says what the loop had of each connection a
+    handler takes over."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        self.taken: queue.Queue = queue.Queue()
+        super().__init__(*args, **kwargs)
+
+    def taken_over(self, request):
+        held = super().taken_over(request)
+        self.taken.put(held)
+        return held
+
+
 @pytest.fixture
 def serving(caplog):
     """Serve any server in a thread; at teardown, stop and close each, and check

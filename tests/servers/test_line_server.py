@@ -12,10 +12,11 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
-from conftest import TIMEOUT, moments, timestamp
+from conftest import TIMEOUT, TakenOver, moments, timestamp
 
 from timeservice.host import capabilities
 from timeservice.server import TimeRequestHandler, TimeServer
+from timeservice.transport.pool import CONNECTION_THREAD
 from timeservice.transport.registry import connection_cap
 
 UNKNOWN = b"ERR unknown request, expected 'send time'\n"
@@ -375,7 +376,8 @@ def test_a_thread_without_connections_ends(start_server, connect):
     server = start_server(
         clock=moments(
             recording_clock(lambda: threads.append(threading.current_thread()))
-        )
+        ),
+        in_loop=False,  # every connection a thread, as socketserver has it
     )
     server.thread_idle = 0.05
     connection = connect(server)
@@ -393,12 +395,51 @@ def test_busy_connections_each_get_a_thread(start_server, connect):
     server = start_server(
         clock=moments(
             recording_clock(lambda: threads.append(threading.current_thread()))
-        )
+        ),
+        in_loop=False,
     )
     connections = [connect(server) for _ in range(3)]
     for connection in connections:
         timestamp(connection.ask())
     assert len(set(threads)) == 3
+
+
+def test_the_serving_thread_answers_complete_lines_itself(start_server, connect):
+    threads = []
+    server = start_server(
+        clock=moments(
+            recording_clock(lambda: threads.append(threading.current_thread()))
+        )
+    )
+    connections = [connect(server) for _ in range(3)]
+    for connection in connections * 2:
+        timestamp(connection.ask())
+    assert len(set(threads)) == 1
+    assert threads[0].name != CONNECTION_THREAD  # serve_forever()'s
+    assert server.statistics()["open_connections"] == 3
+    for connection in connections:
+        connection.close()
+    server.wait_finished(3)
+    assert server.statistics()["requests"] == 6
+
+
+def test_a_line_in_parts_goes_on_in_a_thread(serving, connect):
+    threads = []
+    clock = recording_clock(lambda: threads.append(threading.current_thread()))
+    server = serving(TakenOver(("127.0.0.1", 0), clock=moments(clock)))
+    connection = connect(server)
+    timestamp(connection.ask())
+    connection.send(b"send")
+    held = server.taken.get(timeout=TIMEOUT)
+    assert (held.unread, held.requests, held.cause) == (b"send", 1, None)
+    connection.send(b" time\r\nsend time\n")
+    timestamp(connection.line())
+    timestamp(connection.line())
+    assert [t.name == CONNECTION_THREAD for t in threads] == [False, True, True]
+    assert connection.ask(b"nonsense\n").startswith(b"ERR ")
+    connection.close()
+    server.wait_finished()
+    assert server.statistics()["requests"] == 4
 
 
 def test_a_client_that_keeps_asking_outlives_the_idle_timeout(start_server, connect):

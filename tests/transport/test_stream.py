@@ -41,6 +41,7 @@ def test_a_thread_that_cannot_start_gets_err_busy_and_shutdown_stays_clean(
     timestamp(first.ask())  # its thread runs and stays
     no_threads_named(monkeypatch, CONNECTION_THREAD)
     refused = connect(server)
+    refused.send(b"send")  # a line in parts needs a thread to wait for the rest
     assert refused.line() == b"ERR busy\n"
     assert refused.line() == b""
     timestamp(first.ask())  # the server goes on

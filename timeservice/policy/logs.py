@@ -46,37 +46,38 @@ class RefusalLog:
     def __init__(self, interval: float = 60.0, examples: int = 3) -> None:
         self.interval, self.examples = interval, examples
         self._lock = threading.Lock()
-        self._windows: dict[str, tuple[float, int, list[str]]] = {}
+        # The windows open, by cause: while any is, flush() has work.
+        self.waiting: dict[str, tuple[float, int, list[str]]] = {}
 
     def note(self, cause: str, who: str, now: float | None = None) -> None:
         """Log or count one refused client."""
         now = time.monotonic() if now is None else now
         with self._lock:
-            window = self._windows.get(cause)
+            window = self.waiting.get(cause)
             if window is not None and now - window[0] < self.interval:
                 start, count, examples = window
                 if len(examples) < self.examples and who not in examples:
                     examples.append(who)
-                self._windows[cause] = (start, count + 1, examples)
+                self.waiting[cause] = (start, count + 1, examples)
                 return
             self._summarise(cause, now)
-            self._windows[cause] = (now, 0, [])
+            self.waiting[cause] = (now, 0, [])
         level = logging.WARNING if cause in WARNINGS else logging.INFO
         logger.log(level, "%s: refused, %s", who, CAUSES.get(cause, cause))
 
     def flush(self, now: float | None = None, force: bool = False) -> None:
         """Log the counts of the intervals that are over (every one if `force`)."""
-        if not self._windows:  # the usual case, called on every request
+        if not self.waiting:  # the usual case, called on every request
             return
         now = time.monotonic() if now is None else now
         with self._lock:
-            for cause, (start, _, _) in list(self._windows.items()):
+            for cause, (start, _, _) in list(self.waiting.items()):
                 if force or now - start >= self.interval:
                     self._summarise(cause, now)
-                    del self._windows[cause]
+                    del self.waiting[cause]
 
     def _summarise(self, cause: str, now: float) -> None:
-        window = self._windows.get(cause)
+        window = self.waiting.get(cause)
         if window is None or not window[1]:
             return
         start, count, examples = window
@@ -106,7 +107,8 @@ class BoundedLog:
         self.what, self.most, self.interval, self.level = what, most, interval, level
         self._lock = threading.Lock()
         self._start = -interval  # the window's start
-        self._shown = self._more = 0
+        self._shown = 0
+        self.waiting = 0  # lines counted and not shown: while any are, flush() has work
 
     def note(self, message: str, *args: object, now: float | None = None) -> None:
         """Log one line, or count it past the window's `most`."""
@@ -119,13 +121,13 @@ class BoundedLog:
             if show:
                 self._shown += 1
             else:
-                self._more += 1
+                self.waiting += 1
         if show:
             logger.log(self.level, message, *args)
 
     def flush(self, now: float | None = None, force: bool = False) -> None:
         """Log the count of a window that is over (any, if `force`)."""
-        if not self._more:  # the usual case
+        if not self.waiting:  # the usual case
             return
         now = time.monotonic() if now is None else now
         with self._lock:
@@ -133,9 +135,9 @@ class BoundedLog:
                 self._summarise(now)
 
     def _summarise(self, now: float) -> None:
-        if self._more:
+        if self.waiting:
             seconds = min(now - self._start, self.interval)
             logger.log(
-                self.level, "%d more %s in %.0f s", self._more, self.what, seconds
+                self.level, "%d more %s in %.0f s", self.waiting, self.what, seconds
             )
-            self._more = 0
+            self.waiting = 0

@@ -16,6 +16,7 @@ from typing import Any, BinaryIO
 from ..clock.system import Clock, local_clock
 from ..host import capabilities
 from ..policy.logs import format_address
+from ..transport.inloop import Unread
 from ..transport.loop import clock_failed
 from ..transport.registry import abort, drain
 from ..transport.stream import StreamServer
@@ -76,8 +77,13 @@ class TimeRequestHandler(socketserver.StreamRequestHandler):
         sock.settimeout(None)
         if self.disable_nagle_algorithm:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
-        if self.fd_reader:
-            raw = io.FileIO(sock.fileno(), "rb", closefd=False)
+        # What the serving loop had, where it answered the connection first.
+        held = self.server.taken_over(sock)
+        unread = b"" if held is None else held.unread
+        if self.fd_reader or unread:
+            raw: Any = io.FileIO(sock.fileno(), "rb", closefd=False)
+            if unread:
+                raw = Unread(unread, raw)
             self.rfile = io.BufferedReader(raw, self.read_buffer)
         else:
             self.rfile = sock.makefile("rb", self.read_buffer)
@@ -86,12 +92,21 @@ class TimeRequestHandler(socketserver.StreamRequestHandler):
         clock = self.server.clock
         self._now, self._offset = clock.now_ns, clock.utc_offset
         self._lines = self.server.time_lines
-        self.requests = 0  # answered: the registry moves the deadline by it
+        # Answered: the registry moves the deadline by it.
+        self.requests = 0 if held is None else held.requests
         self.stop_reason: str | None = None  # why it was cut off, if it was
         self.server.track(self)
+        # Once tracked, a cut reaches this handler; one before, the loop's.
+        self._unsent = b""
+        if held is not None:
+            self._unsent = held.unsent
+            if held.cause is not None:
+                self.stop_reason = LAST_WORDS[held.cause]
 
     def handle(self) -> None:
         """Answer each line until EOF, a line too long, or the server cuts it off."""
+        if self._unsent:  # replies the serving loop could not send at once
+            self.connection.sendall(self._unsent)
         max_line = self.server.max_line
         readline, limit = self.rfile.readline, max_line + len(b"\r\n")
         line_received = self.line_received
@@ -156,9 +171,7 @@ class TimeRequestHandler(socketserver.StreamRequestHandler):
         try:
             return self._lines.line(self._now(), self._offset)
         except Exception as exc:
-            clock_failed(self.client_address, exc)
-            self.server.count_error(CLOCK_UNAVAILABLE)
-            return error_line(CLOCK_UNAVAILABLE)
+            return self.server.clock_failed(self.client_address, exc)
 
     def close_with(self, reason: str) -> None:
         """Send a last ERR line and make sure it arrives before the connection
@@ -217,6 +230,60 @@ class TimeServer(StreamServer):
     ) -> None:
         self.time_lines = TimeLines()  # the reply lines, a second's formatted once
         super().__init__(server_address, handler_class, bind_and_activate, **settings)
+
+    def answers_in_loop(self) -> bool:
+        """The serving loop answers for the library's own handler only: a
+        subclass of it may answer otherwise, and gets a thread."""
+        return self.RequestHandlerClass is TimeRequestHandler
+
+    def answer_at_once(
+        self, data: bytes, client_address: Any
+    ) -> tuple[bytes, int] | None:
+        """The replies to complete request lines, as TimeRequestHandler
+        answers them; None for anything else (a partial or long line), which
+        a handler then reads."""
+        if data == REQUEST:  # the usual request, alone: nothing to split or check
+            reply = self.time_line(client_address)
+            if logger.isEnabledFor(logging.DEBUG):
+                logger.debug(
+                    "%s: %r -> %r", format_address(client_address), USUAL_REQUEST, reply
+                )
+            return reply, 1
+        if data.endswith(b"\n"):
+            lines = [strip_line_ending(line + b"\n") for line in data.split(b"\n")[:-1]]
+            if max(map(len, lines)) > self.max_line:
+                return None
+        else:
+            return None
+        replies = []
+        debug = logger.isEnabledFor(logging.DEBUG)
+        for request in lines:
+            reason = request_error(request)
+            if reason is None:
+                reply = self.time_line(client_address)
+            else:
+                self.count_error(reason)
+                reply = error_line(reason)
+            if debug:
+                logger.debug(
+                    "%s: %r -> %r", format_address(client_address), request, reply
+                )
+            replies.append(reply)
+        return b"".join(replies), len(lines)
+
+    def time_line(self, client_address: Any) -> bytes:
+        """The clock's time as a reply line, or ERR if the clock fails."""
+        clock = self.clock
+        try:
+            return self.time_lines.line(clock.now_ns(), clock.utc_offset)
+        except Exception as exc:
+            return self.clock_failed(client_address, exc)
+
+    def clock_failed(self, client_address: Any, exc: Exception) -> bytes:
+        """A clock that failed: logged and counted; the ERR line to send."""
+        clock_failed(client_address, exc)
+        self.count_error(CLOCK_UNAVAILABLE)
+        return error_line(CLOCK_UNAVAILABLE)
 
     def refusal_words(self, cause: str) -> bytes:
         """The line protocol says why: ``ERR not allowed`` or ``ERR busy``."""

@@ -27,6 +27,7 @@ class AdmissionMixIn(Reconfigurable):
     settings: tuple[str, ...] = ("access", "log_interval")
     access: AccessList | None = None
     log_interval = 60.0
+    summaries: list[Any]  # the loop's (LoopMixIn)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.answered = 0  # requests answered, as far as the handlers have said
@@ -34,6 +35,7 @@ class AdmissionMixIn(Reconfigurable):
         self.refusals = RefusalLog(self.log_interval)
         self._count_lock = threading.Lock()
         super().__init__(*args, **kwargs)
+        self.summaries.append(self.refusals)  # the loop's, which flushes it
 
     def verify_request(self, request: Any, client_address: Any) -> bool:
         if self.access is None or self.access.allows(client_address[0]):
@@ -55,11 +57,3 @@ class AdmissionMixIn(Reconfigurable):
         """Counts for the metrics: requests answered, clients refused by cause."""
         with self._count_lock:
             return {"requests": self.answered, "refused": dict(self.refused)}
-
-    def service_actions(self) -> None:
-        super().service_actions()
-        self.refusals.flush()
-
-    def flush_logs(self) -> None:
-        """Log what the summarised logs still hold; a step of server_close()."""
-        self.refusals.flush(force=True)

@@ -1,6 +1,7 @@
-"""Serving each connection in a thread, reused once it is done, the
-connections already waiting taken in one wake-up; and pausing accept()
-when the file descriptors run out instead of spinning."""
+"""Serving each connection in a thread (each that the serving loop does
+not answer itself, see inloop), reused once it is done, the connections
+already waiting taken in one wake-up; and pausing accept() when the file
+descriptors run out instead of spinning."""
 
 from __future__ import annotations
 
@@ -104,12 +105,17 @@ class ThreadPoolMixIn(socketserver.ThreadingMixIn, socketserver.TCPServer):
         super().__init__(*args, **kwargs)
 
     def process_request(self, request: Any, client_address: Any) -> None:
-        """Hand the connection to an idle thread, or start a thread for it;
-        then the same for those already waiting, up to `batch` in all, where
-        accept() does not wait for them (TimeServer's does not)."""
-        self._hand_off(request, client_address)
+        """Serve the connection (serve_connection()); then the same for those
+        already waiting, up to `batch` in all, where accept() does not wait
+        for them (TimeServer's does not)."""
+        self.serve_connection(request, client_address)
         if accepts_at_once(self.socket):
-            serve_waiting(self, self.get_request, self._hand_off, self.batch - 1)
+            serve_waiting(self, self.get_request, self.serve_connection, self.batch - 1)
+
+    def serve_connection(self, request: Any, client_address: Any) -> None:
+        """May be extended: hand the connection to an idle thread, or start
+        a thread for it."""
+        self._hand_off(request, client_address)
 
     def _hand_off(self, request: Any, client_address: Any) -> None:
         with self._pool_lock:

@@ -134,6 +134,7 @@ class ConnectionRegistry(AdmissionMixIn, socketserver.TCPServer):
     their deadlines are the registry's own.
     """
 
+    summaries: list[Any]  # the loop's (LoopMixIn)
     settings: tuple[str, ...] = (
         "max_connections",
         "max_per_host",
@@ -174,6 +175,7 @@ class ConnectionRegistry(AdmissionMixIn, socketserver.TCPServer):
         self._wake = threading.Event()
         self._closing = False
         super().__init__(*args, **kwargs)
+        self.summaries.append(self.closed_log)  # the loop's, which flushes it
 
     def verify_request(self, request: Any, client_address: Any) -> bool:
         """Admit a connection while under the caps; else refuse it."""
@@ -267,10 +269,6 @@ class ConnectionRegistry(AdmissionMixIn, socketserver.TCPServer):
         drained(request)  # what has come so far, so that the close is no reset
         request.close()
 
-    def service_actions(self) -> None:
-        super().service_actions()
-        self.closed_log.flush()
-
     def track(self, handler: Any) -> None:
         """Give a running handler its deadline, and let the watchdog see it."""
         with self._lock:
@@ -322,10 +320,6 @@ class ConnectionRegistry(AdmissionMixIn, socketserver.TCPServer):
         if watchdog is not None and getattr(self, "block_on_close", True):
             self._wake.set()
             watchdog.join()
-
-    def flush_logs(self) -> None:
-        super().flush_logs()
-        self.closed_log.flush(force=True)
 
     def _forget(self, request: Any) -> None:
         """Take a connection out of the counts (the lock is held)."""

@@ -1,7 +1,8 @@
 """The stream servers' composition: socketserver's threading TCP server
 with every part a stream protocol here needs (the registry's caps and
-deadlines, the thread pool, the accept back-off, any address), and the one
-order in which such a server closes."""
+deadlines, the requests the loop answers itself, the thread pool, the
+accept back-off, any address), and the one order in which such a server
+closes."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import socket
 import socketserver
 
 from .binding import AnyAddressMixIn
+from .inloop import InLoopMixIn
 from .loop import LoopMixIn
 from .pool import AcceptBackoffMixIn, ThreadPoolMixIn
 from .registry import ConnectionRegistry
@@ -17,6 +19,7 @@ from .settings import SettingsMixIn
 
 class StreamServer(
     SettingsMixIn,
+    InLoopMixIn,
     LoopMixIn,
     ConnectionRegistry,
     ThreadPoolMixIn,
