@@ -12,7 +12,7 @@ from timeservice.transport.inloop import Held
 
 
 def test_replies_a_client_does_not_read_yet_go_out_from_a_thread(serving):
-    server = serving(TakenOver(("127.0.0.1", 0), send_buffer=4096))
+    server = serving(TakenOver(("127.0.0.1", 0), send_buffer=4096, lines_at_once=4096))
     lines = 4000  # empty: 4 kB read at once, 164 kB of ERR lines to send
     with socket.socket() as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
@@ -54,3 +54,17 @@ def test_a_held_connection_cut_off_twice_is_shut_both_ways():
             client.sendall(b"send time\n")  # its reading side is shut, not its writing
             held.expire("timeout", 0.5, first=False)
             assert client.recv(16) == b""
+
+
+def test_many_lines_at_once_go_to_a_thread(serving):
+    server = serving(TakenOver(("127.0.0.1", 0)))
+    lines = server.lines_at_once + 1  # more would hold the others up in the loop
+    with socket.socket() as sock:
+        sock.settimeout(TIMEOUT)
+        sock.connect(server.server_address)
+        sock.sendall(b"send time\n" * lines)
+        held = server.taken.get(timeout=TIMEOUT)
+        assert (held.unread, held.requests) == (b"send time\n" * lines, 0)
+        with sock.makefile("rb") as replies:
+            for _ in range(lines):
+                timestamp(replies.readline())

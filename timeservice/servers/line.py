@@ -213,13 +213,14 @@ class TimeServer(StreamServer):
     each line within `idle_timeout` seconds; at most `max_connections` are
     served at once, and one more gets ``ERR busy`` (``ERR not allowed`` if
     the access list refuses it). Settings of its own: max_line, clock (a
-    Clock), send_buffer.
+    Clock), send_buffer, lines_at_once.
     """
 
-    settings: tuple[str, ...] = ("max_line", "clock", "send_buffer")
+    settings: tuple[str, ...] = ("max_line", "clock", "send_buffer", "lines_at_once")
     max_line = MAX_LINE_BYTES  # longest request line, line ending not counted
     clock: Clock = local_clock
     send_buffer = 64 * 1024  # replies the kernel holds for a client that reads slowly
+    lines_at_once = 16  # the most lines of one read the serving loop answers
 
     def __init__(
         self,
@@ -240,8 +241,9 @@ class TimeServer(StreamServer):
         self, data: bytes, client_address: Any
     ) -> tuple[bytes, int] | None:
         """The replies to complete request lines, as TimeRequestHandler
-        answers them; None for anything else (a partial or long line), which
-        a handler then reads."""
+        answers them; None for anything else (a partial or long line, more
+        than `lines_at_once` lines), which a handler then reads: a thread
+        shares the GIL with the others, the loop would make them wait."""
         if data == REQUEST:  # the usual request, alone: nothing to split or check
             reply = self.time_line(client_address)
             if logger.isEnabledFor(logging.DEBUG):
@@ -249,11 +251,10 @@ class TimeServer(StreamServer):
                     "%s: %r -> %r", format_address(client_address), USUAL_REQUEST, reply
                 )
             return reply, 1
-        if data.endswith(b"\n"):
-            lines = [strip_line_ending(line + b"\n") for line in data.split(b"\n")[:-1]]
-            if max(map(len, lines)) > self.max_line:
-                return None
-        else:
+        if not data.endswith(b"\n") or data.count(b"\n") > self.lines_at_once:
+            return None
+        lines = [strip_line_ending(line + b"\n") for line in data.split(b"\n")[:-1]]
+        if max(map(len, lines)) > self.max_line:
             return None
         replies = []
         debug = logger.isEnabledFor(logging.DEBUG)
