@@ -25,7 +25,8 @@ from .pool import ThreadPoolMixIn
 from .registry import abort
 
 # Reads and writes that return at once; the socket itself stays blocking,
-# as a handler that takes the connection over expects it.
+# as a handler that takes the connection over expects it. Where there is no
+# such flag, every connection gets a thread.
 AT_ONCE = getattr(socket, "MSG_DONTWAIT", 0)
 
 
@@ -90,7 +91,12 @@ class InLoopMixIn(LoopMixIn, ThreadPoolMixIn):
     def serve_connection(self, request: Any, client_address: Any) -> None:
         """Answer what the connection has sent and hold it in the loop;
         give it a thread where the loop cannot."""
-        if not (self.in_loop and self._poll is not None and self.answers_in_loop()):
+        if not (
+            AT_ONCE
+            and self.in_loop
+            and self._poll is not None
+            and self.answers_in_loop()
+        ):
             super().serve_connection(request, client_address)
             return
         held = Held(request, client_address)
