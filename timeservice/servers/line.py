@@ -253,7 +253,7 @@ class TimeServer(StreamServer):
             return reply, 1
         if not data.endswith(b"\n") or data.count(b"\n") > self.lines_at_once:
             return None
-        lines = [strip_line_ending(line + b"\n") for line in data.split(b"\n")[:-1]]
+        lines = [line.removesuffix(b"\r") for line in data.split(b"\n")[:-1]]
         if max(map(len, lines)) > self.max_line:
             return None
         replies = []

@@ -134,7 +134,6 @@ class ConnectionRegistry(AdmissionMixIn, socketserver.TCPServer):
     their deadlines are the registry's own.
     """
 
-    summaries: list[Any]  # the loop's (LoopMixIn)
     settings: tuple[str, ...] = (
         "max_connections",
         "max_per_host",
