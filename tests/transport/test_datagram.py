@@ -124,7 +124,7 @@ def test_a_subclass_that_answers_anyway_leaves_no_kiss_for_the_next(serve):
 def test_a_datagram_from_port_0_is_dropped_first():
     with NtpServer(("127.0.0.1", 0), local_stratum=10) as server:
         datagram = (ntp.request_packet(0), Recording(), 0)
-        assert not server.verify_request(datagram, ("127.0.0.1", 0))
+        assert server.admit(datagram, ("127.0.0.1", 0)) is DROP
     assert server.refused == {"low_source_port": 1}
 
 
@@ -492,7 +492,7 @@ def test_ntp_answers_a_client_on_a_port_this_process_serves(serve):
     daytime = serve(DatagramServer, DaytimeHandler)
     ntp_server = serve(NtpServer, NtpHandler, local_stratum=10)
     datagram = (ntp.request_packet(0), Recording(), 0)
-    assert ntp_server.verify_request(datagram, ("127.0.0.1", port_of(daytime)))
+    assert ntp_server.admit(datagram, ("127.0.0.1", port_of(daytime))) is ANSWER
 
 
 def test_the_ports_served_are_forgotten_when_a_server_closes():

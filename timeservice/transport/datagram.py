@@ -120,9 +120,10 @@ class DatagramServer(
     Methods that may be overridden: verify_request(request, client_address),
     as in socketserver, whether the source may ask at all;
     admit(request, client_address), what the datagram gets (an Action:
-    ANSWER, DROP or KISS), by default verify_request() and then the
-    source's limits; over_limit(request, client_address), what to send a
-    datagram whose verdict is KISS (by default nothing). None of them
+    ANSWER, DROP or KISS), by default the source port and unicast rules,
+    verify_request() and then the source's limits;
+    over_limit(request, client_address), what to send a datagram whose
+    verdict is KISS (by default nothing). None of them
     sends: the serving loop acts on the verdict.
     Settings: rate, burst (None turns the limit off), kiss, table_bytes,
     limits (a SourceLimits made with its own clock or settings), min_source_port
@@ -342,24 +343,20 @@ class DatagramServer(
             limiting=self.burst is not None,
         )
 
-    def verify_request(self, request: Any, client_address: Any) -> bool:
-        """Who may ask at all: the access list, the source port, and only a
-        datagram sent to this host's own address. Decides and counts, never
-        sends."""
-        if not super().verify_request(request, client_address):
-            return False
+    def admit(self, request: Any, client_address: Any) -> Action:
+        """What a datagram gets: nothing from a low source port or sent to
+        an address not this host's own (rules no override of verify_request()
+        can lift: they keep the server from answering another service or a
+        broadcast), nothing unless verify_request() lets its source ask (the
+        access list), then what its SourceLimits decide. Decides and counts,
+        never sends."""
         port = client_address[1]
         if port < self.min_source_port or port == 0:  # port 0 cannot be answered
             self.count_refusal("low_source_port", client_address)
-            return False
+            return DROP
         if request[1] is NOT_UNICAST:
             self.count_refusal("not_unicast", client_address)
-            return False
-        return True
-
-    def admit(self, request: Any, client_address: Any) -> Action:
-        """What a datagram gets: nothing unless verify_request() lets its
-        source ask, then what its SourceLimits decide. Never sends."""
+            return DROP
         if not self.verify_request(request, client_address):
             return DROP
         limits = self.limits

@@ -11,13 +11,12 @@ to claim is decided in timeservice.clock.claims.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import ipaddress
 import math
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .errors import ReplyError
 from .nts import read_fields
@@ -101,7 +100,6 @@ def from_timestamp(value: int, near_ns: int) -> int:
     return seconds * NANOSECONDS + fraction
 
 
-@functools.lru_cache(maxsize=256)  # the server sends the same few values
 def to_short(seconds: float) -> int:
     """Seconds in NTP's 16.16 short format, rounded up: a bound never shrinks."""
     return min(0xFFFF_FFFF, max(0, math.ceil(seconds * 65536)))
@@ -176,6 +174,13 @@ class ServerState:
     root_dispersion: float
     root_delay: float = 0.0
     reference: int | None = None
+    # Root delay and dispersion as a reply carries them: made once for the
+    # state, not for each of the replies that share it.
+    shorts: tuple[int, int] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        shorts = (to_short(self.root_delay), to_short(self.root_dispersion))
+        object.__setattr__(self, "shorts", shorts)
 
 
 @dataclass(frozen=True)
@@ -311,13 +316,14 @@ def reply_head(
     reference = state.reference
     if reference is None:  # its own reference: this second
         reference = receive & ~0xFFFF_FFFF
+    root_delay, root_dispersion = state.shorts
     return _REPLY_HEAD.pack(
         state.leap << 6 | version << 3 | MODE_SERVER,
         state.stratum,
         packet[2:3],  # poll
         state.precision,
-        to_short(state.root_delay),
-        to_short(state.root_dispersion),
+        root_delay,
+        root_dispersion,
         state.reference_id,
         reference,
         packet[32:40] if interleaved else packet[40:48],  # origin
