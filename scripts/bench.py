@@ -17,7 +17,9 @@ turns, so that the machine's drift hits all of them alike; the table shows
 the median over the rounds and the spread between them. Progress goes to
 stderr, the table to stdout. Where chronyd is installed, NTP over UDP is
 measured too: this server's NTP service against chronyd serving ``local
-stratum 10``, both with their rate limits off. A part not in the default set,
+stratum 10``, both with their rate limits off, ours again with its limit on
+(every source in its table, at a rate the load never reaches), and a minimal
+responder (scripts/peers/ntp_responder.py), the floor. A part not in the default set,
 ``--parts forged``, sends NTP requests forged from a client's address (20, 200
 and 2,000 a second for 10 s) to both with their rate limits on, while the
 client asks twice a second from that address: it counts the client's answers,

@@ -195,6 +195,8 @@ def table(report, names):
         for i, (server, r) in enumerate(report["ntp"].items()):
             out.append(row(NTP_WORKLOAD[0] if i == 0 else "", names[server], r))
         for peer, figures in report["ntp_ratios"].items():
+            if peer == "limited":  # ours too: see below
+                continue
             out.append(
                 f"{f'timeservice req/s ÷ {names[peer]} req/s':<47}"
                 f" {ratio(figures['rps']):>8}"
@@ -204,6 +206,13 @@ def table(report, names):
                     f"{f'timeservice CPU per reply ÷ {names[peer]}':<47}"
                     f" {figures['server_us']:>7.2f}x"
                 )
+        limited, responder = (report["ntp"].get(n) for n in ("limited", "responder"))
+        if limited and responder:  # the rate limit on against the responder's bucket
+            on = quotient(limited["server_us"], responder["server_us"])
+            text = "n/a" if on is None else f"{on:.2f}x"
+            out.append(
+                f"{'limit on: timeservice CPU per reply ÷ responder':<47} {text:>8}"
+            )
     bad = sum(
         r["bad_replies"] for by in report["workloads"].values() for r in by.values()
     ) + sum(r["bad_replies"] for r in report["ntp"].values())

@@ -33,6 +33,7 @@ NAMES = {  # what the table calls each server
     "asyncio": "asyncio",
     "c": "C epoll",
     "selectors": "selectors",  # scripts/peers/selectors_server.py
+    "limited": "limit on",  # ours with its rate limit on (OURS_LIMITED)
     "responder": "responder",  # scripts/peers/ntp_responder.py
     "chronyd": "chronyd",
     "before": "before",  # ours from --against's checkout
@@ -65,7 +66,7 @@ COMMANDS = {
     "asyncio": [sys.executable, str(PEERS / "asyncio_streams.py")],
     "selectors": [sys.executable, str(PEERS / "selectors_server.py")],
 }
-NTP_SERVERS = ("ours", "responder", "chronyd", "before")  # the NTP rows' order
+NTP_SERVERS = ("ours", "limited", "responder", "chronyd", "before")  # the rows' order
 RESPONDER = [sys.executable, str(PEERS / "ntp_responder.py")]
 OURS_NTP = [
     sys.executable,
@@ -78,6 +79,18 @@ OURS_NTP = [
     "10",
     "--no-rate-limit",
     "0",
+]
+# Ours with the rate limit on, as the responder's bucket runs: every source
+# gets a bucket and the table keeps it, at a rate no load here reaches (the
+# program's limit would answer 8 clients from one address 1 in 4).
+OURS_LIMITED = [
+    sys.executable,
+    "-c",
+    "from timeservice.server import NtpServer\n"
+    "with NtpServer(('127.0.0.1', 0), local_stratum=10, upstream=None, rate=1e9)"
+    " as server:\n"
+    "    print('Serving NTP on 127.0.0.1 port', server.server_address[1], flush=True)\n"
+    "    server.serve_forever()",
 ]
 
 
@@ -146,8 +159,8 @@ def start_ntp_server(name, workdir, tree, command=OURS_NTP, more_config=()):
     chronyd has no rate limit unless its configuration sets one; -x leaves
     the system clock alone. It is ready once it answers.
     """
-    if name in ("ours", "before", "responder"):
-        command = RESPONDER if name == "responder" else command
+    if name in ("ours", "before", "responder", "limited"):
+        command = {"responder": RESPONDER, "limited": OURS_LIMITED}.get(name, command)
         return Server(name, command, tree, r"Serving NTP on \S+ port (\d+)")
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
         probe.bind(("127.0.0.1", 0))
@@ -229,8 +242,10 @@ def choose_servers(c_server, only, against, ntp) -> Lineup:
         if name != "workers" or hasattr(os, "fork")
     }
     wanted = set(only or available) | {"ours"} | set(before)
-    # chronyd, the limit, and the minimal responder, the floor, always.
-    ntp_servers = [n for n in NTP_SERVERS if n in wanted | {"chronyd", "responder"}]
+    # chronyd, the limit, and the minimal responder, the floor, always, and
+    # ours with its rate limit on beside it.
+    always = {"chronyd", "responder", "limited"}
+    ntp_servers = [n for n in NTP_SERVERS if n in wanted | always]
     if not shutil.which("chronyd"):
         print("chronyd is not installed; no chronyd row", file=sys.stderr)
         ntp_servers.remove("chronyd")
