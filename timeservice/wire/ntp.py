@@ -59,9 +59,7 @@ MAX_DISTANCE = 1.0
 
 
 NANOSECONDS = 1_000_000_000
-
-
-FRACTION = 2**32
+FRACTION = 2**32  # an NTP timestamp's fraction: 2**32 to a second
 
 
 class NtpError(ReplyError):
@@ -164,7 +162,8 @@ class ServerState:
 
     `reference` is the reference timestamp: 0 for none (unsynchronised), or
     None for the second each request arrives in (a clock that is its own
-    reference).
+    reference). `shorts` are the root delay and dispersion as a reply
+    carries them, made once for all the replies that share the state.
     """
 
     leap: int
@@ -174,8 +173,6 @@ class ServerState:
     root_dispersion: float
     root_delay: float = 0.0
     reference: int | None = None
-    # Root delay and dispersion as a reply carries them: made once for the
-    # state, not for each of the replies that share it.
     shorts: tuple[int, int] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
