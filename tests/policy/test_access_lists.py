@@ -93,3 +93,10 @@ def test_the_rules_a_server_cannot_hear_are_named():
     assert [str(n) for n, _ in rules.unmatched({4})] == ["2001:db8::/32"]
     assert [str(n) for n, _ in rules.unmatched({6})] == ["192.0.2.0/24", "10.0.0.0/8"]
     assert rules.unmatched({4, 6}) == []
+
+
+def test_a_program_without_allow_or_deny_checks_nothing():
+    assert AccessList.of_options([], []) is None
+    rules = AccessList.of_options([], ["192.0.2.0/24"])
+    assert rules is not None
+    assert not rules.allows("192.0.2.7") and rules.allows("198.51.100.1")

@@ -81,6 +81,13 @@ class AccessList:
             + [(parse_subnet(text), False) for text in deny]
         )
 
+    @classmethod
+    def of_options(cls, allow: Iterable[str], deny: Iterable[str]) -> AccessList | None:
+        """What a program's ``--allow`` and ``--deny`` give: their list, or
+        None where neither is given (everyone may ask, and nothing is
+        looked up)."""
+        return cls.from_options(allow, deny) if allow or deny else None
+
     def decide(self, host: str) -> bool:
         """Whether the client at `host` may ask, decided afresh (allows()
         remembers it)."""

@@ -88,9 +88,6 @@ def exporter_settings(args: argparse.Namespace) -> dict:
     from ..policy.access import AccessList
     from .exporter import DEFAULT_TARGETS, TargetRules
 
-    access = None
-    if args.allow or args.deny:
-        access = AccessList.from_options(args.allow, args.deny)
     return {
         "rules": TargetRules(args.allow_target or DEFAULT_TARGETS),
         "asking": Asking(1, args.timeout, True, args.max_distance, args.ca),
@@ -98,7 +95,7 @@ def exporter_settings(args: argparse.Namespace) -> dict:
         "critical": args.critical,
         "tolerance": args.tolerance,
         "ignore_unreachable": args.ignore_unreachable,
-        "access": access,
+        "access": AccessList.of_options(args.allow, args.deny),
     }
 
 

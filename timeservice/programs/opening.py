@@ -56,11 +56,7 @@ class Settings(NamedTuple):
         """The settings the command line's arguments give."""
         common: dict[str, Any] = {
             "clock": utc_clock if args.utc else local_clock,
-            "access": (
-                AccessList.from_options(args.allow, args.deny)
-                if args.allow or args.deny
-                else None
-            ),
+            "access": AccessList.of_options(args.allow, args.deny),
         }
         line = dict(
             common,
