@@ -75,10 +75,11 @@ class TimeRequestHandler(socketserver.StreamRequestHandler):
         # a socket with a timeout is non-blocking underneath, and a reader
         # over its descriptor would take "no byte yet" for EOF.
         sock.settimeout(None)
-        if self.disable_nagle_algorithm:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
-        # What the serving loop had, where it answered the connection first.
+        # What the serving loop had, where it answered the connection first
+        # (and set its options).
         held = self.server.taken_over(sock)
+        if self.disable_nagle_algorithm and held is None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
         unread = b"" if held is None else held.unread
         if self.fd_reader or unread:
             raw: Any = io.FileIO(sock.fileno(), "rb", closefd=False)
