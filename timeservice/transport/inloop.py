@@ -14,7 +14,6 @@ thread per waiting connection costs the same at each of its requests.
 from __future__ import annotations
 
 import contextlib
-import functools
 import io
 import socket
 from typing import Any
@@ -36,10 +35,19 @@ class Held:
     over, what it had: input not answered (`unread`), replies not yet sent
     (`unsent`), the count of its answers, and why it was cut off (`cause`)."""
 
-    __slots__ = ("cause", "client_address", "request", "requests", "unread", "unsent")
+    __slots__ = (
+        "cause",
+        "client_address",
+        "fd",
+        "request",
+        "requests",
+        "unread",
+        "unsent",
+    )
 
     def __init__(self, request: socket.socket, client_address: Any) -> None:
         self.request, self.client_address = request, client_address
+        self.fd = request.fileno()  # the loop's key, while it holds it
         self.requests = 0
         self.cause: str | None = None
         self.unread = self.unsent = b""
@@ -72,7 +80,6 @@ class InLoopMixIn(LoopMixIn, ThreadPoolMixIn):
     closed_log: BoundedLog
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self._holding: dict[int, Held] = {}  # by descriptor, in the loop's poll set
         self._taken: dict[socket.socket, Held] = {}  # handed to a thread
         super().__init__(*args, **kwargs)
 
@@ -108,14 +115,10 @@ class InLoopMixIn(LoopMixIn, ThreadPoolMixIn):
             self.shutdown_request(request)
             return
         self.track(held)  # type: ignore[attr-defined]
-        if self._answer(held):
-            fd = request.fileno()
-            if self.hold(fd, functools.partial(self._answer, held)):
-                self._holding[fd] = held
-            else:
-                self._take_over(held)
+        if self.ready(held) and not self.hold(held.fd, held):
+            self._take_over(held)
 
-    def _answer(self, held: Held) -> bool:
+    def ready(self, held: Held) -> bool:
         """Answer what a held connection has sent; True while the loop keeps it."""
         sock = held.request
         try:
@@ -157,13 +160,8 @@ class InLoopMixIn(LoopMixIn, ThreadPoolMixIn):
             return False
         return True
 
-    def _let_go(self, held: Held) -> None:
-        fd = held.request.fileno()
-        if self._holding.pop(fd, None) is not None:
-            self.let_go(fd)
-
     def _close(self, held: Held) -> None:
-        self._let_go(held)
+        self.let_go(held.fd)
         self.closed_log.note(  # before the close, as a handler's finish()
             "%s: closed after %d request(s)",
             format_address(held.client_address),
@@ -173,7 +171,7 @@ class InLoopMixIn(LoopMixIn, ThreadPoolMixIn):
 
     def _take_over(self, held: Held) -> None:
         """Give a held connection to a thread, with what it had."""
-        self._let_go(held)
+        self.let_go(held.fd)
         self._taken[held.request] = held
         super().serve_connection(held.request, held.client_address)
 
@@ -184,7 +182,7 @@ class InLoopMixIn(LoopMixIn, ThreadPoolMixIn):
     def release_held(self) -> None:
         """The loop ends: threads take the connections it held."""
         super().release_held()
-        for held in list(self._holding.values()):
+        for held in list(self.held.values()):
             self._take_over(held)
 
     def refuse(self, request: Any, client_address: Any, cause: str) -> None:

@@ -37,7 +37,7 @@ class LoopMixIn(socketserver.BaseServer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._stop_asked = False
         self._loop_ended = threading.Event()
-        self._held: dict[int, Callable[[], object]] = {}  # descriptor: when ready
+        self.held: dict[int, Any] = {}  # by descriptor, what hold() gave the loop
         self._poll: Any = None  # the loop's poll object, while it runs
         self._loop_thread: int | None = None
         self.summaries: list[Any] = []  # each with flush(force=False), waiting
@@ -48,9 +48,11 @@ class LoopMixIn(socketserver.BaseServer):
         than a selectors one (whose select() is Python, and a datagram's
         answer costs little more): wait, serve what is ready, then
         service_actions(), until shutdown(). The descriptors that hold()
-        gave it are watched in the same wait."""
+        gave it are watched in the same wait, and ready() is called with
+        what each holds."""
         self._loop_ended.clear()  # a shutdown() asked before this one starts holds
-        held, own = self._held, self.fileno()  # type: ignore[attr-defined]
+        held, own = self.held, self.fileno()  # type: ignore[attr-defined]
+        readable = self.ready
         try:
             with waiting(self, poll_interval) as (wait, self._poll):
                 self._loop_thread = threading.get_ident()
@@ -62,8 +64,8 @@ class LoopMixIn(socketserver.BaseServer):
                         for fd, _ in ready:
                             if fd == own:
                                 self._handle_request_noblock()  # type: ignore[attr-defined]
-                            elif (when_ready := held.get(fd)) is not None:
-                                when_ready()
+                            elif (holding := held.get(fd)) is not None:
+                                readable(holding)
                     elif ready:
                         self._handle_request_noblock()  # type: ignore[attr-defined]
                     self.service_actions()
@@ -75,23 +77,29 @@ class LoopMixIn(socketserver.BaseServer):
                 self._stop_asked = False
                 self._loop_ended.set()
 
-    def hold(self, fd: int, when_ready: Callable[[], object]) -> bool:
-        """Have the loop call when_ready() whenever descriptor `fd` can be
+    def hold(self, fd: int, holding: Any) -> bool:
+        """Have the loop call ready(holding) whenever descriptor `fd` can be
         read, until let_go(fd); False where it cannot: outside the loop's
         thread, or without poll()."""
         if self._poll is None or threading.get_ident() != self._loop_thread:
             return False
         self._poll.register(fd, select.POLLIN)
-        self._held[fd] = when_ready
+        self.held[fd] = holding
         return True
 
     def let_go(self, fd: int) -> None:
         """Stop watching a descriptor hold() gave the loop (before it closes)."""
-        if self._held.pop(fd, None) is not None and self._poll is not None:
+        if self.held.pop(fd, None) is not None and self._poll is not None:
             self._poll.unregister(fd)
 
+    def ready(self, holding: Any) -> object:
+        """May be extended: what hold() was given for a descriptor that can
+        be read now."""
+        return None
+
     def release_held(self) -> None:
-        """May be extended: the loop ends, and what it held must go elsewhere."""
+        """May be extended: the loop ends, and what it held (`held`) must go
+        elsewhere."""
 
     def shutdown(self) -> None:
         """Stop serve_forever() and wait until it has, as socketserver's
