@@ -8,6 +8,7 @@ import importlib
 import json
 import os
 import pkgutil
+import re
 import shutil
 import subprocess
 import sys
@@ -107,14 +108,19 @@ def test_the_quick_benchmark_reports_every_server_and_workload(tmp_path):
             assert (ratio["rps"] is None) == bound  # no ratio of a generator's rate
             if not bound:
                 assert ratio["rps"] == pytest.approx(ours["rps"] / peer_figures["rps"])
-    # NTP over UDP: ours against the minimal responder and chronyd
+    # NTP over UDP: ours, with its rate limit off and on, against the
+    # minimal responder and chronyd
     chronyd = {"chronyd"} if shutil.which("chronyd") else set()
-    assert set(report["ntp"]) == {"ours", "responder"} | chronyd
+    assert set(report["ntp"]) == {"ours", "limited", "responder"} | chronyd
     for figures in report["ntp"].values():
         check_figures(figures, "C")
     for peer in {"responder"} | chronyd:
         assert set(report["ntp_ratios"][peer]) == {"rps", "server_us"}
     assert "timeservice CPU per reply ÷ responder" in table
+    ntp = report["ntp"]
+    limited = ntp["limited"]["server_us"] / ntp["responder"]["server_us"]
+    said = re.search(r"limit on: timeservice CPU per reply ÷ responder +(\S+)x", table)
+    assert said is not None and float(said[1]) == round(limited, 2)
     assert set(report["memory"]) == SERVERS - {"workers"}
     for figures in report["memory"].values():
         assert figures["idle_mib"] > 0
@@ -153,7 +159,13 @@ def test_an_ab_run_measures_another_checkout_interleaved(tmp_path):
     assert report["memory"] == {}  # not asked for
     assert "timeservice CPU per reply ÷ before" in result.stdout
     if shutil.which("chronyd"):
-        assert set(report["ntp"]) == {"ours", "responder", "before", "chronyd"}
+        assert set(report["ntp"]) == {
+            "ours",
+            "limited",
+            "responder",
+            "before",
+            "chronyd",
+        }
 
 
 def quick_part(tmp_path, part: str) -> tuple[subprocess.CompletedProcess, dict]:
