@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import pytest
 from conftest import ROOT, TIMEOUT, bounded, ntp_port_of, server_process, udp_socket
 
-from timeservice.operations import service
+from timeservice.operations import prefork, service
 from timeservice.server import TimeHandler, TimeServer
 from timeservice.transport.datagram import DatagramServer
 
@@ -238,15 +238,21 @@ def test_a_stop_signal_to_the_serving_thread_ends_the_service():
 @pytest.mark.skipif(
     not hasattr(signal, "pthread_sigmask"), reason="needs POSIX signal masks"
 )
-def test_a_hangup_held_while_a_worker_starts_reloads_once_it_serves():
-    """A worker ignores SIGHUP until its service handles it, with the signal
-    held: one that came meanwhile is not lost but reloads once handled."""
+@pytest.mark.parametrize("before_reset", [True, False])
+def test_a_hangup_held_while_a_worker_starts_reloads_once_it_serves(before_reset):
+    """A worker holds SIGHUP blocked until its service handles it: one that
+    came meanwhile, even before the worker reset the parent's handlers, is
+    not lost but reloads once handled."""
     reloads = []
-    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+    previous = {sig: signal.getsignal(sig) for sig in prefork.HANDLED}
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})  # as at the fork
     try:
         # While the worker starts; at this thread, as a worker has no other.
+        if not before_reset:
+            prefork.reset_signals()
         signal.pthread_kill(threading.get_ident(), signal.SIGHUP)
+        if before_reset:
+            prefork.reset_signals()
         assert signal.SIGHUP in signal.sigpending()
         with service.stop_on_signals(lambda why: None, lambda: reloads.append(1)):
             assert signal.SIGHUP not in signal.sigpending()
@@ -256,4 +262,5 @@ def test_a_hangup_held_while_a_worker_starts_reloads_once_it_serves():
         assert reloads == [1]
     finally:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
-        signal.signal(signal.SIGHUP, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

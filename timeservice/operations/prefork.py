@@ -35,6 +35,19 @@ logger = logging.getLogger(__name__)
 
 STOPS = {signal.SIGTERM, signal.SIGINT}
 HANDLED = STOPS | {signal.SIGHUP, signal.SIGCHLD}
+
+
+def reset_signals() -> None:
+    """A new worker's signals, blocked since the fork: the parent's handlers
+    gone. Its service takes SIGHUP over (stop_on_signals()); until then it
+    stays blocked, so a hangup ends no worker and one that comes is held,
+    not lost, even before this: a reload asked while the worker starts is
+    done once it serves. (Not ignored: ignoring a signal discards it if it
+    is pending already.)"""
+    for sig in HANDLED:
+        signal.signal(sig, signal.SIG_DFL)
+
+
 STOP_TIMEOUT = 10.0  # seconds the workers have to stop before they are killed
 RESTART_PAUSE = 1.0  # a worker that dies this soon after its start waits this long
 SILENCE = 30.0  # seconds a worker may go without a beat, without systemd's watchdog
@@ -256,12 +269,7 @@ class Supervisor:
             os.close(unused)
             for worker in self.workers.values():
                 os.close(worker.beats)
-            for sig in HANDLED:
-                signal.signal(sig, signal.SIG_DFL)
-            # Its service takes SIGHUP over (stop_on_signals()); until then a
-            # hangup ends no worker, and one that comes is held, not lost:
-            # a reload asked while the worker starts is done once it serves.
-            signal.signal(signal.SIGHUP, signal.SIG_IGN)
+            reset_signals()
             end_with_parent(signal.SIGTERM, parent)
             # Held until here, a stop ends a worker that serves nothing yet.
             signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED - {signal.SIGHUP})
