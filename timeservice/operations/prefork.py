@@ -35,6 +35,9 @@ logger = logging.getLogger(__name__)
 
 STOPS = {signal.SIGTERM, signal.SIGINT}
 HANDLED = STOPS | {signal.SIGHUP, signal.SIGCHLD}
+STOP_TIMEOUT = 10.0  # seconds the workers have to stop before they are killed
+RESTART_PAUSE = 1.0  # a worker that dies this soon after its start waits this long
+SILENCE = 30.0  # seconds a worker may go without a beat, without systemd's watchdog
 
 
 def reset_signals() -> None:
@@ -46,11 +49,6 @@ def reset_signals() -> None:
     is pending already.)"""
     for sig in HANDLED:
         signal.signal(sig, signal.SIG_DFL)
-
-
-STOP_TIMEOUT = 10.0  # seconds the workers have to stop before they are killed
-RESTART_PAUSE = 1.0  # a worker that dies this soon after its start waits this long
-SILENCE = 30.0  # seconds a worker may go without a beat, without systemd's watchdog
 
 
 @dataclass
