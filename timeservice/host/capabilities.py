@@ -62,6 +62,10 @@ TRANSMIT_TIMESTAMPS = (
     and hasattr(socket.socket, "sendmsg")
 )
 
+# A send that stops before anything leaves (Linux's MSG_PROBE: the kernel
+# looks up the route, builds nothing and sends nothing).
+PROBE_SEND = not PORTABLE and sys.platform.startswith("linux")
+
 # Reads that return at once when nothing is waiting, asked per call.
 DONT_WAIT = not PORTABLE and hasattr(socket, "MSG_DONTWAIT")
 
@@ -105,6 +109,7 @@ def describe() -> str:
         f"open-file limit: {'checked' if OPEN_FILE_LIMIT else 'not checked'}; "
         f"datagram receive times: {'kernel' if RECEIVE_TIMESTAMPS else 'read'}; "
         f"transmit times: {'kernel' if TRANSMIT_TIMESTAMPS else 'read'}; "
+        f"send path warmed: {'MSG_PROBE' if PROBE_SEND else 'no'}; "
         f"datagram reads: {'MSG_DONTWAIT' if DONT_WAIT else 'a non-blocking socket'}; "
         f"datagram replies from: "
         f"{'the address asked' if DESTINATION_ADDRESS else 'the kernel'}; "

@@ -19,6 +19,13 @@ from .upstream import UpstreamQuery
 
 logger = logging.getLogger(__name__)
 
+# A server that sent no basic reply for IDLE_NS before a request arrived
+# finds its send path cold, and answers it with send_exact(): LEAD_NS is how
+# far ahead its timestamp is written, SPINS_MOST the clock reads it waits.
+IDLE_NS = 1_000_000
+LEAD_NS = 4_000
+SPINS_MOST = 1_000
+
 _basic_said = False  # that every reply is basic, logged once a process
 
 ODD = frozenset(bytes([n]) for n in range(1, 256, 2))  # bytes whose lowest bit is set
@@ -52,7 +59,8 @@ class NtpServer(DatagramServer):
     client that asks for interleaved mode (RFC 9769, chronyd's ``xleave``)
     gets it: the reply to its next request carries the kernel's transmit
     time of this one, which its source's entry in the rate limit's table
-    keeps; every other reply is basic, its transmit timestamp read last.
+    keeps; every other reply is basic, its transmit timestamp the time it
+    leaves, as closely as Python can tell (see send_exact()).
     A datagram whose verdict is KISS gets a Kiss-o'-Death RATE. It answers
     only client requests, never another server's answer, so no two servers
     can answer each other forever. Settings: local_stratum
@@ -94,6 +102,7 @@ class NtpServer(DatagramServer):
         self._interleaving()  # now that the table is made
         self._state: ntp.ServerState  # read afresh once _state_until is past
         self._state_until = -math.inf
+        self._sent_ns = 0  # when the last basic reply left, by the server's clock
         if self.upstream is not None:
             try:
                 self.query = UpstreamQuery(self.upstream)
@@ -225,8 +234,11 @@ class NtpServer(DatagramServer):
             self.drop("not an NTP client request")
             return
         self.answered += 1  # before: a client may ask the count at once
-        # The transmit timestamp read last: what follows it is only the send.
-        reply_to.sendto(head + ntp.transmit_field(clock.now_ns()), address)
+        if received - self._sent_ns < IDLE_NS:  # busy: the clock read last
+            self._sent_ns = sent = clock.now_ns()
+            reply_to.sendto(head + ntp.transmit_field(sent), address)
+        else:
+            self.send_exact(reply_to, head, address)
 
     def answer_interleaved(
         self,
@@ -257,9 +269,45 @@ class NtpServer(DatagramServer):
         receive = ntp.receive_field(received)
         kept.remember(address, receive)
         token = (address, receive, received)
-        if earlier is None:  # basic: the transmit timestamp read last
-            earlier = self.clock.now_ns()
-        self.send_stamped(reply_to, head + ntp.transmit_field(earlier), address, token)
+        if earlier is None:  # basic
+            self.send_exact(reply_to, head, address, token)
+        else:
+            self.send_stamped(
+                reply_to, head + ntp.transmit_field(earlier), address, token
+            )
+
+    def send_exact(
+        self, reply_to: Any, head: bytes, address: Any, token: Any = None
+    ) -> None:
+        """Send a basic reply, `head` and its transmit timestamp, as close to
+        the moment it leaves as Python can (send_stamped() with a `token`).
+
+        A timestamp read just before the send is late by all that follows:
+        Python's writing of it, and a send path that a server woken from
+        idle finds cold, microseconds that a client sees half of as a bias.
+        So the whole reply is written once and its send run through without
+        sending (warm()); then the timestamp is written for a moment LEAD_NS
+        ahead, and the datagram sent once the clock has passed it, never
+        before. A clock that has not passed it within SPINS_MOST reads
+        (coarse, set back, fixed) is read again and the reply sent as busy.
+        A busy server (answer()) does without: its path is warm, and the
+        wait would cost every reply.
+        """
+        now = self.clock.now_ns
+        self.warm(reply_to, head + ntp.transmit_field(now()), address)
+        moment = now() + LEAD_NS
+        data = head + ntp.transmit_field(moment)
+        for _ in range(SPINS_MOST):
+            if now() > moment:  # the field rounds up by less than 1 ns
+                break
+        else:
+            moment = now()
+            data = head + ntp.transmit_field(moment)
+        self._sent_ns = moment
+        if token is None:
+            reply_to.sendto(data, address)
+        else:
+            self.send_stamped(reply_to, data, address, token)
 
     def answer_nts(
         self,

@@ -53,7 +53,7 @@ from .ancillary import (
 from .binding import AnyAddressMixIn
 from .loop import LoopMixIn
 from .settings import SettingsMixIn
-from .transmit import TransmitMixIn
+from .transmit import PROBE, TransmitMixIn
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +87,10 @@ class Reply:
         """sendto(), and the kernel asked for the time it leaves (Linux)."""
         return self.socket.sendmsg([data], self.stamped, 0, address)
 
+    def probe(self, data: bytes, address: Any) -> int:
+        """sendto() that sends nothing (see TransmitMixIn.warm())."""
+        return self.socket.sendmsg([data], self.ancillary or (), PROBE, address)
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self.socket, name)
 
@@ -101,7 +105,7 @@ class _NotUnicast(Reply):
     def sendto(self, data: bytes, address: Any) -> int:
         raise OSError("not answered: sent to a broadcast or multicast address")
 
-    send_stamped = sendto
+    send_stamped = probe = sendto
 
 
 NOT_UNICAST = _NotUnicast()

@@ -1,6 +1,8 @@
-"""The kernel's transmit times of the datagrams a server sends (Linux's
-SO_TIMESTAMPING): asked for one datagram at a time, and matched back from
-the socket's error queue to the `token` it was sent with.
+"""When a server's datagrams leave: the kernel's transmit times of those it
+asks for (Linux's SO_TIMESTAMPING), asked for one datagram at a time and
+matched back from the socket's error queue to the `token` it was sent with;
+and a send run through without sending (warm()), before one that must
+leave as soon as it is asked.
 
 The error queue gives back each datagram stamped, as the network sent it
 (headers first): a stamp is matched by the datagram's bytes, as chrony
@@ -28,6 +30,7 @@ from .ancillary import (
 )
 
 ERROR_QUEUE = socket.MSG_ERRQUEUE | getattr(socket, "MSG_DONTWAIT", 0)
+PROBE = 0x10  # Linux's MSG_PROBE, which the socket module does not name
 
 
 class TransmitTimes:
@@ -73,8 +76,8 @@ class TransmitMixIn:
     `transmit_times` set (a class variable), where the platform gives them
     and its receive times are on this process's clock (`timed` then says
     so). send_stamped() sends a datagram whose transmit time goes to
-    transmitted(token, ns) when it comes. Needs the server's socket, clock
-    and kernel_timestamps."""
+    transmitted(token, ns) when it comes; warm() readies a send. Needs the
+    server's socket, clock and kernel_timestamps."""
 
     transmit_times = False
     transmitted_times: TransmitTimes | None = None  # where the kernel says
@@ -121,6 +124,18 @@ class TransmitMixIn:
             reply.send_stamped(data, address)
         times.sent(data, token)
         self.collect_transmitted()  # on loopback, there already
+
+    def warm(self, reply: Any, data: bytes, address: Any) -> None:
+        """Run the send of `data` to `address` through without sending it,
+        where Linux can (MSG_PROBE: the kernel looks up the route and stops).
+        A server woken from idle finds the send path cold, Python's and the
+        kernel's: after this, the send that follows is microseconds quicker."""
+        if not capabilities.PROBE_SEND:
+            return
+        if reply is self.socket:  # no ancillary data of its own
+            reply.sendto(data, PROBE, address)
+        else:
+            reply.probe(data, address)
 
     def collect_transmitted(self) -> None:
         """Hand the transmit times the kernel has given to transmitted()."""
