@@ -220,14 +220,14 @@ def test_the_forged_part_shows_the_address_never_got_more_than_it_sent(tmp_path)
 def test_the_send_part_shows_a_reply_never_leaves_before_its_time(tmp_path):
     result, report = quick_part(tmp_path, "send")
     send = report["send"]
-    if not capabilities.TRANSMIT_TIMESTAMPS:
+    if not capabilities.RECEIVE_TIMESTAMPS:
         assert send == {}
-        assert "the kernel gives no transmit times here" in result.stdout
+        assert "the kernel gives no receive times here" in result.stdout
         return
     assert set(send) == {"idle", "busy"}
     for row in send.values():
         assert row["replies"] > 0
-        # The clock is read, then the datagram leaves: never before.
+        # The timestamp is written, then the datagram leaves: never before.
         assert 0 <= row["p10"] <= row["p50"] <= row["p90"] < 1000
     assert "idle" in result.stdout and "busy" in result.stdout
 

@@ -1,16 +1,15 @@
-"""The send part, what is left of a basic NTP reply's error in this tree: a
-basic reply reads its transmit timestamp last, then Python sends it, and
-the kernel's transmit time of the same datagram says how much later it
-left. This server asks the kernel for it only for replies to requests that
-look interleaved, so the client here sends such requests naming nothing
-the server keeps: each is answered in basic mode, its clock read last, and
-stamped. Idle: one request each IDLE_GAP (chronyd's ``minpoll -4``), as a
-server woken for each; busy: back to back, a round trip apart.
+"""The send part, what is left of a basic NTP reply's error in this tree:
+the kernel's receive time of a basic reply at the client, on loopback
+(SO_TIMESTAMPNS, taken as the datagram is handed over within the server's
+send), minus the transmit timestamp it carries, says how much later than
+its timestamp it left; never less than 0. Plain client requests, answered
+as any basic client's are (NtpServer.answer()). Idle: one request each
+IDLE_GAP (chronyd's ``minpoll -4``), as a server woken for each; busy:
+back to back, a round trip apart.
 """
 
 from __future__ import annotations
 
-import os
 import socket
 import sys
 import threading
@@ -24,26 +23,20 @@ QUICK_COUNTS = {"idle": 32, "busy": 300}
 
 
 def measure(quick: bool) -> dict:
-    """Each pace's kernel transmit time minus the transmit timestamp written,
-    in microseconds: p10, p50, p90; {} where the kernel gives no times."""
+    """Each pace's arrival minus the transmit timestamp written, in
+    microseconds: p10, p50, p90; {} where the kernel gives no receive times."""
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
+    from timeservice.host import capabilities
     from timeservice.server import NtpHandler, NtpServer
+    from timeservice.transport.ancillary import SO_TIMESTAMPNS, stamp_of
     from timeservice.wire import ntp
 
-    left: dict[int, int] = {}  # by the reply's receive timestamp
-
-    class Recording(NtpServer):
-        def transmitted(self, token, transmit_ns: int) -> None:
-            left[token[1]] = transmit_ns
-            super().transmitted(token, transmit_ns)
-
-    server = Recording(
+    if not capabilities.RECEIVE_TIMESTAMPS:
+        return {}
+    server = NtpServer(
         ("127.0.0.1", 0), NtpHandler, local_stratum=10, upstream=None, burst=None
     )
-    if not server.interleaving:
-        server.server_close()
-        return {}
     thread = threading.Thread(target=server.serve_forever)
     thread.start()
     found = {}
@@ -51,25 +44,21 @@ def measure(quick: bool) -> dict:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
             sock.bind(("127.0.0.1", 0))
             sock.settimeout(5)
+            sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
             counts = QUICK_COUNTS if quick else COUNTS
             for pace, count in counts.items():
-                written = {}
+                costs = []
                 for serial in range(count):
-                    request = bytearray(ntp.request_packet(0))
-                    request[24:32] = (2 * serial + 1).to_bytes(8, "big")  # odd
-                    request[32:48] = os.urandom(16)
-                    sock.sendto(bytes(request), server.server_address)
-                    reply = ntp.Packet.unpack(sock.recv(512))
-                    written[reply.receive] = ntp.from_timestamp(
-                        reply.transmit, time.time_ns()
-                    )
+                    sock.sendto(ntp.request_packet(serial), server.server_address)
+                    data, ancillary, _, _ = sock.recvmsg(512, 256)
+                    arrived = stamp_of(ancillary)
+                    reply = ntp.Packet.unpack(data)
+                    if arrived is not None:
+                        sent = ntp.from_timestamp(reply.transmit, arrived)
+                        costs.append((arrived - sent) / 1000)
                     if pace == "idle":
                         time.sleep(IDLE_GAP)
-                costs = sorted(
-                    (left[receive] - ns) / 1000
-                    for receive, ns in written.items()
-                    if receive in left
-                )
+                costs.sort()
                 n = len(costs)
                 found[pace] = {
                     "replies": n,
@@ -87,10 +76,9 @@ def measure(quick: bool) -> dict:
 def table(found: dict) -> str:
     """The part's rows, one a pace."""
     if not found:
-        return "send: the kernel gives no transmit times here"
+        return "send: the kernel gives no receive times here"
     lines = [
-        "a basic NTP reply: the kernel's transmit time minus its transmit "
-        "timestamp, µs",
+        "a basic NTP reply: its arrival at the client minus its transmit timestamp, µs",
         f"{'pace':<6} {'replies':>7} {'p10':>6} {'p50':>6} {'p90':>6}",
     ]
     for pace, row in found.items():
