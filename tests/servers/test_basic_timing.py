@@ -11,7 +11,7 @@ import struct
 import time
 
 import pytest
-from conftest import udp_socket
+from conftest import TIMEOUT, udp_socket
 
 from timeservice.clock.system import Clock
 from timeservice.host import capabilities
@@ -79,6 +79,23 @@ def test_a_send_run_through_sends_nothing(server, through):
         server.warm(reply, b"not sent", address)
         server.socket.sendto(b"sent", address)
         assert peer.recv(64) == b"sent"  # the first, and only, to arrive
+
+
+@needs_probe
+@pytest.mark.parametrize("peer_host", ["::1", "127.0.0.1"])
+def test_a_send_run_through_sends_nothing_from_a_dual_stack_socket(peer_host):
+    family = socket.AF_INET6 if ":" in peer_host else socket.AF_INET
+    with (
+        Warming(("::", 0), NtpHandler, local_stratum=10, upstream=None) as server,
+        socket.socket(family, socket.SOCK_DGRAM) as peer,
+    ):
+        peer.bind((peer_host, 0))
+        peer.settimeout(TIMEOUT)
+        port = peer.getsockname()[1]
+        address = (peer_host if ":" in peer_host else f"::ffff:{peer_host}", port)
+        server.warm(server.socket, b"not sent", address)
+        server.socket.sendto(b"sent", address)
+        assert peer.recv(64) == b"sent"
 
 
 @needs_receive_times
