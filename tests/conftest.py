@@ -130,14 +130,18 @@ def udp_socket(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
 
 
 def replies(sock: socket.socket, quiet: float = 0.3) -> list[bytes]:
-    """Every datagram that arrives until none has for `quiet` seconds."""
-    got = []
+    """Every datagram that arrives until none has for `quiet` seconds; the
+    socket's own timeout is given back, for the reads after."""
+    got: list[bytes] = []
+    timeout = sock.gettimeout()
     sock.settimeout(quiet)
-    for _ in range(10_000):
-        try:
+    try:
+        for _ in range(10_000):
             got.append(sock.recv(512))
-        except TimeoutError:
-            return got
+    except TimeoutError:
+        pass
+    finally:
+        sock.settimeout(timeout)
     return got
 
 
