@@ -291,7 +291,8 @@ class NtpServer(DatagramServer):
         before. A clock that has not passed it within SPINS_MOST reads
         (coarse, set back, fixed) is read again and the reply sent as busy.
         A busy server (answer()) does without: its path is warm, and the
-        wait would cost every reply.
+        wait would cost every reply. The basic answer to a request that
+        looks interleaved (rare) always takes this way.
         """
         now = self.clock.now_ns
         self.warm(reply_to, head + ntp.transmit_field(now()), address)
