@@ -162,13 +162,14 @@ def test_in_interleaved_mode_chronyd_keeps_ours_as_its_own(tmp_path):
 def test_in_basic_mode_chronyd_sees_ours_within_a_microsecond_or_two(tmp_path):
     """A basic reply from idle is written for a moment just ahead and sent
     once the clock has passed it, its send path run through first: chronyd
-    sees ours within half a microsecond or so of its own server, and keeps
-    0.6 to 0.95 of the share of our samples that it keeps of its own's, run
-    to run (docs/performance.md). Its own server's send is biased too, by
-    its own work after its clock read."""
+    sees ours within a microsecond of its own server (0.003 to 0.94 µs in
+    13 runs; reading the clock last left 2.3 to 3). The share of our
+    samples it keeps, against its own server's, swings from run to run
+    (0.41 to 1.11, docs/performance.md): only 2.x's, whose clock was read
+    before the packing, is ruled out."""
     with side_by_side(tmp_path) as ports:
         found = polled(tmp_path, ports, xleave=False)
     assert field(found["ours"], "Interleaved") == "No"
     ours, theirs = found["ours offset"][0], found["theirs offset"][0]
     assert abs(ours - theirs) <= 2e-6, (ours, theirs)  # read last: 2.3 to 3 µs
-    assert found["ours kept"] >= 0.5 * found["theirs kept"]  # read last: 0.39
+    assert found["ours kept"] >= 0.3 * found["theirs kept"]  # 2.x: 0.26
