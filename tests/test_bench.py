@@ -114,6 +114,7 @@ def test_the_quick_benchmark_reports_every_server_and_workload(tmp_path):
     assert set(report["ntp"]) == {"ours", "limited", "responder"} | chronyd
     for figures in report["ntp"].values():
         check_figures(figures, "C")
+    assert set(report["ntp_ratios"]) == {"responder"} | chronyd
     for peer in {"responder"} | chronyd:
         assert set(report["ntp_ratios"][peer]) == {"rps", "server_us"}
     assert "timeservice CPU per reply ÷ responder" in table

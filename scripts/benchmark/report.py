@@ -41,9 +41,13 @@ def summary(runs, generator):
     }
 
 
+OURS = {"ours", "limited"}  # timeservice, its rate limit off and on
+
+
 def compare(results, reference):
     """Each server's CPU per reply ÷ the reference's, and timeservice's rate
-    ÷ each peer's; None where either row was generator-bound."""
+    ÷ each peer's (not its own with the limit on, which the table weighs
+    against the responder); None where either row was generator-bound."""
     base = results.get(reference)
     for figures in results.values():
         figures["server_us_to_reference"] = (
@@ -60,7 +64,7 @@ def compare(results, reference):
             "server_us": quotient(ours["server_us"], figures["server_us"]),
         }
         for peer, figures in results.items()
-        if peer != "ours"
+        if peer not in OURS
     }
 
 
@@ -195,8 +199,6 @@ def table(report, names):
         for i, (server, r) in enumerate(report["ntp"].items()):
             out.append(row(NTP_WORKLOAD[0] if i == 0 else "", names[server], r))
         for peer, figures in report["ntp_ratios"].items():
-            if peer == "limited":  # ours too: see below
-                continue
             out.append(
                 f"{f'timeservice req/s ÷ {names[peer]} req/s':<47}"
                 f" {ratio(figures['rps']):>8}"
