@@ -326,11 +326,13 @@ def test_chronyd_and_xinetd_among_ours(tmp_path):
     with contextlib.ExitStack() as stack:
         stack.enter_context(started(*chronyd, "-f", str(config)))
         stack.enter_context(started(*xinetd, "-f", str(tmp_path / "xinetd.conf")))
-        shifts = ("+0s", "+0.003s", "-0.002s", "+5s")
-        ours = [stack.enter_context(shifted_server(s)) for s in shifts]
+        # Both answer before our servers bind: a port of their own is free
+        # only until they bind it, and a bind to port 0 may take it.
         request = ntp.request_packet(0)
         wait_for_udp(chrony_port, request, synchronised_reply(request))
         wait_for_udp(time_port, b"")  # xinetd opens every service at once
+        shifts = ("+0s", "+0.003s", "-0.002s", "+5s")
+        ours = [stack.enter_context(shifted_server(s)) for s in shifts]
         targets = {
             "chronyd": f"ntp://127.0.0.1:{chrony_port}",
             "xinetd": f"time://127.0.0.1:{time_port}",
