@@ -15,6 +15,7 @@ from .load import MEMORY, NTP_WORKLOAD
 # the time it could have been: of its threads' (or processes') time, at most
 # the cores the server left free.
 GENERATOR_BOUND = 0.8
+OURS = {"ours", "limited"}  # timeservice, its rate limit off and on
 LOAD_NAMES = {
     "C": "scripts/peers/load.c, a thread per connection in a closed loop",
     "Python": "Python processes (no C compiler), epoll over many connections",
@@ -39,9 +40,6 @@ def summary(runs, generator):
         "generator_bound": figures["generator_busy"] >= GENERATOR_BOUND,
         "rounds": runs,
     }
-
-
-OURS = {"ours", "limited"}  # timeservice, its rate limit off and on
 
 
 def compare(results, reference):
