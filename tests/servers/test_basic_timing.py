@@ -1,5 +1,6 @@
 """When a basic NTP reply's transmit timestamp is read: a server woken from
-idle runs its send through once without sending, writes the timestamp for
+idle readies its send (to a socket of its own, then run through to the
+client without sending), writes the timestamp for
 a moment just ahead and sends once the clock has passed it, so that the
 timestamp is never later than the datagram and as near it as Python can
 be; a busy server reads the clock last and sends."""
@@ -17,6 +18,7 @@ from timeservice.clock.system import Clock
 from timeservice.host import capabilities
 from timeservice.server import NtpHandler, NtpServer
 from timeservice.servers import ntp as ntp_server
+from timeservice.transport import transmit
 from timeservice.transport.ancillary import IP_PKTINFO, SO_TIMESTAMPNS, stamp_of
 from timeservice.transport.datagram import Reply
 from timeservice.wire import ntp
@@ -96,6 +98,59 @@ def test_a_send_run_through_sends_nothing_from_a_dual_stack_socket(peer_host):
         server.warm(server.socket, b"not sent", address)
         server.socket.sendto(b"sent", address)
         assert peer.recv(64) == b"sent"
+
+
+@needs_probe
+def test_a_warming_send_goes_to_the_servers_own_sink_and_is_read_back(server):
+    with udp_socket() as peer:
+        server.warm(server.socket, b"warming", peer.getsockname())
+        sink = server.sinks[True]
+        assert sink.connected  # it heard the server's datagram, and no other
+        assert sink.socket.getpeername() == server.socket.getsockname()
+        with pytest.raises(BlockingIOError):
+            sink.socket.recv(64)  # read back already
+        with udp_socket() as stranger:  # a local user's datagram is not heard
+            stranger.sendto(b"stranger", ("127.0.0.1", sink.port))
+            with pytest.raises(BlockingIOError):
+                sink.socket.recv(64)
+    server.server_close()
+    assert sink.socket.fileno() == -1 and server.sinks is None
+
+
+@needs_probe
+def test_a_dual_stack_server_warms_each_family_on_its_own_path():
+    with Warming(("::", 0), NtpHandler, local_stratum=10, upstream=None) as server:
+        server.warm(server.socket, b"four", ("::ffff:127.0.0.1", 9))
+        server.warm(server.socket, b"six", ("::1", 9))
+        four, six = server.sinks[True], server.sinks[False]
+        assert four.socket.family == socket.AF_INET and four.connected
+        assert six.socket.family == socket.AF_INET6 and six.connected
+
+
+@needs_probe
+def test_without_a_loopback_to_warm_through_the_run_through_is_left(
+    server, monkeypatch
+):
+    monkeypatch.setitem(transmit.LOOPBACK, socket.AF_INET, "198.51.100.7")
+    with udp_socket() as peer:
+        server.warm(server.socket, b"not sent", peer.getsockname())
+        assert server.sinks == {True: None}  # no sink can be bound: not tried again
+        server.send_exact(server.socket, head_for(server), peer.getsockname())
+        assert len(peer.recv(512)) == ntp.PACKET_BYTES  # sent all the same
+
+
+@needs_probe
+def test_an_ipv6_only_socket_warms_no_ipv4_path():
+    sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    sock.bind(("::1", 0))
+    server = Warming.on_socket(sock, NtpHandler, local_stratum=10, upstream=None)
+    with server:
+        with pytest.raises(OSError):  # no IPv4 from it: the run-through fails too
+            server.warm(server.socket, b"not sent", ("::ffff:127.0.0.1", 9))
+        assert server.sinks == {True: None}  # its send to the sink failed first
+        server.warm(server.socket, b"not sent", ("::1", 9))
+        assert server.sinks[False].connected
 
 
 @needs_receive_times

@@ -63,7 +63,8 @@ TRANSMIT_TIMESTAMPS = (
 )
 
 # A send that stops before anything leaves (Linux's MSG_PROBE: the kernel
-# looks up the route, builds nothing and sends nothing).
+# looks up the route, builds nothing and sends nothing). Where there is one,
+# a send from idle is readied with it, after a send to a socket of its own.
 PROBE_SEND = not PORTABLE and sys.platform.startswith("linux")
 
 # Reads that return at once when nothing is waiting, asked per call.
@@ -109,7 +110,7 @@ def describe() -> str:
         f"open-file limit: {'checked' if OPEN_FILE_LIMIT else 'not checked'}; "
         f"datagram receive times: {'kernel' if RECEIVE_TIMESTAMPS else 'read'}; "
         f"transmit times: {'kernel' if TRANSMIT_TIMESTAMPS else 'read'}; "
-        f"send path warmed: {'MSG_PROBE' if PROBE_SEND else 'no'}; "
+        f"send path warmed: {'a send to itself, MSG_PROBE' if PROBE_SEND else 'no'}; "
         f"datagram reads: {'MSG_DONTWAIT' if DONT_WAIT else 'a non-blocking socket'}; "
         f"datagram replies from: "
         f"{'the address asked' if DESTINATION_ADDRESS else 'the kernel'}; "

@@ -392,6 +392,7 @@ class DatagramServer(
     def server_close(self) -> None:
         """Stop listening, give up the port, log what the logs hold."""
         self.socket.close()
+        self.close_sinks()
         if self._served_port is not None:
             SERVED_PORTS.remove(self._served_port)
             self._served_port = None

@@ -4,6 +4,10 @@ matched back from the socket's error queue to the `token` it was sent with;
 and a send run through without sending (warm()), before one that must
 leave as soon as it is asked.
 
+A send from idle is readied by sending the same datagram to a socket of the
+server's own on loopback (Sink), which runs the code of a whole send warm,
+and then running the real one through to its route (MSG_PROBE).
+
 The error queue gives back each datagram stamped, as the network sent it
 (headers first): a stamp is matched by the datagram's bytes, as chrony
 matches them, so that another process on the same socket (a worker) can
@@ -15,6 +19,7 @@ datagrams asked for are stamped: the others cost nothing more.
 from __future__ import annotations
 
 import collections
+import logging
 import socket
 from typing import Any
 
@@ -29,8 +34,11 @@ from .ancillary import (
     transmit_stamp_of,
 )
 
+logger = logging.getLogger(__name__)
+
 ERROR_QUEUE = socket.MSG_ERRQUEUE | getattr(socket, "MSG_DONTWAIT", 0)
 PROBE = 0x10  # Linux's MSG_PROBE, which the socket module does not name
+LOOPBACK: dict[int, str] = {socket.AF_INET: "127.0.0.1", socket.AF_INET6: "::1"}
 
 
 class TransmitTimes:
@@ -71,6 +79,42 @@ class TransmitTimes:
         return found
 
 
+class Sink:
+    """A socket of the server's own on loopback, for sends that only warm
+    the path: each datagram is read back at once. It connects to the first
+    source that sends it what the server sent, so that nothing else
+    arrives after, whatever a local user sends it."""
+
+    most_read = 8  # datagrams read back at once
+
+    def __init__(self, family: int) -> None:
+        self.socket = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            self.socket.setblocking(False)
+            self.socket.bind((LOOPBACK[family], 0))
+            self.port = self.socket.getsockname()[1]
+        except OSError:
+            self.socket.close()
+            raise
+        self.connected = False
+
+    def take(self, data: bytes) -> None:
+        """Read back what has arrived, `data` among it."""
+        sock = self.socket
+        for _ in range(self.most_read):
+            try:
+                got, source = sock.recvfrom(2048)
+            except OSError:  # nothing more (EAGAIN)
+                return
+            if not self.connected and got == data:
+                sock.connect(source)
+                self.connected = True
+
+    def close(self) -> None:
+        """Close its socket: the server's own close does (close_sinks())."""
+        self.socket.close()
+
+
 class TransmitMixIn:
     """For a datagram server: the kernel's transmit times, with
     `transmit_times` set (a class variable), where the platform gives them
@@ -80,6 +124,7 @@ class TransmitMixIn:
     server's socket, clock and kernel_timestamps."""
 
     transmit_times = False
+    sinks: dict[bool, Sink | None] | None = None  # by IPv4 path; None: none can be
     transmitted_times: TransmitTimes | None = None  # where the kernel says
     timed: TransmitTimes | None = None  # those, where the clock is the system's
     _received_stamps = 0  # room for a receive stamp nobody asked for
@@ -126,16 +171,55 @@ class TransmitMixIn:
         self.collect_transmitted()  # on loopback, there already
 
     def warm(self, reply: Any, data: bytes, address: Any) -> None:
-        """Run the send of `data` to `address` through without sending it,
-        where Linux can (MSG_PROBE: the kernel looks up the route and stops).
-        A server woken from idle finds the send path cold, Python's and the
-        kernel's: after this, the send that follows is microseconds quicker."""
+        """Ready the send of `data` to `address`, where Linux can: send it
+        to the server's own Sink, then run it through to `address` without
+        sending (MSG_PROBE: the kernel looks up the route and stops). A
+        server woken from idle finds the send path cold, Python's and the
+        kernel's: after this, the send that follows is microseconds quicker
+        and steadier."""
         if not capabilities.PROBE_SEND:
             return
+        self._warm_through_sink(data, address)
         if reply is self.socket:  # no ancillary data of its own
             reply.sendto(data, PROBE, address)
         else:
             reply.probe(data, address)
+
+    def _warm_through_sink(self, data: bytes, address: Any) -> None:
+        """Send `data` to this process's Sink on the path a datagram to
+        `address` takes (IPv4 or IPv6), and read it back."""
+        sinks = self.sinks
+        if sinks is None:
+            sinks = self.sinks = {}
+        family = self.socket.family
+        four = family == socket.AF_INET or address[0].startswith("::ffff:")
+        if four not in sinks:
+            try:
+                sinks[four] = Sink(socket.AF_INET if four else socket.AF_INET6)
+            except OSError as exc:  # no loopback of that family
+                logger.debug("send path warmed without a sink: %s", exc)
+                sinks[four] = None
+        sink = sinks[four]
+        if sink is None:
+            return
+        host = LOOPBACK[sink.socket.family]
+        if family != sink.socket.family:  # IPv4 from a dual-stack socket
+            host = "::ffff:" + host
+        try:
+            self.socket.sendto(data, (host, sink.port))
+        except OSError as exc:  # a socket bound where loopback is not reached
+            logger.debug("send path warmed without a sink: %s", exc)
+            sinks[four] = None
+            sink.close()
+            return
+        sink.take(data)
+
+    def close_sinks(self) -> None:
+        """Close the sinks this process opened (see warm())."""
+        for sink in (self.sinks or {}).values():
+            if sink is not None:
+                sink.close()
+        self.sinks = None
 
     def collect_transmitted(self) -> None:
         """Hand the transmit times the kernel has given to transmitted()."""
