@@ -105,6 +105,8 @@ def test_a_warming_send_goes_to_the_servers_own_sink_and_is_read_back(server):
     with udp_socket() as peer:
         server.warm(server.socket, b"warming", peer.getsockname())
         sink = server.sinks[True]
+        assert not sink.connected  # not read back before the send it readies
+        server.settle()
         assert sink.connected  # it heard the server's datagram, and no other
         assert sink.socket.getpeername() == server.socket.getsockname()
         with pytest.raises(BlockingIOError):
@@ -121,7 +123,8 @@ def test_a_warming_send_goes_to_the_servers_own_sink_and_is_read_back(server):
 def test_a_dual_stack_server_warms_each_family_on_its_own_path():
     with Warming(("::", 0), NtpHandler, local_stratum=10, upstream=None) as server:
         server.warm(server.socket, b"four", ("::ffff:127.0.0.1", 9))
-        server.warm(server.socket, b"six", ("::1", 9))
+        server.warm(server.socket, b"six", ("::1", 9))  # reads back the first
+        server.settle()
         four, six = server.sinks[True], server.sinks[False]
         assert four.socket.family == socket.AF_INET and four.connected
         assert six.socket.family == socket.AF_INET6 and six.connected
@@ -150,6 +153,7 @@ def test_an_ipv6_only_socket_warms_no_ipv4_path():
             server.warm(server.socket, b"not sent", ("::ffff:127.0.0.1", 9))
         assert server.sinks == {True: None}  # its send to the sink failed first
         server.warm(server.socket, b"not sent", ("::1", 9))
+        server.settle()
         assert server.sinks[False].connected
 
 
@@ -164,6 +168,8 @@ def test_a_reply_from_idle_carries_a_time_no_later_than_it_arrived(server):
             arrived = stamp_of(ancillary)
             assert arrived is not None
             assert before < transmit_ns(data) <= arrived  # written ahead, sent after
+            with pytest.raises(BlockingIOError):  # its warming read back after
+                server.sinks[True].socket.recv(512)
     assert server.warmed == 20
 
 

@@ -285,8 +285,9 @@ class NtpServer(DatagramServer):
         A timestamp read just before the send is late by all that follows:
         Python's writing of it, and a send path that a server woken from
         idle finds cold, microseconds that a client sees half of as a bias.
-        So the whole reply is written once and its send run through without
-        sending (warm()); then the timestamp is written for a moment LEAD_NS
+        So the whole reply is written once and its send readied (warm(): sent
+        to a socket of the server's own, and run through to the client without
+        sending); then the timestamp is written for a moment LEAD_NS
         ahead, and the datagram sent once the clock has passed it, never
         before. A clock that has not passed it within SPINS_MOST reads
         (coarse, set back, fixed) is read again and the reply sent as busy.
@@ -309,6 +310,7 @@ class NtpServer(DatagramServer):
             reply_to.sendto(data, address)
         else:
             self.send_stamped(reply_to, data, address, token)
+        self.settle()  # a failed send leaves it to the next warm()
 
     def answer_nts(
         self,

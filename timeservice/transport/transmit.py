@@ -81,11 +81,11 @@ class TransmitTimes:
 
 class Sink:
     """A socket of the server's own on loopback, for sends that only warm
-    the path: each datagram is read back at once. It connects to the first
-    source that sends it what the server sent, so that nothing else
-    arrives after, whatever a local user sends it."""
+    the path: each datagram is read back once the send it readied is done.
+    It connects to the first source that sends it what the server sent, so
+    that nothing else arrives after, whatever a local user sends it."""
 
-    most_read = 8  # datagrams read back at once
+    most_read = 8  # datagrams read back by one take()
 
     def __init__(self, family: int) -> None:
         self.socket = socket.socket(family, socket.SOCK_DGRAM)
@@ -125,6 +125,7 @@ class TransmitMixIn:
 
     transmit_times = False
     sinks: dict[bool, Sink | None] | None = None  # by IPv4 path; None: none can be
+    _unsettled: tuple[Sink, bytes] | None = None  # sent to a sink, not read back
     transmitted_times: TransmitTimes | None = None  # where the kernel says
     timed: TransmitTimes | None = None  # those, where the clock is the system's
     _received_stamps = 0  # room for a receive stamp nobody asked for
@@ -176,7 +177,7 @@ class TransmitMixIn:
         sending (MSG_PROBE: the kernel looks up the route and stops). A
         server woken from idle finds the send path cold, Python's and the
         kernel's: after this, the send that follows is microseconds quicker
-        and steadier."""
+        and steadier. settle() reads the sink back, once that send is done."""
         if not capabilities.PROBE_SEND:
             return
         self._warm_through_sink(data, address)
@@ -187,7 +188,8 @@ class TransmitMixIn:
 
     def _warm_through_sink(self, data: bytes, address: Any) -> None:
         """Send `data` to this process's Sink on the path a datagram to
-        `address` takes (IPv4 or IPv6), and read it back."""
+        `address` takes (IPv4 or IPv6), to be read back by settle()."""
+        self.settle()  # a warming whose send failed
         sinks = self.sinks
         if sinks is None:
             sinks = self.sinks = {}
@@ -212,7 +214,15 @@ class TransmitMixIn:
             sinks[four] = None
             sink.close()
             return
-        sink.take(data)
+        self._unsettled = (sink, data)
+
+    def settle(self) -> None:
+        """Read back what warm() sent to a sink: called after the send it
+        readied, the reading (tens of µs from idle) delays no reply."""
+        if self._unsettled is not None:
+            sink, data = self._unsettled
+            self._unsettled = None
+            sink.take(data)
 
     def close_sinks(self) -> None:
         """Close the sinks this process opened (see warm())."""
