@@ -189,7 +189,7 @@ class TransmitMixIn:
     def _warm_through_sink(self, data: bytes, address: Any) -> None:
         """Send `data` to this process's Sink on the path a datagram to
         `address` takes (IPv4 or IPv6), to be read back by settle()."""
-        self.settle()  # a warming whose send failed
+        self.settle()  # what the last warming left, if its send failed
         sinks = self.sinks
         if sinks is None:
             sinks = self.sinks = {}
@@ -229,7 +229,7 @@ class TransmitMixIn:
         for sink in (self.sinks or {}).values():
             if sink is not None:
                 sink.close()
-        self.sinks = None
+        self.sinks = self._unsettled = None
 
     def collect_transmitted(self) -> None:
         """Hand the transmit times the kernel has given to transmitted()."""
