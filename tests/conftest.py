@@ -219,12 +219,28 @@ def faketime(shift: str) -> tuple[str, ...]:
     """A launcher that shifts a program's clock by `shift` (``+0.003s``).
 
     libfaketime is preloaded through env, so the program is the process
-    itself. The faketime wrapper names a semaphore after its pid and leaves
-    it behind when it is killed, and a later wrapper given that pid fails.
+    itself; without the library's path, the wrapper (faketime_wrapper()).
     """
     if FAKETIME_LIBRARY is None:
-        return ("faketime", "-f", shift)
+        return faketime_wrapper(shift)
     return ("env", f"LD_PRELOAD={FAKETIME_LIBRARY}", f"FAKETIME={shift}")
+
+
+# The faketime wrapper names a semaphore and a shared memory segment after
+# its pid and leaves both behind when it is killed; a later wrapper given
+# that pid fails ("sem_open: File exists"). A shell removes the two named
+# after its own pid, which only a dead process can have left, and becomes
+# the wrapper, pid and all.
+CLEAR_AND_WRAP = (
+    "rm -f /dev/shm/sem.faketime_sem_$$ /dev/shm/faketime_shm_$$; "
+    'exec faketime -f "$0" "$@"'
+)
+
+
+def faketime_wrapper(shift: str) -> tuple[str, ...]:
+    """The faketime wrapper as a launcher (``faketime -f shift``), clear of
+    what an earlier wrapper with its pid left behind."""
+    return ("sh", "-c", CLEAR_AND_WRAP, shift)
 
 
 def children(pid: int) -> set[int]:

@@ -22,6 +22,7 @@ from conftest import (
     ROOT,
     TIMEOUT,
     faketime,
+    faketime_wrapper,
     readline_within,
     server_process,
     signal_launched,
@@ -320,7 +321,7 @@ def test_chronyd_and_xinetd_among_ours(tmp_path):
     )  # fmt: skip
     (tmp_path / "xinetd.conf").write_text(xinetd_config({"time": time_port}))
     # Preloaded without the wrapper, chronyd answered unshifted here.
-    chronyd = ("faketime", "-f", "+0.001s", "chronyd", "-d", "-x", "-u", "root")
+    chronyd = (*faketime_wrapper("+0.001s"), "chronyd", "-d", "-x", "-u", "root")
     xinetd = (*faketime("-0.001s"), "xinetd", "-dontfork", "-stayalive")
     xinetd += ("-pidfile", str(tmp_path / "xinetd.pid"))
     with contextlib.ExitStack() as stack:
