@@ -98,6 +98,14 @@ class Sink:
             raise
         self.connected = False
 
+    def address(self, family: int) -> tuple[str, int]:
+        """Where a socket of `family` sends to reach it: its loopback
+        address, IPv4-mapped from a dual-stack IPv6 socket."""
+        host = LOOPBACK[self.socket.family]
+        if family != self.socket.family:
+            host = "::ffff:" + host
+        return host, self.port
+
     def take(self, data: bytes) -> None:
         """Read back what has arrived, `data` among it."""
         sock = self.socket
@@ -204,11 +212,8 @@ class TransmitMixIn:
         sink = sinks[four]
         if sink is None:
             return
-        host = LOOPBACK[sink.socket.family]
-        if family != sink.socket.family:  # IPv4 from a dual-stack socket
-            host = "::ffff:" + host
         try:
-            self.socket.sendto(data, (host, sink.port))
+            self.socket.sendto(data, sink.address(family))
         except OSError as exc:  # a socket bound where loopback is not reached
             logger.debug("send path warmed without a sink: %s", exc)
             sinks[four] = None
