@@ -210,6 +210,7 @@ def server_process(
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
         process.communicate(timeout=TIMEOUT)
+        forget_faketime(process.pid)
 
 
 FAKETIME_LIBRARY = next(iter(glob.glob("/usr/lib/*/faketime/libfaketime.so.1")), None)
@@ -226,15 +227,25 @@ def faketime(shift: str) -> tuple[str, ...]:
     return ("env", f"LD_PRELOAD={FAKETIME_LIBRARY}", f"FAKETIME={shift}")
 
 
-# The faketime wrapper names a semaphore and a shared memory segment after
-# its pid and leaves both behind when it is killed; a later wrapper given
-# that pid fails ("sem_open: File exists"). A shell removes the two named
-# after its own pid, which only a dead process can have left, and becomes
-# the wrapper, pid and all.
+# faketime (the wrapper, and the library preloaded) names a semaphore and a
+# shared memory segment after its pid, and leaves both behind when it is
+# killed; a later wrapper given that pid fails ("sem_open: File exists").
+FAKETIME_LEFT = ("/dev/shm/sem.faketime_sem_{}", "/dev/shm/faketime_shm_{}")
+
+# A shell removes the two named after its own pid, which only a dead process
+# can have left, and becomes the wrapper, pid and all.
 CLEAR_AND_WRAP = (
-    "rm -f /dev/shm/sem.faketime_sem_$$ /dev/shm/faketime_shm_$$; "
+    "rm -f " + " ".join(path.format("$$") for path in FAKETIME_LEFT) + "; "
     'exec faketime -f "$0" "$@"'
 )
+
+
+def forget_faketime(pid: int) -> None:
+    """Remove what faketime left under the pid of a process that has ended
+    and been reaped: killed, it could not."""
+    for path in FAKETIME_LEFT:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path.format(pid))
 
 
 def faketime_wrapper(shift: str) -> tuple[str, ...]:

@@ -30,6 +30,7 @@ from conftest import (
     TIMEOUT,
     daemon_port,
     faketime,
+    forget_faketime,
     readline_within,
     server_process,
     signal_launched,
@@ -273,6 +274,7 @@ def started(*command: str) -> Iterator[subprocess.Popen]:
             print(f"{shlex.join(command)} exited {process.returncode}, saying:")
             print(process.stdout.read())
         process.stdout.close()
+        forget_faketime(process.pid)
 
 
 def wait_for_udp(port: int, request: bytes, accept=lambda data: True) -> None:
